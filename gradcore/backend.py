@@ -1,0 +1,178 @@
+"""Layer 1: the backend protocol and the registry that maps devices and array types to backends.
+
+A backend is a small object that owns one device. The tracing core talks to arrays only through
+``backend.xp`` (an Array API namespace) and the few extras the standard lacks, so the same
+autodiff code runs on NumPy, CuPy or the test-only array-api-strict backend. This module never
+imports an array library: backends are loaded by module name on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Backend",
+    "DeviceError",
+    "backend_for_device",
+    "backend_of",
+    "common_backend",
+    "register_backend",
+    "registered_devices",
+]
+
+DEFAULT_DEVICE = "cpu"
+
+# Python numbers carry no device; they combine with arrays of any backend.
+PY_SCALARS = (bool, int, float)
+
+
+class DeviceError(RuntimeError):
+    """A device is unavailable, or arrays from two devices met in one operation."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the core needs from an array library, beyond the Array API standard."""
+
+    device: str  # "cpu", "cuda", or a test backend's name
+    xp: Any  # an Array API standard namespace
+    array_types: tuple[type, ...]  # the native array (and scalar) types this backend owns
+
+    def for_array(self, x: Any) -> Backend:
+        """The backend that owns ``x``: ``self``, unless one library serves several devices."""
+
+    def array_device(self, x: Any) -> Any:
+        """The library's own device object for ``x`` (what ``xp.zeros(..., device=)`` takes)."""
+
+    def asarray(self, obj: Any, dtype: Any = None) -> Any:
+        """Copy host data (numbers, lists, NumPy arrays) onto this device."""
+
+    def to_numpy(self, x: Any) -> Any:
+        """A host ``numpy.ndarray`` copy of ``x``."""
+
+    def sigmoid(self, x: Any) -> Any:
+        """Fused, overflow-free logistic function."""
+
+    def sigmoid_grad(self, y: Any, g: Any) -> Any:
+        """Fused ``g * y * (1 - y)``, reading only the sigmoid's output ``y``."""
+
+    def sgd_update(
+        self,
+        param: Any,
+        grad: Any,
+        velocity: Any,
+        learning_rate: float,
+        momentum: float,
+        nesterov: bool,
+        weight_decay: float,
+    ) -> None:
+        """In place: ``v = momentum*v - lr*(g + wd*p); p += v`` (or the Nesterov form)."""
+
+    def scatter_add(self, target: Any, index: Any, values: Any) -> None:
+        """In place ``target[index] += values``, adding (not overwriting) at repeated indices."""
+
+    def rng(self, seed: int) -> Any:
+        """A seeded generator with ``normal``, ``uniform`` and ``permutation`` on this device."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+
+# device name -> zero-argument loader that returns the backend or raises DeviceError
+_loaders: dict[str, Callable[[], Backend]] = {}
+# device name -> the loaded backend, or the DeviceError its probe raised (probed once)
+_loaded: dict[str, Backend | DeviceError] = {}
+# native array type -> backend; the hot path of every op
+_by_type: dict[type, Backend] = {}
+# top-level module of an array library -> device whose backend owns its arrays
+_by_module: dict[str, str] = {}
+
+
+def _module_loader(module_name: str) -> Callable[[], Backend]:
+    def load() -> Backend:
+        return importlib.import_module(module_name).load()
+
+    return load
+
+
+def register_backend(
+    device: str,
+    loader: Callable[[], Backend] | str,
+    array_modules: tuple[str, ...] = (),
+) -> None:
+    """Make ``device`` resolvable. ``loader`` is a callable or a module with a ``load()``.
+
+    ``array_modules`` names the libraries whose arrays this device owns, so that an array
+    created outside gradcore (say ``cupy.ones(3)``) finds its backend on first sight.
+    """
+    _loaders[device] = _module_loader(loader) if isinstance(loader, str) else loader
+    _loaded.pop(device, None)
+    for module in array_modules:
+        _by_module[module] = device
+
+
+def registered_devices() -> list[str]:
+    return list(_loaders)
+
+
+def backend_for_device(device: str | None = None) -> Backend:
+    """The backend for a device name, probing its availability once and caching the answer."""
+    if device is None:
+        device = DEFAULT_DEVICE
+    if not isinstance(device, str) or device not in _loaders:
+        known = ", ".join(repr(d) for d in _loaders)
+        raise DeviceError(f"unknown device {device!r}; known devices: {known}")
+    found = _loaded.get(device)
+    if found is None:
+        try:
+            found = _loaders[device]()
+        except DeviceError as error:
+            found = error
+        else:
+            for array_type in found.array_types:
+                _by_type[array_type] = found
+        _loaded[device] = found
+    if isinstance(found, DeviceError):
+        raise DeviceError(str(found))
+    return found
+
+
+def backend_of(x: Any) -> Backend | None:
+    """The backend that owns array ``x``; None for a Python number."""
+    backend = _by_type.get(type(x))
+    if backend is None:
+        if type(x) in PY_SCALARS:
+            return None
+        device = _by_module.get(type(x).__module__.partition(".")[0])
+        if device is None:
+            raise TypeError(
+                f"expected an array or a Python number, got {type(x).__name__}; "
+                "convert it with gradcore.array(...)"
+            )
+        backend = backend_for_device(device)
+    return backend.for_array(x)
+
+
+def common_backend(op_name: str, *values: Any) -> Backend:
+    """The one backend that owns every array among ``values``; refuses to mix devices."""
+    found = None
+    for value in values:
+        if type(value) in PY_SCALARS:
+            continue
+        backend = _by_type.get(type(value))
+        backend = backend.for_array(value) if backend is not None else backend_of(value)
+        if found is None:
+            found = backend
+        elif backend is not found:
+            raise DeviceError(
+                f"{op_name}: arrays on different devices, {found.device!r} and "
+                f"{backend.device!r}; gradcore never moves data implicitly: "
+                "use gradcore.to_device(x, device) first"
+            )
+    return found if found is not None else backend_for_device(DEFAULT_DEVICE)
+
+
+register_backend("cpu", "gradcore.backends.numpy_backend", array_modules=("numpy",))
+register_backend("cuda", "gradcore.backends.cupy_backend", array_modules=("cupy",))

@@ -1,0 +1,100 @@
+"""A test-only backend on array-api-strict, which refuses anything outside the Array API standard
+and refuses to combine arrays of two devices. The whole op/VJP suite runs on it, which proves the
+core speaks only the protocol; its two fake devices stand in for "cpu" and "cuda" on machines
+without a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_strict as xp
+from array_api_strict._array_object import Array
+import numpy as np
+
+import gradcore as gc
+
+DEVICES = {"strict": xp.Device("CPU_DEVICE"), "strict1": xp.Device("device1")}
+
+
+class StrictRng:
+    def __init__(self, seed: int, device: Any) -> None:
+        self.generator = np.random.default_rng(seed)
+        self.device = device
+
+    def normal(self, shape, dtype=xp.float32):
+        host = self.generator.standard_normal(shape)
+        return xp.asarray(host, dtype=dtype, device=self.device)
+
+    def uniform(self, shape, low, high, dtype=xp.float32):
+        host = self.generator.uniform(low, high, shape)
+        return xp.asarray(host, dtype=dtype, device=self.device)
+
+    def permutation(self, n):
+        return xp.asarray(self.generator.permutation(n), device=self.device)
+
+
+class StrictBackend:
+    xp = xp
+    array_types = (Array,)
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.strict_device = DEVICES[device]
+
+    def for_array(self, x):
+        return _backend_for(x.device)
+
+    def array_device(self, x):
+        return x.device
+
+    def asarray(self, obj, dtype=None):
+        return xp.asarray(obj, dtype=dtype, device=self.strict_device)
+
+    def to_numpy(self, x):
+        return np.asarray(xp.asarray(x, device=xp.Device("CPU_DEVICE")), copy=True)
+
+    def sigmoid(self, x):
+        return xp.tanh(x * 0.5) * 0.5 + 0.5
+
+    def sigmoid_grad(self, y, g):
+        return g * y * (1.0 - y)
+
+    def sgd_update(self, param, grad, velocity, learning_rate, momentum, nesterov, weight_decay):
+        step = grad + weight_decay * param
+        velocity *= momentum
+        velocity -= learning_rate * step
+        param += momentum * velocity - learning_rate * step if nesterov else velocity
+
+    def scatter_add(self, target, index, values):
+        # The standard has no scatter-add; the test backend does it on the host.
+        host = self.to_numpy(target)
+        np.add.at(host, _host_index(index), self.to_numpy(values))
+        target[...] = xp.asarray(host, device=self.strict_device)
+
+    def rng(self, seed):
+        return StrictRng(seed, self.strict_device)
+
+    def synchronize(self):
+        pass
+
+
+def _host_index(index):
+    if isinstance(index, tuple):
+        return tuple(_host_index(i) for i in index)
+    if isinstance(index, Array):
+        return np.asarray(xp.asarray(index, device=xp.Device("CPU_DEVICE")))
+    return index
+
+
+_BACKENDS = {name: StrictBackend(name) for name in DEVICES}
+_BY_DEVICE = {DEVICES[name]: backend for name, backend in _BACKENDS.items()}
+
+
+def _backend_for(device):
+    return _BY_DEVICE[device]
+
+
+def register() -> None:
+    for name, backend in _BACKENDS.items():
+        gc.register_backend(name, lambda backend=backend: backend)
