@@ -1,10 +1,27 @@
-"""The "cpu" device: NumPy 2, which is itself an Array API standard namespace."""
+"""The "cpu" device: NumPy 2, which is itself an Array API standard namespace.
+
+The fused entry points (sigmoid, its backward, the SGD update) are written for memory traffic:
+NumPy evaluates one operation per pass, so a four-step formula over a large array reads and
+writes it four times. Here each formula runs over cache-sized chunks, in place in the output,
+so the array crosses main memory once; large arrays are split between the cores, since NumPy
+releases the GIL inside its loops.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
+
+# Elements per chunk: three float32 chunks (inputs and output) stay inside a 512 KiB L2 cache.
+CHUNK = 32_768
+# Below this many elements one thread is as fast: a hand-off to another thread costs tens of us.
+PARALLEL_MIN = 1 << 19
 
 
 class NumpyRng:
@@ -29,6 +46,63 @@ class NumpyRng:
         self.generator.bit_generator.state = state
 
 
+@cache
+def _pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """Helpers for every usable core but the caller's, started on first need (not at import).
+
+    They run only these kernels, whose one possible overflow is the sigmoid's harmless one, so
+    they ignore overflow for good (NumPy's error state is per thread).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if cores == 1:
+        return None, 1
+    quiet = partial(np.seterr, over="ignore")
+    return ThreadPoolExecutor(cores - 1, "gradcore", initializer=quiet), cores
+
+
+def _parallel(kernel: Callable[..., None], out: np.ndarray, *inputs: np.ndarray) -> None:
+    """``kernel(out, *inputs)`` on 1-D arrays, split into one contiguous range per core."""
+    n = out.size
+    helpers, cores = _pool() if n >= PARALLEL_MIN else (None, 1)
+    if helpers is None:
+        kernel(out, *inputs)
+        return
+    bounds = [(n * k // cores) // CHUNK * CHUNK for k in range(cores)] + [n]
+    ranges = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    futures = [helpers.submit(kernel, out[r], *(a[r] for a in inputs)) for r in ranges[1:]]
+    kernel(out[ranges[0]], *(a[ranges[0]] for a in inputs))  # the caller takes the first range
+    for future in futures:
+        future.result()
+
+
+def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """Matching cache-sized slices of 1-D arrays: each step's passes stay in cache."""
+    if arrays[0].size <= CHUNK:
+        yield arrays
+        return
+    for lo in range(0, arrays[0].size, CHUNK):
+        yield tuple(a[lo : lo + CHUNK] for a in arrays)
+
+
+def _sigmoid_kernel(out: np.ndarray, x: np.ndarray) -> None:
+    # 1 / (1 + exp(-x)), 25% faster than the tanh form here since NumPy's exp beats its tanh,
+    # and accurate to a few ulp even deep in the lower tail. For x below -88 (float32), exp(-x)
+    # rounds to inf and 1 / inf is exactly 0: a harmless overflow, silenced by the callers.
+    for o, xc in _chunks(out, x):
+        np.negative(xc, out=o)
+        np.exp(o, out=o)
+        o += 1.0
+        np.divide(1.0, o, out=o)
+
+
+def _sigmoid_grad_kernel(out: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
+    for o, yc, gc in _chunks(out, y, g):
+        np.subtract(1.0, yc, out=o)
+        o *= yc
+        o *= gc
+
+
 class NumpyBackend:
     device = "cpu"
     xp = np
@@ -48,17 +122,18 @@ class NumpyBackend:
         return np.array(x, copy=True)
 
     def sigmoid(self, x: np.ndarray) -> np.ndarray:
-        # tanh form: exact and free of overflow for every finite input.
-        out = np.multiply(x, 0.5)
-        np.tanh(out, out=out)
-        out *= 0.5
-        out += 0.5
+        x = np.asarray(x, order="C")
+        out = np.empty(x.shape, np.result_type(x, 0.5))
+        with np.errstate(over="ignore"):
+            _parallel(_sigmoid_kernel, out.reshape(-1), x.reshape(-1))
         return out
 
-    def sigmoid_grad(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
-        out = np.subtract(1.0, y, dtype=np.result_type(y, g))
-        out *= y
-        out *= g
+    def sigmoid_grad(self, y: np.ndarray, g: Any) -> np.ndarray:
+        if np.shape(g) != np.shape(y):  # a broadcast cotangent: unfused
+            return g * (y * (1.0 - y))
+        y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
+        out = np.empty(y.shape, np.result_type(y, g))
+        _parallel(_sigmoid_grad_kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
         return out
 
     def sgd_update(
@@ -71,11 +146,17 @@ class NumpyBackend:
         nesterov: bool,
         weight_decay: float,
     ) -> None:
-        step = grad if weight_decay == 0.0 else grad + weight_decay * param
-        velocity *= momentum
-        velocity -= learning_rate * step
-        if nesterov:
-            param += momentum * velocity - learning_rate * step
+        # ``step = lr * (g + wd * p)`` is taken before p changes; the rest is in place. (Chunking
+        # this through a cache-sized scratch buffer measured slower: it is a few passes only.)
+        lr, mu, wd = float(learning_rate), float(momentum), float(weight_decay)
+        step = np.multiply(grad, lr, dtype=param.dtype)
+        if wd:
+            step += np.multiply(param, lr * wd, dtype=param.dtype)
+        velocity *= mu
+        velocity -= step
+        if nesterov:  # Keras form: p += momentum * v_new - lr * (g + wd * p)
+            param -= step
+            param += np.multiply(velocity, mu, out=step)
         else:
             param += velocity
 
@@ -89,5 +170,27 @@ class NumpyBackend:
         pass
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of giving them back to the OS.
+
+    A training step frees and reallocates the same few megabytes of activations and gradients
+    every step. By default glibc returns large blocks (munmap, heap trimming) and takes them
+    again next step, and each page touched again costs a fault: on this project's 2-core VM
+    that was half the time of a batch-32 MLP step (bench/mlp.py reports faults per step).
+    Memory stays bounded by what one step uses at its peak. Set GRADCORE_KEEP_FREED_MEMORY=0 to
+    leave the allocator alone; elsewhere than glibc this does nothing.
+    """
+    if os.environ.get("GRADCORE_KEEP_FREED_MEMORY", "1") == "0":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 def load() -> NumpyBackend:
+    _keep_freed_memory()
     return NumpyBackend()

@@ -1,1 +1,4 @@
-"""gradcore's benchmark suite: ``python -m bench [--device cpu|cuda] [--suite NAME ...] [--quick]``."""
+"""gradcore's benchmark suite.
+
+Run ``python -m bench [--device cpu|cuda] [--suite NAME ...] [--quick]``.
+"""

@@ -43,7 +43,8 @@ def check_agree(outputs: dict[str, Any], reference: str, rtol: float, atol: floa
         if flat_expected.shape != flat_got.shape or not np.allclose(
             flat_got, flat_expected, rtol=rtol, atol=atol
         ):
-            worst = np.max(np.abs(flat_got - flat_expected)) if flat_got.shape == flat_expected.shape else "shape"
+            same_shape = flat_got.shape == flat_expected.shape
+            worst = np.max(np.abs(flat_got - flat_expected)) if same_shape else "shape"
             raise AssertionError(f"{name} disagrees with {reference}: max |difference| {worst}")
 
 
@@ -64,7 +65,10 @@ def compare(
     warmup: int = 3,
     synchronize: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
-    """Time each implementation ``repeat`` times (``number`` calls each); ratios to ``reference``."""
+    """Time each implementation ``repeat`` times (``number`` calls each), round-robin.
+
+    Ratios are of medians, to ``reference``.
+    """
     for fn in implementations.values():
         for _ in range(warmup):
             fn()
@@ -118,7 +122,10 @@ def _gpu_name() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):

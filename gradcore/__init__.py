@@ -1,8 +1,8 @@
 """gradcore: reverse-mode automatic differentiation on NumPy ("cpu") or CuPy ("cuda").
 
-    >>> import gradcore as gc
-    >>> gc.grad(lambda x: gc.sum(gc.tanh(x)))(gc.array([0.0, 1.0]))
-    array([1.       , 0.4199743], dtype=float32)
+>>> import gradcore as gc
+>>> gc.grad(lambda x: gc.sum(gc.tanh(x)))(gc.array([0.0, 1.0]))
+array([1.       , 0.4199743], dtype=float32)
 """
 
 from gradcore import vjps as _vjps  # noqa: F401 - registers the derivative table
@@ -69,14 +69,16 @@ from gradcore.tracer import Box, defvjp, primitive, stop_gradient
 
 __version__ = "0.1.0"
 
+from gradcore import nn, optim, rules, train  # noqa: E402
+
 __all__ = [
     "Backend", "Box", "DeviceError", "abs", "add", "argmax", "array", "astype",
-    "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos",
-    "defvjp", "device_of", "divide", "dot", "elementwise_grad", "equal", "exp", "expand_dims",
-    "grad", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax",
-    "logsumexp", "matmul", "max", "maximum", "mean", "minimum", "multiply", "negative",
-    "not_equal", "ones_like", "power", "primitive", "register_backend", "relu", "reshape",
+    "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos", "defvjp",
+    "device_of", "divide", "dot", "elementwise_grad", "equal", "exp", "expand_dims", "grad",
+    "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logsumexp",
+    "matmul", "max", "maximum", "mean", "minimum", "multiply", "negative", "nn", "not_equal",
+    "ones_like", "optim", "power", "primitive", "register_backend", "relu", "reshape", "rules",
     "sigmoid", "sin", "softmax", "sqrt", "square", "squeeze", "stack", "stop_gradient",
-    "subtract", "sum", "tanh", "to_device", "to_dot", "to_numpy", "transpose", "true_divide",
-    "unbroadcast", "value_and_grad", "vjp", "where", "zeros_like",
+    "subtract", "sum", "tanh", "to_device", "to_dot", "to_numpy", "train", "transpose",
+    "true_divide", "unbroadcast", "value_and_grad", "vjp", "where", "zeros_like",
 ]  # fmt: skip

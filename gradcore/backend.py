@@ -18,6 +18,7 @@ __all__ = [
     "backend_for_device",
     "backend_of",
     "common_backend",
+    "isdtype",
     "register_backend",
     "registered_devices",
 ]
@@ -139,6 +140,31 @@ def backend_for_device(device: str | None = None) -> Backend:
     return found
 
 
+_dtype_kinds: dict[tuple[type, Any, str], bool] = {}
+
+
+def isdtype(x: Any, kind: str) -> bool:
+    """``xp.isdtype(x.dtype, kind)`` for an array of any backend, remembered per dtype.
+
+    NumPy's isdtype is written in Python and costs microseconds; the hot paths ask it of the
+    same few dtypes at every step.
+    """
+    key = (type(x), x.dtype, kind)  # the type first: dtypes of two libraries never compare
+    found = _dtype_kinds.get(key)
+    if found is None:
+        found = _dtype_kinds[key] = bool(backend_of(x).xp.isdtype(x.dtype, kind))
+    return found
+
+
+def raise_if_devices_mixed(op_name: str, values: tuple) -> None:
+    """After an array library refused an op: was it because the arrays live on two devices?"""
+    arrays = [v for v in values if type(v) not in PY_SCALARS and v is not None]
+    try:
+        common_backend(op_name, *arrays)
+    except TypeError:  # something that is not an array: the original error says more
+        pass
+
+
 def backend_of(x: Any) -> Backend | None:
     """The backend that owns array ``x``; None for a Python number."""
     backend = _by_type.get(type(x))
@@ -159,10 +185,13 @@ def common_backend(op_name: str, *values: Any) -> Backend:
     """The one backend that owns every array among ``values``; refuses to mix devices."""
     found = None
     for value in values:
-        if type(value) in PY_SCALARS:
-            continue
         backend = _by_type.get(type(value))
-        backend = backend.for_array(value) if backend is not None else backend_of(value)
+        if backend is not None:
+            backend = backend.for_array(value)
+        elif type(value) in PY_SCALARS or value is None:
+            continue
+        else:
+            backend = backend_of(value)
         if found is None:
             found = backend
         elif backend is not found:

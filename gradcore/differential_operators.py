@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gradcore.backend import PY_SCALARS, backend_for_device, backend_of
+from gradcore.backend import PY_SCALARS, backend_for_device, backend_of, isdtype
 from gradcore.ops import add, astype, ones_like, shape, zeros_like
 from gradcore.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
-from gradcore.tracer import Box, Node, backward_pass, getval, new_trace_id, toposort
+from gradcore.tracer import Box, Node, backward_pass, getval, new_trace
 
 __all__ = [
     "check_grads",
@@ -32,7 +32,7 @@ def _is_real_floating(value: Any) -> bool:
     value = getval(value)
     if type(value) in PY_SCALARS:
         return type(value) is float
-    return backend_of(value).xp.isdtype(value.dtype, "real floating")
+    return isdtype(value, "real floating")
 
 
 def _describe_dtype(value: Any) -> str:
@@ -43,21 +43,28 @@ def _describe_dtype(value: Any) -> str:
 class _Traced:
     """One forward pass with some arguments' leaves boxed, ready to run backward from."""
 
-    def __init__(self, op_name: str, fun: Callable, args: tuple, kwargs: dict, argnums) -> None:
-        self.trace = new_trace_id()
-        self.argnums = argnums
+    def __init__(
+        self,
+        op_name: str,
+        fun: Callable,
+        args: tuple,
+        kwargs: dict,
+        argnums,
+        keep_values: bool = False,
+    ) -> None:
         self.treedefs = []
         self.leaf_nodes: list[list[Node]] = []
         self.python_floats: list[list[bool]] = []
-        args = list(args)
-        for argnum in argnums:
-            leaves, treedef = tree_flatten(args[argnum])
-            boxes = [self._box(op_name, argnum, leaf, len(leaves) > 1) for leaf in leaves]
-            self.treedefs.append(treedef)
-            self.leaf_nodes.append([box._node for box in boxes])
-            self.python_floats.append([type(leaf) is float for leaf in leaves])
-            args[argnum] = tree_unflatten(treedef, boxes)
-        out_leaves, self.out_treedef = tree_flatten(fun(*args, **kwargs))
+        with new_trace(keep_values) as (self.trace, self.tape):
+            args = list(args)
+            for argnum in argnums:
+                leaves, treedef = tree_flatten(args[argnum])
+                boxes = [self._box(op_name, argnum, leaf, len(leaves) > 1) for leaf in leaves]
+                self.treedefs.append(treedef)
+                self.leaf_nodes.append([box._node for box in boxes])
+                self.python_floats.append([type(leaf) is float for leaf in leaves])
+                args[argnum] = tree_unflatten(treedef, boxes)
+            out_leaves, self.out_treedef = tree_flatten(fun(*args, **kwargs))
         # (position, node) of each output leaf that depends on the inputs
         self.ends = [
             (i, leaf._node)
@@ -86,12 +93,11 @@ class _Traced:
         """One gradient pytree per traced argument."""
         cotangents = tree_leaves(cotangent)
         seeds = [(node, cotangents[i]) for i, node in self.ends]
-        found = backward_pass(seeds, _accumulate, retain_graph) if seeds else {}
+        found = backward_pass(seeds, self.tape, _accumulate, retain_graph) if seeds else {}
         grads = []
         for treedef, nodes, floats in zip(self.treedefs, self.leaf_nodes, self.python_floats):
             leaves = [
-                _finish(found.get(node), node, was_float)
-                for node, was_float in zip(nodes, floats)
+                _finish(found.get(node), node, was_float) for node, was_float in zip(nodes, floats)
             ]
             grads.append(tree_unflatten(treedef, leaves))
         return grads
@@ -132,6 +138,13 @@ def _scalar_seed(op_name: str, value: Any) -> Any:
             "vector-Jacobian product with any output"
         )
     return 1.0 if type(value) in PY_SCALARS else ones_like(value)
+
+
+def _as_output_array(cotangent: Any, output: Any) -> Any:
+    """A Python number as a cotangent becomes an array like the output it belongs to."""
+    if type(cotangent) in PY_SCALARS and type(output) not in PY_SCALARS:
+        return ones_like(output) * cotangent
+    return cotangent
 
 
 def _shapes(shapes: list[tuple[int, ...]]) -> str:
@@ -189,6 +202,7 @@ def vjp(fun: Callable, *args: Any) -> tuple[Any, Callable]:
                 f"vjp: the cotangent has shape {_shapes(given)} but the output has shape "
                 f"{_shapes(expected)}"
             )
+        cotangent = tree_map(_as_output_array, cotangent, traced.value)
         return tuple(traced.backward(cotangent, retain_graph=True))
 
     return traced.value, vjp_fun
@@ -285,20 +299,30 @@ def _vjp_of(fun: Callable) -> Callable:
 
 def to_dot(fun: Callable, *args: Any) -> str:
     """Graphviz DOT text of the graph ``fun(*args)`` records; nodes show op and shape."""
-    traced = _Traced("to_dot", fun, args, {}, tuple(range(len(args))))
+    traced = _Traced("to_dot", fun, args, {}, tuple(range(len(args))), keep_values=True)
     names = {}
     for argnum, nodes in enumerate(traced.leaf_nodes):
         for position, node in enumerate(nodes):
             names[node] = f"arg {argnum}" if len(nodes) == 1 else f"arg {argnum}[{position}]"
     lines = ["digraph gradcore {", "  rankdir=LR;"]
     ids: dict[Node, str] = {}
-    for node in reversed(list(toposort([node for _, node in traced.ends]))):
+    leaves = [node for nodes in traced.leaf_nodes for node in nodes]
+    for node in _reachable(traced.tape, [node for _, node in traced.ends], leaves):
         ids[node] = f"n{len(ids)}"
         label = names.get(node) or node.primitive.name
-        shape_text = "x".join(map(str, node.shape)) or "scalar"
+        shape_text = "x".join(map(str, getattr(node.ans, "shape", ()))) or "scalar"
         style = ", shape=box" if node.primitive is None else ""
         lines.append(f'  {ids[node]} [label="{label}\\n{shape_text}"{style}];')
         for argnum, parent in node.parents:
             lines.append(f'  {ids[parent]} -> {ids[node]} [label="{argnum}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _reachable(tape: list[Node], ends: list[Node], leaves: list[Node]) -> list[Node]:
+    """The nodes the outputs depend on, inputs first."""
+    needed = set(ends)
+    for node in reversed(tape):
+        if node in needed:
+            needed.update(parent for _, parent in node.parents)
+    return [node for node in leaves + tape if node in needed]

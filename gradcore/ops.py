@@ -9,11 +9,11 @@ Their VJP rules live in ``gradcore.vjps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
-from gradcore.tracer import Box, Primitive, nondifferentiable
+from gradcore.tracer import Box, nondifferentiable, primitive
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -28,8 +28,8 @@ def ndim(x: Any) -> int:
     return len(shape(x))
 
 
-def _op(fun) -> Primitive:
-    return Primitive(fun)
+def _op(fun) -> Callable:
+    return primitive(fun)
 
 
 def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, ...]:
@@ -40,41 +40,50 @@ def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, .
 
 
 # ---------------------------------------------------------------------------------------------
-# elementwise arithmetic: written with operators, which every Array API array supports
-# with Python numbers on either side
+# elementwise arithmetic: written with operators, which every Array API array supports with
+# Python numbers on either side
+
+
+def _check_devices(op_name: str, x: Any, y: Any) -> None:
+    """Arrays of two libraries never meet silently: NumPy would convert some of them.
+
+    Arrays of one type on two devices are refused by the library itself; the primitive turns
+    that refusal into a DeviceError too.
+    """
+    if type(x) is not type(y) and type(x) not in PY_SCALARS and type(y) not in PY_SCALARS:
+        common_backend(op_name, x, y)
 
 
 @_op
 def add(x, y):
-    common_backend("add", x, y)
+    _check_devices("add", x, y)
     return x + y
 
 
 @_op
 def subtract(x, y):
-    common_backend("subtract", x, y)
+    _check_devices("subtract", x, y)
     return x - y
 
 
 @_op
 def multiply(x, y):
-    common_backend("multiply", x, y)
+    _check_devices("multiply", x, y)
     return x * y
 
 
 @_op
 def divide(x, y):
-    common_backend("divide", x, y)
+    _check_devices("divide", x, y)
     return x / y
 
 
-true_divide = _op(divide.fun)
-true_divide.name = true_divide.__name__ = "true_divide"
+true_divide = primitive(divide.fun, name="true_divide")
 
 
 @_op
 def power(x, y):
-    common_backend("power", x, y)
+    _check_devices("power", x, y)
     return x**y
 
 
@@ -93,7 +102,7 @@ def minimum(x, y):
     return common_backend("minimum", x, y).xp.minimum(x, y)
 
 
-def _unary(name: str, scalar_fun) -> Primitive:
+def _unary(name: str, scalar_fun) -> Callable:
     """An elementwise function of one array, from the backend namespace of the same name."""
 
     def impl(x):
@@ -103,7 +112,7 @@ def _unary(name: str, scalar_fun) -> Primitive:
 
     impl.__name__ = name
     impl.__doc__ = f"Elementwise {name}."
-    return Primitive(impl)
+    return primitive(impl)
 
 
 exp = _unary("exp", math.exp)
@@ -306,8 +315,20 @@ def dot(x: Any, y: Any) -> Any:
 # constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
 
 
+_PYTHON_COMPARISONS = {
+    "equal": lambda x, y: x == y,
+    "not_equal": lambda x, y: x != y,
+    "less": lambda x, y: x < y,
+    "less_equal": lambda x, y: x <= y,
+    "greater": lambda x, y: x > y,
+    "greater_equal": lambda x, y: x >= y,
+}
+
+
 def _comparison(name: str):
     def compare(x, y):
+        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+            return _PYTHON_COMPARISONS[name](x, y)  # Python numbers give a Python bool
         return getattr(common_backend(name, x, y).xp, name)(x, y)
 
     compare.__name__ = name
@@ -344,15 +365,19 @@ def replace_zero(x: Any, value: float) -> Any:
 
 def unbroadcast(x: Any, g: Any) -> Any:
     """Sum ``g`` back to the shape of ``x`` (undoing broadcasting), in ``x``'s dtype."""
+    try:  # the common case, first: nothing was broadcast
+        if g.shape == x.shape and g.dtype == x.dtype:
+            return g
+    except AttributeError:  # a Python number has no shape
+        if type(x) in PY_SCALARS and type(g) in PY_SCALARS:
+            return g
     x_shape = shape(x)
     g_shape = shape(g)
     if g_shape != x_shape:
         extra = len(g_shape) - len(x_shape)
         if extra > 0:
             g = sum(g, axis=tuple(range(extra)))
-        stretched = tuple(
-            axis for axis, n in enumerate(x_shape) if n == 1 and shape(g)[axis] != 1
-        )
+        stretched = tuple(axis for axis, n in enumerate(x_shape) if n == 1 and shape(g)[axis] != 1)
         if stretched:
             g = sum(g, axis=stretched, keepdims=True)
     if type(x) not in PY_SCALARS and type(g) not in PY_SCALARS and g.dtype != x.dtype:
@@ -364,14 +389,11 @@ def unbroadcast(x: Any, g: Any) -> Any:
 # operators on traced values
 
 
-def _method(op):
-    return lambda self, other: op(self, other)
-
-
-def _reflected(op):
+def _reflected(op: Callable) -> Callable:
     return lambda self, other: op(other, self)
 
 
+# Primitives are plain functions, so they bind as methods: ``box * 2`` calls multiply(box, 2).
 for _name, _fun in [
     ("add", add),
     ("sub", subtract),
@@ -380,19 +402,16 @@ for _name, _fun in [
     ("pow", power),
     ("matmul", matmul),
 ]:
-    setattr(Box, f"__{_name}__", _method(_fun))
+    setattr(Box, f"__{_name}__", _fun)
     setattr(Box, f"__r{_name}__", _reflected(_fun))
-for _name, _fun in [
-    ("eq", equal),
-    ("ne", not_equal),
-    ("lt", less),
-    ("le", less_equal),
-    ("gt", greater),
-    ("ge", greater_equal),
-    ("getitem", getitem),
-]:
-    setattr(Box, f"__{_name}__", _method(_fun))
-Box.__neg__ = lambda self: negative(self)
-Box.__abs__ = lambda self: abs(self)
-Box.T = property(lambda self: transpose(self))
+Box.__eq__ = equal
+Box.__ne__ = not_equal
+Box.__lt__ = less
+Box.__le__ = less_equal
+Box.__gt__ = greater
+Box.__ge__ = greater_equal
+Box.__getitem__ = getitem
+Box.__neg__ = negative
+Box.__abs__ = abs
+Box.T = property(transpose)
 Box.mT = property(matrix_transpose)

@@ -1,7 +1,7 @@
 """Layer 2: tracing. Boxes record primitive calls as a graph; the backward pass walks it.
 
 The design is HIPS autograd's. ``grad`` wraps its inputs in ``Box`` objects tagged with a fresh
-trace id. A ``Primitive`` called with boxes unwraps the boxes of the innermost trace, computes
+trace id. A primitive called with boxes unwraps the boxes of the innermost trace, computes
 on the raw values, and returns a new box whose ``Node`` remembers the primitive, its inputs and
 its output. Because the raw values may themselves be boxes of an outer trace, ``grad(grad(f))``
 needs nothing special: each trace only sees its own boxes.
@@ -11,58 +11,90 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from gradcore.backend import raise_if_devices_mixed
+
 __all__ = [
+    "ArraySpec",
     "Box",
     "Node",
-    "Primitive",
     "backward_pass",
     "defvjp",
     "defvjp_argnum",
     "getval",
-    "new_trace_id",
+    "new_trace",
     "nondifferentiable",
     "primitive",
     "stop_gradient",
 ]
 
 _trace_ids = itertools.count(1)
+# trace id -> the nodes recorded in it, in the order they ran
+_tapes: dict[int, Tape] = {}
 
 
-def new_trace_id() -> int:
-    """A trace id larger than any before it, so the innermost trace always wins."""
-    return next(_trace_ids)
+class Tape(list):
+    """The nodes of one trace, in the order they ran.
+
+    Nodes are appended as they are created, after their inputs, so the tape read backwards is
+    a reverse topological order: backward needs no graph search. ``keep_values`` keeps every
+    value (for drawing the graph) instead of only what the VJP rules read.
+    """
+
+    keep_values = False
+
+
+@contextmanager
+def new_trace(keep_values: bool = False) -> Iterator[tuple[int, Tape]]:
+    """A trace id larger than any before it (the innermost trace wins) and its tape."""
+    trace = next(_trace_ids)
+    tape = Tape()
+    tape.keep_values = keep_values
+    _tapes[trace] = tape
+    try:
+        yield trace, tape
+    finally:
+        del _tapes[trace]
 
 
 class Node:
     """One primitive application in the graph: what backward needs to apply its VJPs."""
 
-    __slots__ = ("primitive", "args", "kwargs", "ans", "parents", "shape")
+    __slots__ = ("primitive", "args", "kwargs", "ans", "parents")
 
     def __init__(self, primitive, args, kwargs, ans, parents) -> None:
         self.primitive = primitive  # None for a leaf (an input of grad)
         self.args = args  # raw argument values, as the VJPs receive them
         self.kwargs = kwargs
         self.ans = ans
-        self.parents = parents  # tuple of (argnum, parent node)
-        self.shape = getattr(ans, "shape", ())  # kept for to_dot after the values are freed
+        self.parents = parents  # [(argnum, parent node)]
 
     @classmethod
     def leaf(cls, value: Any) -> Node:
         return cls(None, (), {}, value, ())
 
-    def release(self) -> None:
-        """Drop the saved values once backward has used them, so memory falls as it goes."""
-        self.args = self.kwargs = self.ans = None
+
+class ArraySpec:
+    """What backward keeps of an argument whose rules read only its shape and dtype."""
+
+    __slots__ = ("shape", "dtype", "ndim")
+
+    def __init__(self, value: Any) -> None:
+        self.shape = value.shape
+        self.dtype = value.dtype
+        self.ndim = value.ndim
 
 
 class Box:
     """A value being traced. Operators (+, *, @, x[i], ...) are attached by ``gradcore.ops``."""
 
     __slots__ = ("_value", "_trace", "_node")
-    # NumPy must not treat a Box as an array: ``ndarray + box`` then falls to Box.__radd__.
+    # NumPy and CuPy must not treat a Box as an array: ``ndarray + box`` then falls to
+    # Box.__radd__ (NumPy reads __array_ufunc__, CuPy __array_priority__).
     __array_ufunc__ = None
+    __array_priority__ = 100.0
     __hash__ = None  # == is elementwise, as for arrays
 
     def __init__(self, value: Any, trace: int, node: Node) -> None:
@@ -101,57 +133,73 @@ def getval(x: Any) -> Any:
     return x
 
 
-class Primitive:
-    """A function the tracer treats as atomic, with one VJP rule per differentiable argument."""
+def primitive(fun: Callable, name: str | None = None) -> Callable:
+    """Make ``fun`` traceable as one step; give it VJP rules with ``defvjp``.
 
-    def __init__(self, fun: Callable, name: str | None = None) -> None:
-        self.fun = fun
-        self.name = name or fun.__name__
-        self.__name__ = self.name
-        self.__doc__ = fun.__doc__
-        self.__wrapped__ = fun
-        self.vjps: tuple[Callable | None, ...] = ()
-        self.vjp_argnum: Callable | None = None  # one rule for every argnum (varargs ops)
+    The returned function computes ``fun`` on raw values. Given boxes, it unwraps those of the
+    innermost trace, computes, and records a ``Node`` on that trace's tape. It is a plain
+    function (not a callable object) because it runs for every op: that keeps calls cheap and
+    lets it serve directly as a Box method (``Box.__mul__ = multiply``).
+    """
+    name = name or fun.__name__
 
-    def __repr__(self) -> str:
-        return f"<primitive {self.name}>"
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def traced(*args: Any, **kwargs: Any) -> Any:
         top = 0
         for arg in args:
             if type(arg) is Box and arg._trace > top:
                 top = arg._trace
         if not top:
             try:
-                return self.fun(*args, **kwargs)
+                return fun(*args, **kwargs)
             except (ValueError, TypeError) as error:
-                raise _annotate(error, self.name, args) from error
+                raise _explain(error, name, args) from error
 
         raw = list(args)
         parents = []
+        nested = False  # do the unboxed values still hold boxes of outer traces?
         for argnum, arg in enumerate(args):
-            if type(arg) is Box and arg._trace == top:
-                self._check_differentiable(argnum)
-                raw[argnum] = arg._value
-                parents.append((argnum, arg._node))
-        # Raw values may still be boxes of outer traces: call ourselves to record those too.
-        ans = self(*raw, **kwargs)
-        return Box(ans, top, Node(self, raw, kwargs, ans, tuple(parents)))
+            if type(arg) is Box:
+                if arg._trace == top:
+                    raw[argnum] = value = arg._value
+                    parents.append((argnum, arg._node))
+                    nested = nested or type(value) is Box
+                else:
+                    nested = True
+        if nested:  # call ourselves, so that the outer traces record this op too
+            ans = traced(*raw, **kwargs)
+        else:
+            try:
+                ans = fun(*raw, **kwargs)
+            except (ValueError, TypeError) as error:
+                raise _explain(error, name, raw) from error
+        saved_ans = ans
+        tape = _tapes.get(top)
+        if tape is not None and not tape.keep_values:
+            # Keep for backward only what the rules read: memory is activations.
+            if not traced.uses_args:
+                for argnum, _ in parents:
+                    raw[argnum] = ArraySpec(raw[argnum])
+            if not traced.uses_ans:
+                saved_ans = None
+        node = Node(traced, raw, kwargs, saved_ans, parents)
+        if tape is not None:  # None: a box that outlived its trace, nothing will read this
+            tape.append(node)
+        return Box(ans, top, node)
 
-    def _check_differentiable(self, argnum: int) -> None:
-        if self.vjp_argnum is None and argnum >= len(self.vjps):
-            raise NotImplementedError(
-                f"{self.name}: no VJP is defined for argument {argnum}; register one with "
-                f"gradcore.defvjp({self.name}, ...), or wrap the argument in stop_gradient"
-            )
+    traced.__name__ = traced.name = name
+    traced.__qualname__ = name
+    traced.__doc__ = fun.__doc__
+    traced.__wrapped__ = traced.fun = fun
+    traced.vjps = ()  # one rule per positional argument, set by defvjp
+    traced.uses_args = traced.uses_ans = True  # what the rules read, set by defvjp
+    return traced
 
-    def vjp(self, argnum: int, g: Any, node: Node) -> Any:
-        if self.vjp_argnum is not None:
-            return self.vjp_argnum(argnum, g, node.ans, node.args, node.kwargs)
-        rule = self.vjps[argnum]
-        if rule is None:
-            return None
-        return rule(g, node.ans, *node.args, **node.kwargs)
+
+def _missing_vjp(name: str, argnum: int) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name}: no VJP is defined for argument {argnum}; register one with "
+        f"gradcore.defvjp({name}, ...), or wrap the argument in stop_gradient"
+    )
 
 
 def _describe(value: Any) -> str:
@@ -161,8 +209,10 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _annotate(error: Exception, name: str, args: tuple) -> Exception:
-    """Name the op and its operands in an error raised by the array library."""
+def _explain(error: Exception, name: str, args: Any) -> Exception:
+    """The array library refused an op: say it was arrays of two devices, or name the op and
+    its operands."""
+    raise_if_devices_mixed(name, tuple(args))
     message = str(error)
     if message.startswith(name + "("):
         return error
@@ -170,22 +220,37 @@ def _annotate(error: Exception, name: str, args: tuple) -> Exception:
     return type(error)(f"{name}({described}): {message}")
 
 
-def primitive(fun: Callable) -> Primitive:
-    """Make ``fun`` traceable as one step; give it VJP rules with ``defvjp``."""
-    return Primitive(fun)
-
-
-def defvjp(prim: Primitive, *vjps: Callable | None) -> None:
+def defvjp(
+    prim: Callable, *vjps: Callable | None, uses_args: bool = True, uses_ans: bool = True
+) -> None:
     """Register ``vjp(g, ans, *args, **kwargs)`` for each positional argument, in order.
 
     ``None`` marks an argument that has no gradient (it is treated as a constant).
+    ``uses_args=False`` promises that the rules read only the shape and dtype of the traced
+    arguments, and ``uses_ans=False`` that they never read ``ans``: backward then keeps an
+    ``ArraySpec`` or nothing instead of the values, so activations are freed during forward.
     """
     prim.vjps = vjps
+    prim.uses_args = uses_args
+    prim.uses_ans = uses_ans
 
 
-def defvjp_argnum(prim: Primitive, vjp: Callable) -> None:
+def defvjp_argnum(
+    prim: Callable, vjp: Callable, uses_args: bool = True, uses_ans: bool = True
+) -> None:
     """Register one rule ``vjp(argnum, g, ans, args, kwargs)`` for ops with varargs."""
-    prim.vjp_argnum = vjp
+    defvjp(prim, uses_args=uses_args, uses_ans=uses_ans)
+    prim.vjps = _OneRuleForEveryArgument(vjp)
+
+
+class _OneRuleForEveryArgument:
+    """Looks like a tuple of per-argument rules to the backward pass."""
+
+    def __init__(self, rule: Callable) -> None:
+        self.rule = rule
+
+    def __getitem__(self, argnum: int) -> Callable:
+        return lambda g, ans, *args, **kwargs: self.rule(argnum, g, ans, args, kwargs)
 
 
 def nondifferentiable(fun: Callable) -> Callable:
@@ -195,7 +260,7 @@ def nondifferentiable(fun: Callable) -> Callable:
         try:
             return fun(*[getval(a) for a in args], **kwargs)
         except (ValueError, TypeError) as error:
-            raise _annotate(error, fun.__name__, args) from error
+            raise _explain(error, fun.__name__, args) from error
 
     unboxed.__name__ = fun.__name__
     unboxed.__doc__ = fun.__doc__
@@ -208,38 +273,16 @@ def stop_gradient(x: Any) -> Any:
     return getval(x)
 
 
-def toposort(ends: list[Node]) -> Iterator[Node]:
-    """Nodes from the outputs back to the leaves, each after every node that consumes it."""
-    child_counts: dict[Node, int] = {}
-    seen: set[Node] = set()
-    stack = list(ends)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for _, parent in node.parents:
-            child_counts[parent] = child_counts.get(parent, 0) + 1
-            stack.append(parent)
-    ready = [node for node in dict.fromkeys(ends) if node not in child_counts]
-    while ready:
-        node = ready.pop()
-        yield node
-        for _, parent in node.parents:
-            child_counts[parent] -= 1
-            if not child_counts[parent]:
-                ready.append(parent)
-
-
 def backward_pass(
-    seeds: list[tuple[Node, Any]], add: Callable, retain_graph: bool = False
+    seeds: list[tuple[Node, Any]], tape: list[Node], add: Callable, retain_graph: bool = False
 ) -> dict[Node, Any]:
-    """Push output cotangents ``(node, g)`` back to the leaves; return the leaves' cotangents.
+    """Push output cotangents ``(node, g)`` back through the tape; return the leaves' cotangents.
 
     Each node's cotangent is popped as soon as it is used. Unless ``retain_graph`` (``vjp``
-    functions may be called many times), each node's saved values are dropped too.
-    Accumulation is copy-on-second-write: a cotangent a VJP returned may alias another node's,
-    so it is never written into; the sum that replaces it is ours, and later sums go into it.
+    functions may be called many times), each node's saved values are dropped too, so memory
+    falls as backward proceeds. Accumulation is copy-on-second-write: a cotangent a VJP returned
+    may alias another node's, so it is never written into; the sum that replaces it is ours, and
+    later sums go into it.
     """
     cotangents: dict[Node, Any] = {}
     owned: set[Node] = set()
@@ -255,18 +298,25 @@ def backward_pass(
 
     for node, g in seeds:
         accumulate(node, g)
-    leaves: dict[Node, Any] = {}
-    for node in toposort([node for node, _ in seeds]):
+    for node in reversed(tape):
         g = cotangents.pop(node, None)
-        if g is None:  # every path from here to the outputs was cut (a None VJP)
+        if g is None:  # the outputs do not depend on this node
             continue
-        if node.primitive is None:
-            leaves[node] = g
-            continue
+        rules = node.primitive.vjps
         for argnum, parent in node.parents:
-            parent_g = node.primitive.vjp(argnum, g, node)
-            if parent_g is not None:
+            try:
+                rule = rules[argnum]
+            except IndexError:
+                raise _missing_vjp(node.primitive.name, argnum) from None
+            if rule is None:  # declared as having no gradient
+                continue
+            parent_g = rule(g, node.ans, *node.args, **node.kwargs)
+            if parent_g is None:
+                continue
+            if parent in cotangents:
                 accumulate(parent, parent_g)
+            else:
+                cotangents[parent] = parent_g
         if not retain_graph:
-            node.release()
-    return leaves
+            node.args = node.kwargs = node.ans = None  # free what only backward needed
+    return cotangents  # what is left belongs to the leaves

@@ -34,6 +34,7 @@ from gradcore.ops import (
     multiply,
     ndim,
     negative,
+    not_equal,
     power,
     relu,
     replace_zero,
@@ -71,7 +72,7 @@ defvjp(true_divide,
        lambda g, ans, x, y: unbroadcast(x, g / y),
        lambda g, ans, x, y: unbroadcast(y, -g * x / y**2))  # fmt: skip
 defvjp(power,
-       lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(y, y - 1, 1.0)),
+       lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(not_equal(y, 0.0), y - 1, 1.0)),
        lambda g, ans, x, y: unbroadcast(y, g * log(replace_zero(x, 1.0)) * x**y))  # fmt: skip
 
 # --- elementwise functions ----------------------------------------------------------------------
@@ -133,7 +134,8 @@ def _count(x, axis):
 defvjp(sum, lambda g, ans, x, axis=None, keepdims=False:
        broadcast_to(_restore_reduced(g, x, axis, keepdims), shape(x)))  # fmt: skip
 defvjp(mean, lambda g, ans, x, axis=None, keepdims=False:
-       broadcast_to(_restore_reduced(g, x, axis, keepdims) / _count(x, axis), shape(x)))  # fmt: skip
+       broadcast_to(_restore_reduced(g, x, axis, keepdims) / _count(x, axis),
+                    shape(x)))  # fmt: skip
 
 
 def _max_vjp(g, ans, x, axis=None, keepdims=False):
@@ -145,7 +147,8 @@ def _max_vjp(g, ans, x, axis=None, keepdims=False):
 
 defvjp(max, _max_vjp)
 defvjp(logsumexp, lambda g, ans, x, axis=None, keepdims=False:
-       _restore_reduced(g, x, axis, keepdims) * exp(x - _restore_reduced(ans, x, axis, keepdims)))  # fmt: skip
+       _restore_reduced(g, x, axis, keepdims)
+       * exp(x - _restore_reduced(ans, x, axis, keepdims)))  # fmt: skip
 
 # --- shapes -------------------------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ defvjp(getitem, lambda g, ans, x, index: untake(g, index, shape(x)))
 defvjp(untake, lambda g2, ans, g, index, *_: getitem(g2, index))
 
 
+# Index tuples end in ``...``: the Array API standard refuses an index that names fewer axes
+# than the array has (NumPy's implicit trailing slices are not standard).
 def _concatenate_vjp(argnum, g, ans, args, kwargs):
     axis, arrays = args[0], args[1:]
     axis %= ndim(g)
@@ -176,12 +181,12 @@ def _concatenate_vjp(argnum, g, ans, args, kwargs):
     for array in arrays[: argnum - 1]:
         start += shape(array)[axis]
     stop = start + shape(arrays[argnum - 1])[axis]
-    return getitem(g, (slice(None),) * axis + (slice(start, stop),))
+    return getitem(g, (slice(None),) * axis + (slice(start, stop), ...))
 
 
 def _stack_vjp(argnum, g, ans, args, kwargs):
     axis = args[0] % ndim(g)
-    return getitem(g, (slice(None),) * axis + (argnum - 1,))
+    return getitem(g, (slice(None),) * axis + (argnum - 1, ...))
 
 
 defvjp_argnum(_concatenate, _concatenate_vjp)
@@ -195,7 +200,7 @@ def _matmul_vjp(wrt):
 
     def vjp(g, ans, x, y):
         if ndim(x) == 2 and ndim(y) == 2:  # the common case: no promotion, no broadcasting
-            return matmul(g, transpose(y)) if wrt == 0 else matmul(transpose(x), g)
+            return matmul(g, y.T) if wrt == 0 else matmul(x.T, g)
         x2 = x if ndim(x) > 1 else expand_dims(x, 0)
         y2 = y if ndim(y) > 1 else expand_dims(y, -1)
         if ndim(x) == 1:
@@ -209,4 +214,25 @@ def _matmul_vjp(wrt):
     return vjp
 
 
-defvjp(matmul, _matmul_vjp(0), _matmul_vjp(1))
+matmul_vjp_x, matmul_vjp_y = _matmul_vjp(0), _matmul_vjp(1)
+defvjp(matmul, matmul_vjp_x, matmul_vjp_y)
+
+# --- what backward keeps ------------------------------------------------------------------------
+# Most rules read only part of what the forward pass saw. Saying which lets backward keep an
+# ArraySpec (shape and dtype) or nothing in place of the values, so an activation is freed as
+# soon as the forward pass is done with it instead of living until backward reaches it.
+# (defvjp's uses_args / uses_ans say the same for primitives defined elsewhere.)
+
+# fmt: off
+_READ_SHAPES_ONLY = (add, subtract, negative, astype, sum, mean, reshape, broadcast_to,
+                     expand_dims, squeeze, transpose, getitem, untake, _concatenate, _stack)
+_READ_ANS_NOT_ARGS = (exp, tanh, sqrt, sigmoid, relu)
+_READ_ARGS_NOT_ANS = (multiply, divide, true_divide, power, log, sin, cos, square, abs,
+                      sigmoid_grad, where, matmul)
+# fmt: on
+for _prim in _READ_SHAPES_ONLY:
+    _prim.uses_args = _prim.uses_ans = False
+for _prim in _READ_ANS_NOT_ARGS:
+    _prim.uses_args = False
+for _prim in _READ_ARGS_NOT_ANS:
+    _prim.uses_ans = False

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_strict as xp
-from array_api_strict._array_object import Array
 import numpy as np
+from array_api_strict._array_object import Array
 
 import gradcore as gc
 
@@ -86,6 +86,26 @@ def _host_index(index):
         return np.asarray(xp.asarray(index, device=xp.Device("CPU_DEVICE")))
     return index
 
+
+def _defer_to_traced(method):
+    def operator(self, other):
+        if isinstance(other, gc.Box):
+            return NotImplemented
+        return method(self, other)
+
+    return operator
+
+
+# Python's operator protocol lets the other operand answer when one returns NotImplemented;
+# NumPy and CuPy do that for a Box (``raw_array * box`` becomes ``box.__rmul__``), but
+# array-api-strict raises TypeError instead. Teach it to defer, so higher derivatives (where a
+# raw cotangent meets a traced value) run here as they do on the real backends.
+for _name in [
+    f"__{prefix}{op}__"
+    for op in ("add", "sub", "mul", "truediv", "pow", "matmul")
+    for prefix in ("", "r")
+] + ["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"]:
+    setattr(Array, _name, _defer_to_traced(getattr(Array, _name)))
 
 _BACKENDS = {name: StrictBackend(name) for name in DEVICES}
 _BY_DEVICE = {DEVICES[name]: backend for name, backend in _BACKENDS.items()}

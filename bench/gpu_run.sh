@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call: install gradcore, run the whole test suite with the
+# `cuda` tests, run the GPU benchmarks, and leave the results in bench/results/ and in $OUT.
+#
+# For a session whose task is lent a GPU (the device tool; see /work/.library/device/README.md).
+# Once, here in the repo root, fetch the pure-Python wheels the GPU image lacks (it has CuPy,
+# NumPy, pytest, hypothesis, scikit-learn, matplotlib and tqdm, and no network):
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#       array-api-compat==1.16.0 array-api-strict==2.6.1 autograd==1.9.1
+#
+# Then call the device tool's run with
+#   command: bash bench/gpu_run.sh      carry: [".whl"]      timeout_s: 600
+# and copy what comes back (run.log, pytest.log, results/*) into bench/results/ to commit it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/gpu-run}
+mkdir -p "$OUT/results" bench/results
+export PYTHONUNBUFFERED=1
+log() { echo "[gpu_run] $*" | tee -a "$OUT/run.log"; }
+status=0
+
+log "install"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c "import cupy; print('cupy', cupy.__version__, 'CUDA runtime',
+        cupy.cuda.runtime.runtimeGetVersion())"
+    python3 -c "import gradcore as gc; print('devices', gc.available_devices())"
+    python3 -c "import gradcore as gc; gc.array(1.0, device='cuda')"  # the probe's reason
+} 2>&1 | tee -a "$OUT/run.log"
+
+log "pytest (whole suite, cuda tests included)"
+timeout 240 python3 -m pytest -q -p no:cacheprovider -ra --durations=10 2>&1 \
+    | tee "$OUT/pytest.log" | tail -40 | tee -a "$OUT/run.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+log "python -m bench.sigmoid --device cuda"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-')
+timeout 90 python3 -m bench.sigmoid --device cuda --json "$OUT/results/sigmoid-cuda-${gpu%-}.json" \
+    2>&1 | tee -a "$OUT/run.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+log "python -m bench --device cuda --suite mlp memory"
+timeout 200 python3 -m bench --device cuda --suite mlp memory --out "$OUT/results" 2>&1 | tail -60 \
+    | tee -a "$OUT/run.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+cp "$OUT"/results/* bench/results/ 2>/dev/null
+log "done, exit status $status; results in $OUT and bench/results/"
+exit $status

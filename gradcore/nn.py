@@ -1,0 +1,295 @@
+"""Layer 5: multilayer perceptrons and their losses.
+
+A network is plain data: a list of layers ``{"W": (fan_in, fan_out), "b": (fan_out,)}``, so
+it is a pytree that ``grad`` differentiates and ``optim.SGD`` updates in place. Every loss
+reduces by the mean over the batch, and every loss is written so that it stays finite for any
+finite input (clipping, log-sum-exp, log-softmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+import gradcore as gc
+from gradcore.backend import backend_of, common_backend, isdtype
+from gradcore.vjps import matmul_vjp_x, matmul_vjp_y
+
+__all__ = [
+    "accuracy",
+    "affine",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "init_mlp",
+    "mlp",
+    "mse",
+    "softmax_cross_entropy",
+    "target_checks",
+]
+
+# Reading label values to check them waits for the device. ``fit`` checks every label once
+# before training, then turns the checks off so that a training step never waits.
+_check_values = contextvars.ContextVar("gradcore_nn_check_values", default=True)
+
+
+@contextlib.contextmanager
+def target_checks(enabled: bool) -> Iterator[None]:
+    """Turn the losses' checks of target values (not shapes) on or off within a block."""
+    token = _check_values.set(enabled)
+    try:
+        yield
+    finally:
+        _check_values.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+
+
+def init_mlp(
+    sizes: list[int],
+    seed: int = 0,
+    device: str | None = None,
+    dtype: Any = "float32",
+    init: str = "glorot",
+) -> list[dict[str, Any]]:
+    """Layers for ``sizes = [inputs, hidden..., outputs]``, weights drawn from ``seed``.
+
+    ``init="glorot"`` draws U(-r, r) with r = sqrt(6 / (fan_in + fan_out)), which keeps
+    sigmoid and tanh units out of saturation; ``init="he"`` draws N(0, 2 / fan_in), for ReLU.
+    Biases start at zero. Weights are drawn on the host and then moved, so a seed gives the
+    same network on every device.
+    """
+    if len(sizes) < 2 or any(int(n) != n or n < 1 for n in sizes):
+        raise ValueError(f"init_mlp: sizes must be at least two positive integers, got {sizes}")
+    if init not in ("glorot", "he"):
+        raise ValueError(f"init_mlp: init must be 'glorot' or 'he', got {init!r}")
+    rng = np.random.default_rng(seed)
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        if init == "glorot":
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            weights = rng.uniform(-limit, limit, (fan_in, fan_out))
+        else:
+            weights = rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_in, fan_out))
+        layers.append(
+            {
+                "W": gc.array(weights, dtype=dtype, device=device),
+                "b": gc.array(np.zeros(fan_out), dtype=dtype, device=device),
+            }
+        )
+    return layers
+
+
+def mlp(params: list[dict[str, Any]], x: Any, activation: Callable = gc.sigmoid) -> Any:
+    """The logits ``h @ W + b`` of the last layer; hidden layers apply ``activation``.
+
+    The output layer is left linear so that the loss can fuse its own nonlinearity (the
+    stable ``*_with_logits`` and log-softmax forms).
+    """
+    for layer in params[:-1]:
+        x = activation(affine(x, layer["W"], layer["b"]))
+    last = params[-1]
+    return affine(x, last["W"], last["b"])
+
+
+@gc.primitive
+def affine(x: Any, w: Any, b: Any) -> Any:
+    """``x @ w + b`` as one op, the bias added in place into the product.
+
+    Every layer runs it twice per step (forward and backward), so one node instead of two
+    saves a temporary the size of the layer's output and a round of tracing overhead, as
+    PyTorch's ``linear`` does.
+    """
+    out = common_backend("affine", x, w, b).xp.matmul(x, w)
+    out += b
+    return out
+
+
+gc.defvjp(
+    affine,
+    lambda g, ans, x, w, b: matmul_vjp_x(g, None, x, w),
+    lambda g, ans, x, w, b: matmul_vjp_y(g, None, x, w),
+    lambda g, ans, x, w, b: gc.unbroadcast(b, g),
+    uses_ans=False,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# checking targets
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def _binary_targets(name: str, z: Any, y: Any) -> Any:
+    """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
+    if not hasattr(y, "shape"):
+        raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
+    xp = backend_of(y).xp
+    if _shape(z) != _shape(y):
+        if _shape(z) != (*_shape(y), 1):
+            raise ValueError(
+                f"{name}: predictions of shape {_shape(z)} and targets of shape {_shape(y)}; "
+                "they must match (a single output column (n, 1) may go with targets (n,))"
+            )
+        y = xp.reshape(y, _shape(z))  # one output unit: reshape the constant, not the traced z
+    if y.dtype != z.dtype:
+        y = xp.astype(y, z.dtype)
+    if _check_values.get() and bool(xp.any((y < 0.0) | (y > 1.0))):
+        raise ValueError(f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)")
+    return y
+
+
+def _check_probabilities(name: str, p: Any) -> None:
+    raw = gc.stop_gradient(p)
+    if _check_values.get() and bool(backend_of(raw).xp.any((raw < 0.0) | (raw > 1.0))):
+        raise ValueError(
+            f"{name}: predictions must be probabilities in [0, 1]; for logits use "
+            "binary_cross_entropy_with_logits"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+
+
+def binary_cross_entropy(p: Any, y: Any, eps: float = 1e-7) -> Any:
+    """``-mean(y log p + (1 - y) log(1 - p))`` for probabilities ``p``.
+
+    ``p`` is clipped to ``[eps, 1 - eps]`` so that a saturated sigmoid costs a large but
+    finite loss instead of ``log(0)``. From logits, prefer ``binary_cross_entropy_with_logits``.
+    """
+    y = _binary_targets("binary_cross_entropy", p, y)
+    _check_probabilities("binary_cross_entropy", p)
+    p = gc.clip(p, eps, 1.0 - eps)
+    # Traced values on the left: a raw array's own operators need not know about boxes.
+    return -gc.mean(gc.log(p) * y + gc.log(1.0 - p) * (1.0 - y))
+
+
+@gc.primitive
+def _bce_with_logits(z: Any, y: Any) -> Any:
+    """Elementwise ``log(1 + e^z) - z y``, with ``log(1 + e^z) = max(z, 0) + log1p(e^-|z|)``.
+
+    This is ``logsumexp([0, z])`` with its maximum taken out, so ``e^...`` never overflows.
+    """
+    xp = backend_of(z).xp
+    return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+# The derivative the lecture derives by hand: dL/dz = sigmoid(z) - y, computed as exactly that.
+gc.defvjp(
+    _bce_with_logits,
+    lambda g, ans, z, y: gc.multiply(g, gc.sigmoid(z) - y),
+    lambda g, ans, z, y: gc.negative(gc.multiply(g, z)),
+    uses_ans=False,
+)
+
+
+def binary_cross_entropy_with_logits(z: Any, y: Any) -> Any:
+    """``binary_cross_entropy(sigmoid(z), y)`` without rounding ``sigmoid(z)`` to 0 or 1.
+
+    Finite for every finite ``z``; its gradient with respect to ``z`` is
+    ``(sigmoid(z) - y) / n``, the lecture's output-layer delta.
+    """
+    y = _binary_targets("binary_cross_entropy_with_logits", z, y)
+    return gc.mean(_bce_with_logits(z, y))
+
+
+def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
+    """``-mean(log softmax(logits)[label])`` over a batch of ``(n, classes)`` logits.
+
+    ``labels`` are integer class indices of shape ``(n,)``, or one-hot (or probability) rows of
+    the logits' shape. Integer labels become a one-hot mask on the device, which keeps the
+    backward pass a product instead of a scatter.
+    """
+    name = "softmax_cross_entropy"
+    if len(_shape(logits)) != 2:
+        raise ValueError(f"{name}: logits must have shape (n, classes), got {_shape(logits)}")
+    n, classes = _shape(logits)
+    backend = backend_of(gc.stop_gradient(labels))  # soft labels may be traced too
+    xp = backend.xp
+    check = _check_values.get()
+    if isdtype(gc.stop_gradient(labels), "integral"):
+        if _shape(labels) != (n,):
+            raise ValueError(
+                f"{name}: integer labels must have shape ({n},) for logits of shape "
+                f"{_shape(logits)}, got {_shape(labels)}"
+            )
+        if check and bool(xp.any((labels < 0) | (labels >= classes))):
+            raise ValueError(f"{name}: integer labels must lie in [0, {classes})")
+        classes_row = xp.arange(classes, device=backend.array_device(labels))
+        targets = xp.astype(labels[:, None] == classes_row, logits.dtype)
+    else:
+        if _shape(labels) != (n, classes):
+            raise ValueError(
+                f"{name}: one-hot labels must have the logits' shape {_shape(logits)}, got "
+                f"{_shape(labels)} (integer class labels have shape ({n},))"
+            )
+        raw = gc.stop_gradient(labels)
+        if check and bool(xp.any((raw < 0.0) | (raw > 1.0))):
+            raise ValueError(f"{name}: one-hot labels must lie in [0, 1]")
+        targets = labels if labels.dtype == logits.dtype else gc.astype(labels, logits.dtype)
+    return _softmax_cross_entropy(logits, targets)
+
+
+@gc.primitive
+def _softmax_cross_entropy(logits: Any, targets: Any) -> Any:
+    """``-sum(log_softmax(logits) * targets) / n`` as one op: one node instead of six.
+
+    It runs once per training step, so fusing it (as PyTorch's cross_entropy does) takes a
+    dozen tracing and dispatch overheads out of every step.
+    """
+    xp = backend_of(logits).xp
+    log_probabilities = logits - gc.logsumexp(logits, axis=-1, keepdims=True)
+    return -xp.sum(log_probabilities * targets) / logits.shape[0]
+
+
+def _softmax_cross_entropy_vjp_logits(g: Any, ans: Any, z: Any, t: Any) -> Any:
+    """dL/dz = (softmax(z) * sum(t) - t) / n: the lecture's (softmax(z) - t) / n for one-hot
+    rows, exact for soft targets whose rows do not sum to one."""
+    row_sums = gc.sum(t, axis=-1, keepdims=True)
+    return gc.multiply(g / z.shape[0], gc.softmax(z, axis=-1) * row_sums - t)
+
+
+gc.defvjp(
+    _softmax_cross_entropy,
+    _softmax_cross_entropy_vjp_logits,
+    lambda g, ans, z, t: gc.multiply(-g / z.shape[0], gc.log_softmax(z, axis=-1)),
+    uses_ans=False,
+)
+
+
+def mse(pred: Any, target: Any) -> Any:
+    """Mean squared error, ``mean((pred - target)^2)``; the shapes must match."""
+    if _shape(pred) != _shape(target):
+        raise ValueError(f"mse: prediction shape {_shape(pred)} != target shape {_shape(target)}")
+    return gc.mean(gc.square(gc.subtract(pred, target)))
+
+
+def accuracy(logits: Any, labels: Any) -> float:
+    """The fraction of correct predictions, as a Python float (this reads the device).
+
+    One output (shape ``(n,)`` or ``(n, 1)``) predicts class 1 where the logit is positive,
+    that is where sigmoid(logit) > 1/2; several outputs predict the argmax. ``labels`` are
+    class indices, 0/1 targets or one-hot rows.
+    """
+    logits = gc.stop_gradient(logits)
+    xp = backend_of(logits).xp
+    if logits.ndim == 2 and logits.shape[1] > 1:
+        predicted = xp.argmax(logits, axis=1)
+        if labels.ndim == 2:
+            labels = xp.argmax(labels, axis=1)
+    else:
+        predicted = xp.reshape(logits > 0.0, (-1,))
+        labels = xp.reshape(xp.astype(labels, logits.dtype), (-1,)) > 0.5
+    if predicted.shape != labels.shape:
+        raise ValueError(f"accuracy: {predicted.shape[0]} predictions for {labels.shape[0]} labels")
+    correct = xp.astype(predicted == xp.astype(labels, predicted.dtype), xp.float64)
+    return float(xp.mean(correct))

@@ -1,0 +1,147 @@
+"""Layer 5: stochastic gradient descent with momentum, and learning-rate schedules.
+
+The update is the Deep Learning book's (ch. 8), in the Keras parametrisation::
+
+    v <- momentum * v - lr * g        theta <- theta + v
+
+Nesterov momentum is Keras's form, ``theta <- theta + momentum * v - lr * g`` (with the new
+``v``). The arithmetic runs in the backend's fused, in-place ``sgd_update``: one CUDA kernel per
+parameter on the GPU, in place with one temporary on the CPU, nothing read back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradcore as gc
+from gradcore.backend import backend_of
+from gradcore.pytree import tree_leaves
+
+__all__ = ["SGD", "Schedule", "exponential_decay", "linear_decay", "step_decay"]
+
+Schedule = Callable[[int], float]  # number of updates done so far -> learning rate
+
+
+def linear_decay(initial: float, final: float, steps: int) -> Schedule:
+    """Algorithm 8.1's schedule: ``eps_k = (1 - a) eps_0 + a eps_tau``, ``a = k / tau``.
+
+    Decays linearly from ``initial`` at step 0 to ``final`` at step ``steps`` (tau), then
+    stays at ``final``.
+    """
+    if steps < 1:
+        raise ValueError(f"linear_decay: steps must be at least 1, got {steps}")
+
+    def rate(k: int) -> float:
+        a = min(k / steps, 1.0)
+        return (1.0 - a) * initial + a * final
+
+    return rate
+
+
+def exponential_decay(
+    initial: float, decay_rate: float, decay_steps: int, staircase: bool = False
+) -> Schedule:
+    """``initial * decay_rate ** (k / decay_steps)``; with ``staircase`` the power is floored."""
+    if decay_steps < 1:
+        raise ValueError(f"exponential_decay: decay_steps must be at least 1, got {decay_steps}")
+
+    def rate(k: int) -> float:
+        power = k // decay_steps if staircase else k / decay_steps
+        return initial * decay_rate**power
+
+    return rate
+
+
+def step_decay(initial: float, drop: float, every: int) -> Schedule:
+    """``initial * drop ** (k // every)``: multiply the rate by ``drop`` every ``every`` steps."""
+    if every < 1:
+        raise ValueError(f"step_decay: every must be at least 1, got {every}")
+
+    def rate(k: int) -> float:
+        return initial * drop ** (k // every)
+
+    return rate
+
+
+class SGD:
+    """Minibatch SGD with optional (Nesterov) momentum and L2 weight decay, Keras's signature.
+
+    ``learning_rate`` is a float or a schedule ``k -> rate``, called with the number of updates
+    done so far (0 for the first). ``weight_decay`` adds ``weight_decay * theta`` to each
+    gradient. One velocity per parameter lives on that parameter's device.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | Schedule = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if not callable(learning_rate) and not learning_rate > 0:
+            raise ValueError(f"SGD: learning_rate must be positive, got {learning_rate}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"SGD: weight_decay must be non-negative, got {weight_decay}")
+        self.learning_rate = learning_rate
+        # Python floats: a NumPy float64 scalar would promote float32 parameters.
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+        self.iterations = 0
+        self._velocity: list[Any] | None = None
+        self._placed = False  # velocities checked against the parameters' devices and shapes
+
+    def current_learning_rate(self) -> float:
+        """The rate the next ``step`` will use."""
+        if callable(self.learning_rate):
+            return float(self.learning_rate(self.iterations))
+        return float(self.learning_rate)
+
+    def step(self, params: Any, grads: Any) -> None:
+        """Update the arrays of ``params`` in place from ``grads`` (a pytree of the same shape)."""
+        leaves = tree_leaves(params)
+        if not self._placed:
+            self._place_velocity(leaves)
+        lr = self.current_learning_rate()
+        for param, grad, velocity in zip(leaves, tree_leaves(grads), self._velocity):
+            backend_of(param).sgd_update(
+                param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay
+            )
+        self.iterations += 1
+
+    def _place_velocity(self, leaves: list[Any]) -> None:
+        """Zero velocities on first use; loaded ones moved to their parameter's device."""
+        if self._velocity is None:
+            self._velocity = [backend_of(p).xp.zeros_like(p) for p in leaves]
+        elif len(self._velocity) != len(leaves):
+            raise ValueError(
+                f"SGD: the loaded state has {len(self._velocity)} velocities but params have "
+                f"{len(leaves)} arrays"
+            )
+        else:
+            placed = []
+            for param, velocity in zip(leaves, self._velocity):
+                if tuple(velocity.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"SGD: a loaded velocity has shape {tuple(velocity.shape)} but its "
+                        f"parameter has shape {tuple(param.shape)}"
+                    )
+                xp = backend_of(param).xp
+                velocity = gc.to_device(velocity, gc.device_of(param))
+                placed.append(xp.astype(velocity, param.dtype, copy=True))
+            self._velocity = placed
+        self._placed = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of what ``step`` changes: the update count and the velocities."""
+        velocity = [] if self._velocity is None else [gc.array(v) for v in self._velocity]
+        return {"iterations": self.iterations, "velocity": velocity}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; velocities may be on any device (host included)."""
+        self.iterations = int(state["iterations"])
+        self._velocity = list(state["velocity"]) or None
+        self._placed = False

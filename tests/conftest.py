@@ -1,0 +1,42 @@
+"""One test body, every backend: the ``device`` fixture runs a test on "cpu", on the
+array-api-strict test backend, and on "cuda" (marked ``cuda``, skipped with the reason when no GPU
+answers). NumPy in float64 is the oracle.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import strict_backend  # noqa: E402
+
+import gradcore as gc  # noqa: E402
+
+strict_backend.register()
+
+ALL_DEVICES = ["cpu", "strict", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def cuda_unavailable_reason() -> str | None:
+    try:
+        gc.backend.backend_for_device("cuda")
+    except gc.DeviceError as error:
+        return str(error)
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("cuda") is not None:
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"no GPU answers: {reason}")
+
+
+@pytest.fixture(params=ALL_DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """Each available device in turn."""
+    return request.param

@@ -1,0 +1,90 @@
+"""check_grads: the VJP along a random direction against central differences in float64, at
+first and second order; a wrong rule is caught and reported with the argument and both numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import gradcore as gc
+
+
+def on(device: str, value, dtype: str = "float64"):
+    return gc.array(np.asarray(value), dtype=dtype, device=device)
+
+
+X = np.array([0.3, -1.2, 0.8])
+
+# A number as check_grads prints it (repr of a float: 1.5, -0.25, 3.1e-05, nan).
+NUMBER = r"-?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf)"
+
+
+def cube_with(vjp):
+    """A fresh primitive x**3 whose VJP rule is ``vjp``."""
+
+    @gc.primitive
+    def cube(x):
+        return x * x * x
+
+    gc.defvjp(cube, vjp)
+    return cube
+
+
+def test_correct_rules_pass_at_first_and_second_order(device):
+    cube = cube_with(lambda g, ans, x: g * (3.0 * x * x))
+    gc.check_grads(cube, on(device, X), order=1)
+    gc.check_grads(cube, on(device, X), order=2)
+    gc.check_grads(lambda x, y: gc.sum(gc.tanh(x) * y), on(device, X), on(device, X[::-1]))
+
+
+def test_a_wrong_rule_is_reported_with_the_argument_and_both_numbers(device):
+    wrong = cube_with(lambda g, ans, x: g * (2.0 * x * x))  # should be 3 x^2
+    with pytest.raises(AssertionError) as caught:
+        gc.check_grads(lambda y, x: gc.sum(wrong(x)) + gc.sum(y), on(device, X), on(device, X))
+    message = str(caught.value)
+    assert "order 1" in message
+    assert "argument 1" in message  # x, not y
+    match = f"gives ({NUMBER}) but central differences give ({NUMBER})"
+    numbers = re.search(match, message)
+    assert numbers, message
+    analytic, numeric = float(numbers.group(1)), float(numbers.group(2))
+    assert analytic == pytest.approx(numeric * 2 / 3, rel=1e-6)
+
+
+def test_a_rule_that_is_right_only_at_first_order_fails_at_second_order(device):
+    """A VJP computed on constants (stop_gradient) has the right value but no derivative."""
+    frozen = cube_with(lambda g, ans, x: g * (3.0 * gc.stop_gradient(x) ** 2))
+    gc.check_grads(frozen, on(device, X), order=1)
+    with pytest.raises(AssertionError, match=rf"order 2: the VJP for argument 0 gives {NUMBER}"):
+        gc.check_grads(frozen, on(device, X), order=2)
+
+
+def test_the_worst_argument_is_named(device):
+    @gc.primitive
+    def weighted(x, y):
+        return x * y
+
+    # x's rule is off by 1%, y's rule by a factor 10: y is the one named
+    gc.defvjp(weighted, lambda g, ans, x, y: g * y * 1.01, lambda g, ans, x, y: g * x * 10.0)
+    with pytest.raises(AssertionError, match="argument 1"):
+        gc.check_grads(weighted, on(device, X), on(device, X + 1.0), order=1)
+
+
+def test_float32_inputs_are_checked_in_float64(device):
+    """Central differences in float32 would be noise; check_grads promotes to float64 first."""
+    x = on(device, X, "float32")
+    gc.check_grads(lambda x: gc.sum(gc.exp(x) * gc.sin(x)), x, order=2)
+
+
+def test_pytree_arguments(device):
+    params = {"w": on(device, [[0.1, 0.2], [0.3, -0.4]]), "b": [on(device, [0.5, -0.5])]}
+    gc.check_grads(lambda p, x: gc.tanh(p["w"] @ x + p["b"][0]), params, on(device, [1.0, 2.0]))
+
+
+def test_a_wrong_rule_for_a_python_float_argument():
+    wrong = cube_with(lambda g, ans, x: g * x)
+    with pytest.raises(AssertionError, match="argument 0"):
+        gc.check_grads(wrong, 1.5, order=1)

@@ -1,0 +1,129 @@
+"""The "cuda" device on a real GPU: fused kernels against their formulas, exact transfers, one
+training step that matches the CPU's, and the refusal to mix devices. Skipped, with the probe's
+reason, where no GPU answers (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from test_kernels import CONFIGS, DTYPES, _extremes, _inputs, _sigmoid_reference, sgd_reference
+
+import gradcore as gc
+from gradcore.backend import backend_for_device
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture
+def gpu():
+    return backend_for_device("cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_kernel_matches_formula(gpu, dtype):
+    x = np.concatenate([_extremes(dtype), _inputs(dtype, 100_003)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gpu.sigmoid(gpu.asarray(x))
+    assert type(y) is gpu.cupy.ndarray and y.dtype == np.dtype(dtype)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(gpu.to_numpy(y), _sigmoid_reference(x), rtol=4 * eps, atol=eps)
+
+
+def test_sigmoid_kernel_follows_strides(gpu):
+    x = gpu.asarray(_inputs("float32", 24).reshape(4, 6))
+    np.testing.assert_array_equal(gpu.to_numpy(gpu.sigmoid(x.T)), gpu.to_numpy(gpu.sigmoid(x)).T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_grad_kernel_matches_formula(gpu, dtype):
+    y = gpu.sigmoid(gpu.asarray(_inputs(dtype, 100_003)))
+    g = gpu.asarray(_inputs(dtype, 100_003, seed=1))
+    gx = gpu.sigmoid_grad(y, g)
+    y64, g64 = gpu.to_numpy(y).astype(np.float64), gpu.to_numpy(g).astype(np.float64)
+    assert gx.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(gpu.to_numpy(gx), g64 * y64 * (1 - y64), rtol=8 * 2e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_sgd_update_kernel_follows_formula_step_by_step(gpu, dtype, config):
+    rng = np.random.default_rng(0)
+    param = gpu.asarray(rng.standard_normal((65, 33)).astype(dtype))
+    velocity = gpu.xp.zeros_like(param)
+    pointers = (param.data.ptr, velocity.data.ptr)
+    p64, v64 = gpu.to_numpy(param).astype(np.float64), np.zeros(param.shape)
+    for step in range(6):
+        grad = rng.standard_normal(param.shape).astype(dtype)
+        rate = 0.1 / (step + 1)
+        gpu.sgd_update(param, gpu.asarray(grad), velocity, rate, **CONFIGS[config])
+        p64, v64 = sgd_reference(p64, grad.astype(np.float64), v64, rate, **CONFIGS[config])
+        tolerance = 1e-6 if dtype == "float32" else 1e-14
+        np.testing.assert_allclose(gpu.to_numpy(param), p64, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(gpu.to_numpy(velocity), v64, rtol=tolerance, atol=tolerance)
+    assert param.dtype == velocity.dtype == np.dtype(dtype)
+    assert (param.data.ptr, velocity.data.ptr) == pointers  # in place
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_to_device_round_trip_is_exact(dtype):
+    host = np.arange(-50, 50).astype(dtype).reshape(10, 10)
+    if host.dtype.kind == "f":
+        host[0, :4] = [np.nan, np.inf, -0.0, np.finfo(dtype).smallest_subnormal]
+    on_gpu = gc.to_device(host, "cuda")
+    assert gc.device_of(on_gpu) == "cuda" and on_gpu.dtype == host.dtype
+    for back in (gc.to_numpy(on_gpu), gc.to_device(on_gpu, "cpu")):
+        assert type(back) is np.ndarray and back.dtype == host.dtype
+        np.testing.assert_array_equal(back.view(np.uint8), host.view(np.uint8))  # bit for bit
+
+
+def test_one_sgd_step_matches_the_cpu():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 8)), rng.integers(0, 2, 64)
+
+    def loss(params, x, y):
+        return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, x)[:, 0], y)
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        params = gc.nn.init_mlp([8, 16, 1], seed=0, device=device)
+        xb, yb = gc.array(x, device=device), gc.array(y, dtype="float32", device=device)
+        optimizer = gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+        for _ in range(2):
+            optimizer.step(params, gc.grad(loss)(params, xb, yb))
+        results[device] = gc.to_numpy(params)
+    for cpu_layer, gpu_layer in zip(results["cpu"], results["cuda"]):
+        for name in ("W", "b"):
+            assert gpu_layer[name].dtype == np.float32
+            np.testing.assert_allclose(gpu_layer[name], cpu_layer[name], rtol=1e-5, atol=1e-6)
+
+
+def test_mixing_cpu_and_cuda_arrays_raises_naming_op_and_devices():
+    a, b = gc.array([1.0, 2.0], device="cpu"), gc.array([1.0, 2.0], device="cuda")
+    with pytest.raises(gc.DeviceError, match=r"add: .*'cpu' and 'cuda'"):
+        gc.add(a, b)
+    with pytest.raises(gc.DeviceError, match=r"multiply: .*'cuda' and 'cpu'"):
+        gc.grad(lambda w: gc.sum(gc.multiply(w, a)))(b)
+
+
+def test_rng_is_seeded_on_device_and_its_state_resumes(gpu):
+    first, second = gpu.rng(7), gpu.rng(7)
+    a = first.normal((1000,), "float32")
+    assert type(a) is gpu.cupy.ndarray and a.dtype == np.float32
+    np.testing.assert_array_equal(gpu.to_numpy(a), gpu.to_numpy(second.normal((1000,), "float32")))
+    state = first.get_state()
+    expected = gpu.to_numpy(first.uniform((10,), -1.0, 1.0, "float32"))
+    first.set_state(state)
+    np.testing.assert_array_equal(
+        gpu.to_numpy(first.uniform((10,), -1.0, 1.0, "float32")), expected
+    )
+    assert sorted(gpu.to_numpy(first.permutation(50)).tolist()) == list(range(50))
+
+
+def test_scatter_add_adds_at_repeated_indices(gpu):
+    target = gpu.xp.zeros(4, dtype=gpu.xp.float32)
+    gpu.scatter_add(target, gpu.asarray([0, 2, 2, 2]), gpu.asarray([1.0, 1.0, 2.0, 3.0], "float32"))
+    np.testing.assert_array_equal(gpu.to_numpy(target), [1.0, 0.0, 6.0, 0.0])
