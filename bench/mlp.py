@@ -40,6 +40,15 @@ MOMENTUM = 0.9
 CPU_TARGETS = {32: 1.10, 128: 1.10, 1024: 1.03}
 
 
+def momentum_update(params: list[dict], velocities: list[dict], grads: list[dict]) -> None:
+    """The hand-written SGD step with momentum that the NumPy floor and autograd share."""
+    for layer, velocity, grad in zip(params, velocities, grads):
+        for k in layer:
+            velocity[k] *= MOMENTUM
+            velocity[k] -= LEARNING_RATE * grad[k]
+            layer[k] += velocity[k]
+
+
 @dataclass(frozen=True)
 class Case:
     """One benchmark configuration: layer sizes, output loss and batch size."""
@@ -175,11 +184,7 @@ class HandWrittenStep:
                 slope = 1.0 - h
                 slope *= h
                 delta *= slope
-        for layer, velocity, grad in zip(self.params, self.velocities, grads):
-            for k in layer:
-                velocity[k] *= MOMENTUM
-                velocity[k] -= LEARNING_RATE * grad[k]
-                layer[k] += velocity[k]
+        momentum_update(self.params, self.velocities, grads)
         return loss
 
     def current_params(self) -> list[dict[str, np.ndarray]]:
@@ -215,11 +220,7 @@ class AutogradStep:
 
     def __call__(self) -> Any:
         loss, grads = self.value_and_grad(self.params, self.x, self.y)
-        for layer, velocity, grad in zip(self.params, self.velocities, grads):
-            for k in layer:
-                velocity[k] *= MOMENTUM
-                velocity[k] -= LEARNING_RATE * grad[k]
-                layer[k] += velocity[k]
+        momentum_update(self.params, self.velocities, grads)
         return loss
 
     def current_params(self) -> list[dict[str, np.ndarray]]:
