@@ -1,4 +1,4 @@
-"""Layer 2: tracing. Boxes record primitive calls as a graph; the backward pass walks it.
+"""Layer 2: tracing. Boxes record primitive calls on a tape; the backward pass reads it backwards.
 
 The design is HIPS autograd's. ``grad`` wraps its inputs in ``Box`` objects tagged with a fresh
 trace id. A primitive called with boxes unwraps the boxes of the innermost trace, computes
@@ -92,7 +92,7 @@ class Box:
 
     __slots__ = ("_value", "_trace", "_node")
     # NumPy and CuPy must not treat a Box as an array: ``ndarray + box`` then falls to
-    # Box.__radd__ (NumPy reads __array_ufunc__, CuPy __array_priority__).
+    # Box.__radd__ (both read __array_ufunc__; __array_priority__ is the older protocol).
     __array_ufunc__ = None
     __array_priority__ = 100.0
     __hash__ = None  # == is elementwise, as for arrays
