@@ -36,34 +36,27 @@ def chain_numpy(x: np.ndarray, links: int) -> np.ndarray:
     return g
 
 
-def gradcore_chain(x: Any, links: int) -> Any:
+def chain(x: Any, links: int, sin: Callable[[Any], Any]) -> Any:
+    """The forward chain, in any library whose arrays take * + - with Python numbers."""
     for _ in range(links):
-        x = gc.sin(x)
+        x = sin(x)
         x = x * 1.001
         x = x + 0.1
         x = x - 0.1
-    return gc.sum(x)
+    return x
 
 
 def implementations(links: int) -> dict[str, Callable[[np.ndarray], Any]]:
     """Every installed implementation of 'gradient of the chain at x'."""
     impls: dict[str, Callable[[np.ndarray], Any]] = {
         "numpy (by hand)": lambda x: chain_numpy(x, links),
-        "gradcore": gc.grad(lambda x: gradcore_chain(x, links)),
+        "gradcore": gc.grad(lambda x: gc.sum(chain(x, links, gc.sin))),
     }
     try:
         import autograd
         import autograd.numpy as anp
 
-        def autograd_chain(x):
-            for _ in range(links):
-                x = anp.sin(x)
-                x = x * 1.001
-                x = x + 0.1
-                x = x - 0.1
-            return anp.sum(x)
-
-        impls["autograd"] = autograd.grad(autograd_chain)
+        impls["autograd"] = autograd.grad(lambda x: anp.sum(chain(x, links, anp.sin)))
     except ImportError:
         pass
     try:
@@ -71,13 +64,7 @@ def implementations(links: int) -> dict[str, Callable[[np.ndarray], Any]]:
 
         def torch_chain(x):
             t = torch.tensor(x, requires_grad=True)
-            y = t
-            for _ in range(links):
-                y = torch.sin(y)
-                y = y * 1.001
-                y = y + 0.1
-                y = y - 0.1
-            y.sum().backward()
+            chain(t, links, torch.sin).sum().backward()
             return t.grad
 
         impls["pytorch eager"] = torch_chain

@@ -160,8 +160,8 @@ def markdown(run: dict[str, Any]) -> str:
             parts.append(suite_table(suite))
         if suite.get("notes"):
             parts.append(_suite_notes(suite))
-    if targets(run):
-        parts += ["## Targets", "\n".join(targets(run))]
+    if target_lines := targets(run):
+        parts += ["## Targets", "\n".join(target_lines)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -255,8 +255,8 @@ def readme_section(results_dir: Path = RESULTS_DIR, link_from: Path = REPO_ROOT)
                 parts.append(pivot_table(suite))
             if suite.get("notes"):
                 parts.append(_suite_notes(suite))
-        if targets(run):
-            parts += ["**Targets**", "\n".join(targets(run))]
+        if target_lines := targets(run):
+            parts += ["**Targets**", "\n".join(target_lines)]
         png = path.with_suffix(".png")
         if png.exists():
             link = Path(os.path.relpath(png.resolve(), link_from.resolve())).as_posix()

@@ -158,9 +158,8 @@ def isdtype(x: Any, kind: str) -> bool:
 
 def raise_if_devices_mixed(op_name: str, values: tuple) -> None:
     """After an array library refused an op: was it because the arrays live on two devices?"""
-    arrays = [v for v in values if type(v) not in PY_SCALARS and v is not None]
     try:
-        common_backend(op_name, *arrays)
+        common_backend(op_name, *values)
     except TypeError:  # something that is not an array: the original error says more
         pass
 

@@ -18,6 +18,7 @@ import numpy as np
 
 import gradcore as gc
 from gradcore.backend import backend_of, common_backend, isdtype
+from gradcore.ops import shape
 from gradcore.vjps import matmul_vjp_x, matmul_vjp_y
 
 __all__ = [
@@ -124,22 +125,18 @@ gc.defvjp(
 # checking targets
 
 
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape)
-
-
 def _binary_targets(name: str, z: Any, y: Any) -> Any:
     """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
     if not hasattr(y, "shape"):
         raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
     xp = backend_of(y).xp
-    if _shape(z) != _shape(y):
-        if _shape(z) != (*_shape(y), 1):
+    if shape(z) != shape(y):
+        if shape(z) != (*shape(y), 1):
             raise ValueError(
-                f"{name}: predictions of shape {_shape(z)} and targets of shape {_shape(y)}; "
+                f"{name}: predictions of shape {shape(z)} and targets of shape {shape(y)}; "
                 "they must match (a single output column (n, 1) may go with targets (n,))"
             )
-        y = xp.reshape(y, _shape(z))  # one output unit: reshape the constant, not the traced z
+        y = xp.reshape(y, shape(z))  # one output unit: reshape the constant, not the traced z
     if y.dtype != z.dtype:
         y = xp.astype(y, z.dtype)
     if _check_values.get() and bool(xp.any((y < 0.0) | (y > 1.0))):
@@ -210,27 +207,27 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
     backward pass a product instead of a scatter.
     """
     name = "softmax_cross_entropy"
-    if len(_shape(logits)) != 2:
-        raise ValueError(f"{name}: logits must have shape (n, classes), got {_shape(logits)}")
-    n, classes = _shape(logits)
+    if len(shape(logits)) != 2:
+        raise ValueError(f"{name}: logits must have shape (n, classes), got {shape(logits)}")
+    n, classes = shape(logits)
     backend = backend_of(gc.stop_gradient(labels))  # soft labels may be traced too
     xp = backend.xp
     check = _check_values.get()
     if isdtype(gc.stop_gradient(labels), "integral"):
-        if _shape(labels) != (n,):
+        if shape(labels) != (n,):
             raise ValueError(
                 f"{name}: integer labels must have shape ({n},) for logits of shape "
-                f"{_shape(logits)}, got {_shape(labels)}"
+                f"{shape(logits)}, got {shape(labels)}"
             )
         if check and bool(xp.any((labels < 0) | (labels >= classes))):
             raise ValueError(f"{name}: integer labels must lie in [0, {classes})")
         classes_row = xp.arange(classes, device=backend.array_device(labels))
         targets = xp.astype(labels[:, None] == classes_row, logits.dtype)
     else:
-        if _shape(labels) != (n, classes):
+        if shape(labels) != (n, classes):
             raise ValueError(
-                f"{name}: one-hot labels must have the logits' shape {_shape(logits)}, got "
-                f"{_shape(labels)} (integer class labels have shape ({n},))"
+                f"{name}: one-hot labels must have the logits' shape {shape(logits)}, got "
+                f"{shape(labels)} (integer class labels have shape ({n},))"
             )
         raw = gc.stop_gradient(labels)
         if check and bool(xp.any((raw < 0.0) | (raw > 1.0))):
@@ -268,8 +265,8 @@ gc.defvjp(
 
 def mse(pred: Any, target: Any) -> Any:
     """Mean squared error, ``mean((pred - target)^2)``; the shapes must match."""
-    if _shape(pred) != _shape(target):
-        raise ValueError(f"mse: prediction shape {_shape(pred)} != target shape {_shape(target)}")
+    if shape(pred) != shape(target):
+        raise ValueError(f"mse: prediction shape {shape(pred)} != target shape {shape(target)}")
     return gc.mean(gc.square(gc.subtract(pred, target)))
 
 

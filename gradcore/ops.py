@@ -9,6 +9,7 @@ Their VJP rules live in ``gradcore.vjps``.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,10 +27,6 @@ def shape(x: Any) -> tuple[int, ...]:
 
 def ndim(x: Any) -> int:
     return len(shape(x))
-
-
-def _op(fun) -> Callable:
-    return primitive(fun)
 
 
 def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, ...]:
@@ -54,25 +51,25 @@ def _check_devices(op_name: str, x: Any, y: Any) -> None:
         common_backend(op_name, x, y)
 
 
-@_op
+@primitive
 def add(x, y):
     _check_devices("add", x, y)
     return x + y
 
 
-@_op
+@primitive
 def subtract(x, y):
     _check_devices("subtract", x, y)
     return x - y
 
 
-@_op
+@primitive
 def multiply(x, y):
     _check_devices("multiply", x, y)
     return x * y
 
 
-@_op
+@primitive
 def divide(x, y):
     _check_devices("divide", x, y)
     return x / y
@@ -81,23 +78,23 @@ def divide(x, y):
 true_divide = primitive(divide.fun, name="true_divide")
 
 
-@_op
+@primitive
 def power(x, y):
     _check_devices("power", x, y)
     return x**y
 
 
-@_op
+@primitive
 def negative(x):
     return -x
 
 
-@_op
+@primitive
 def maximum(x, y):
     return common_backend("maximum", x, y).xp.maximum(x, y)
 
 
-@_op
+@primitive
 def minimum(x, y):
     return common_backend("minimum", x, y).xp.minimum(x, y)
 
@@ -125,12 +122,12 @@ abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API
 sign = nondifferentiable(_unary("sign", lambda x: float((x > 0) - (x < 0))).fun)
 
 
-@_op
+@primitive
 def square(x):
     return x * x
 
 
-@_op
+@primitive
 def sigmoid(x):
     """Logistic function, one fused kernel: exact and silent for every finite input."""
     if type(x) in PY_SCALARS:
@@ -138,23 +135,23 @@ def sigmoid(x):
     return backend_of(x).sigmoid(x)
 
 
-@_op
+@primitive
 def sigmoid_grad(y, g):
     """``g * y * (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
     return common_backend("sigmoid_grad", y, g).sigmoid_grad(y, g)
 
 
-@_op
+@primitive
 def relu(x):
     return backend_of(x).xp.maximum(x, 0.0)
 
 
-@_op
+@primitive
 def clip(x, min=None, max=None):  # noqa: A002 - NumPy's names
     return backend_of(x).xp.clip(x, min, max)
 
 
-@_op
+@primitive
 def where(condition, x, y):
     """``x`` where ``condition`` holds, else ``y``; only ``x`` and ``y`` are differentiable."""
     if type(condition) in PY_SCALARS:
@@ -162,7 +159,7 @@ def where(condition, x, y):
     return common_backend("where", condition, x, y).xp.where(condition, x, y)
 
 
-@_op
+@primitive
 def astype(x, dtype):
     if type(x) in PY_SCALARS:
         return x
@@ -173,22 +170,22 @@ def astype(x, dtype):
 # reductions
 
 
-@_op
+@primitive
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
     return backend_of(x).xp.sum(x, axis=axis, keepdims=keepdims)
 
 
-@_op
+@primitive
 def mean(x, axis=None, keepdims=False):
     return backend_of(x).xp.mean(x, axis=axis, keepdims=keepdims)
 
 
-@_op
+@primitive
 def max(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
     return backend_of(x).xp.max(x, axis=axis, keepdims=keepdims)
 
 
-@_op
+@primitive
 def logsumexp(x, axis=None, keepdims=False):
     """``log(sum(exp(x)))`` without overflow: the max is subtracted first and added back."""
     xp = backend_of(x).xp
@@ -213,12 +210,12 @@ def log_softmax(x: Any, axis: int = -1) -> Any:
 # shapes
 
 
-@_op
+@primitive
 def reshape(x, shape):
     return backend_of(x).xp.reshape(x, tuple(shape))
 
 
-@_op
+@primitive
 def transpose(x, axes=None):
     if axes is None:
         axes = tuple(reversed(range(x.ndim)))
@@ -231,14 +228,14 @@ def matrix_transpose(x: Any) -> Any:
     return transpose(x, (*range(rank - 2), rank - 1, rank - 2))
 
 
-@_op
+@primitive
 def broadcast_to(x, shape):
     if type(x) in PY_SCALARS:
         raise TypeError("broadcast_to needs an array; create one with gradcore.array")
     return backend_of(x).xp.broadcast_to(x, tuple(shape))
 
 
-@_op
+@primitive
 def expand_dims(x, axis):
     xp = backend_of(x).xp
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -248,20 +245,20 @@ def expand_dims(x, axis):
     return x
 
 
-@_op
+@primitive
 def squeeze(x, axis=None):
     if axis is None:
         axis = tuple(i for i, n in enumerate(x.shape) if n == 1)
     return backend_of(x).xp.squeeze(x, axis=axis)
 
 
-@_op
+@primitive
 def getitem(x, index):
     """``x[index]``: basic slicing and integer-array indexing."""
     return x[index]
 
 
-@_op
+@primitive
 def untake(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index``: the adjoint of ``getitem``."""
     backend = backend_of(g)
@@ -270,12 +267,12 @@ def untake(g, index, shape):
     return out
 
 
-@_op
+@primitive
 def _concatenate(axis, *arrays):
     return common_backend("concatenate", *arrays).xp.concat(arrays, axis=axis)
 
 
-@_op
+@primitive
 def _stack(axis, *arrays):
     return common_backend("stack", *arrays).xp.stack(arrays, axis=axis)
 
@@ -294,7 +291,7 @@ def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
 # linear algebra
 
 
-@_op
+@primitive
 def matmul(x, y):
     return common_backend("matmul", x, y).xp.matmul(x, y)
 
@@ -315,20 +312,21 @@ def dot(x: Any, y: Any) -> Any:
 # constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
 
 
+# comparisons of two Python numbers give a Python bool, as Python's own operators do
 _PYTHON_COMPARISONS = {
-    "equal": lambda x, y: x == y,
-    "not_equal": lambda x, y: x != y,
-    "less": lambda x, y: x < y,
-    "less_equal": lambda x, y: x <= y,
-    "greater": lambda x, y: x > y,
-    "greater_equal": lambda x, y: x >= y,
+    "equal": operator.eq,
+    "not_equal": operator.ne,
+    "less": operator.lt,
+    "less_equal": operator.le,
+    "greater": operator.gt,
+    "greater_equal": operator.ge,
 }
 
 
 def _comparison(name: str):
     def compare(x, y):
         if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
-            return _PYTHON_COMPARISONS[name](x, y)  # Python numbers give a Python bool
+            return _PYTHON_COMPARISONS[name](x, y)
         return getattr(common_backend(name, x, y).xp, name)(x, y)
 
     compare.__name__ = name
