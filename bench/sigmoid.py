@@ -4,9 +4,9 @@
 
 An element-wise kernel is bound by memory, so its figure of merit is bytes moved per second,
 counting the fewest bytes it must move: forward reads x and writes y (8 bytes per float32),
-backward reads y and g and writes the gradient (12), both together 20. Each case times the fused
-backend kernel beside the same math as separate array ops and, on the CPU, PyTorch's own sigmoid
-kernels on the same data. The copy case (read n, write n) is the ceiling, measured in this run.
+backward reads y and g and writes the gradient (12), both together 20. Each case times the ops
+``gc.sigmoid`` and ``sigmoid_grad`` (the device's fused kernels) beside the same math as
+separate array ops and, on the CPU, PyTorch's own sigmoid kernels on the same data. The copy case (read n, write n) is the ceiling, measured in this run.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.harness import check_agree, compare, machine_info
 from gradcore.backend import backend_for_device
+from gradcore.ops import sigmoid, sigmoid_grad
 
 BYTES_PER_ELEMENT = {"copy": 8, "forward": 8, "backward": 12, "forward+backward": 20}
 
@@ -73,7 +74,7 @@ def _cases(device: str, n: int) -> tuple[dict[str, dict[str, Callable]], list[st
     host_x = (rng.standard_normal(n) * 4).astype(np.float32)
     host_g = rng.standard_normal(n).astype(np.float32)
     x, g = backend.asarray(host_x), backend.asarray(host_g)
-    y = backend.sigmoid(x)
+    y = sigmoid(x)
     copy_target = xp.empty_like(x)
 
     def copy() -> Any:
@@ -83,13 +84,13 @@ def _cases(device: str, n: int) -> tuple[dict[str, dict[str, Callable]], list[st
     forward, backward = _unfused(device, xp)
     cases = {
         "copy": {"copy": copy},
-        "forward": {"fused": lambda: backend.sigmoid(x), "unfused": lambda: forward(x)},
+        "forward": {"fused": lambda: sigmoid(x), "unfused": lambda: forward(x)},
         "backward": {
-            "fused": lambda: backend.sigmoid_grad(y, g),
+            "fused": lambda: sigmoid_grad(y, g),
             "unfused": lambda: backward(y, g),
         },
         "forward+backward": {
-            "fused": lambda: backend.sigmoid_grad(backend.sigmoid(x), g),
+            "fused": lambda: sigmoid_grad(sigmoid(x), g),
             "unfused": lambda: backward(forward(x), g),
         },
     }

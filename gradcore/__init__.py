@@ -5,7 +5,6 @@
 array([1.       , 0.4199743], dtype=float32)
 """
 
-from gradcore import vjps as _vjps  # noqa: F401 - registers the derivative table
 from gradcore.backend import Backend, DeviceError, register_backend
 from gradcore.devices import array, available_devices, device_of, to_device, to_numpy
 from gradcore.differential_operators import (
@@ -69,6 +68,7 @@ from gradcore.tracer import Box, defvjp, primitive, stop_gradient
 
 __version__ = "0.1.0"
 
+# The applications import the modules they use, never this package face, so this order is free.
 from gradcore import nn, optim, rules, train  # noqa: E402
 
 __all__ = [

@@ -2,8 +2,10 @@
 
 A backend is a small object that owns one device. The tracing core talks to arrays only through
 ``backend.xp`` (an Array API namespace) and the few extras the standard lacks, so the same
-autodiff code runs on NumPy, CuPy or the test-only array-api-strict backend. This module never
-imports an array library: backends are loaded by module name on first use.
+autodiff code runs on NumPy, CuPy or the test-only array-api-strict backend. A backend is array
+plumbing only: fused kernels belong to the op or optimizer that owns them (``KernelTable``).
+This module never imports an array library: backends and kernels are loaded by module name on
+first use.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "Backend",
     "DeviceError",
+    "KernelTable",
     "backend_for_device",
     "backend_of",
     "common_backend",
@@ -52,24 +55,6 @@ class Backend(Protocol):
 
     def to_numpy(self, x: Any) -> Any:
         """A host ``numpy.ndarray`` copy of ``x``."""
-
-    def sigmoid(self, x: Any) -> Any:
-        """Fused, overflow-free logistic function."""
-
-    def sigmoid_grad(self, y: Any, g: Any) -> Any:
-        """Fused ``g * y * (1 - y)``, reading only the sigmoid's output ``y``."""
-
-    def sgd_update(
-        self,
-        param: Any,
-        grad: Any,
-        velocity: Any,
-        learning_rate: float,
-        momentum: float,
-        nesterov: bool,
-        weight_decay: float,
-    ) -> None:
-        """In place: ``v = momentum*v - lr*(g + wd*p); p += v`` (or the Nesterov form)."""
 
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         """In place ``target[index] += values``, adding (not overwriting) at repeated indices."""
@@ -156,14 +141,6 @@ def isdtype(x: Any, kind: str) -> bool:
     return found
 
 
-def raise_if_devices_mixed(op_name: str, values: tuple) -> None:
-    """After an array library refused an op: was it because the arrays live on two devices?"""
-    try:
-        common_backend(op_name, *values)
-    except TypeError:  # something that is not an array: the original error says more
-        pass
-
-
 def backend_of(x: Any) -> Backend | None:
     """The backend that owns array ``x``; None for a Python number."""
     backend = _by_type.get(type(x))
@@ -200,6 +177,54 @@ def common_backend(op_name: str, *values: Any) -> Backend:
                 "use gradcore.to_device(x, device) first"
             )
     return found if found is not None else backend_for_device(DEFAULT_DEVICE)
+
+
+class KernelTable:
+    """The fused kernels of one op or optimizer, per device.
+
+    A kernel is registered as ``"module:function"`` and imported on first use, so that the op
+    can name its CUDA kernel without the core importing CuPy. The function takes the op's own
+    arguments (native arrays of that device). If it has a ``dtypes`` attribute (dtype names),
+    arrays of other dtypes get ``None`` from ``lookup``: the caller then runs the generic
+    Array-API expression, which is also what every device without a kernel gets.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._paths: dict[str, str] = {}
+        self._loaded: dict[str, Callable | None] = {}
+
+    def register(self, device: str, path: str) -> None:
+        """Use ``path`` ("module:function") for arrays of ``device``."""
+        module, _, function = path.partition(":")
+        if not module or not function:
+            raise ValueError(f"{self.owner}: a kernel is named 'module:function', got {path!r}")
+        self._paths[device] = path
+        self._loaded.pop(device, None)
+
+    def devices(self) -> list[str]:
+        return list(self._paths)
+
+    def lookup(self, backend: Backend, dtype: Any) -> Callable | None:
+        """The kernel for this backend's device and ``dtype``, or None for the generic path."""
+        device = backend.device.partition(":")[0]  # "cuda:1" runs the kernels of "cuda"
+        try:
+            kernel = self._loaded[device]
+        except KeyError:
+            kernel = self._loaded[device] = self._load(device)
+        if kernel is None:
+            return None
+        dtypes = getattr(kernel, "dtypes", None)
+        if dtypes is not None and getattr(dtype, "name", str(dtype)) not in dtypes:
+            return None
+        return kernel
+
+    def _load(self, device: str) -> Callable | None:
+        path = self._paths.get(device)
+        if path is None:
+            return None
+        module, _, function = path.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
 register_backend("cpu", "gradcore.backends.numpy_backend", array_modules=("numpy",))

@@ -62,7 +62,7 @@ class _Traced:
                 boxes = [self._box(op_name, argnum, leaf, len(leaves) > 1) for leaf in leaves]
                 self.treedefs.append(treedef)
                 self.leaf_nodes.append([box._node for box in boxes])
-                self.python_floats.append([type(leaf) is float for leaf in leaves])
+                self.python_floats.append([type(getval(leaf)) is float for leaf in leaves])
                 args[argnum] = tree_unflatten(treedef, boxes)
             out_leaves, self.out_treedef = tree_flatten(fun(*args, **kwargs))
         # (position, node) of each output leaf that depends on the inputs
@@ -84,9 +84,8 @@ class _Traced:
                 f"{op_name}: {where} has dtype {_describe_dtype(leaf)}; gradients are defined "
                 "only for real floating-point inputs (cast it, e.g. x.astype('float32'))"
             )
-        if type(leaf) is float:  # a Python float is traced as a float64 0-d array on the CPU
-            backend = backend_for_device("cpu")
-            leaf = backend.xp.asarray(leaf, dtype=backend.xp.float64)
+        # A Python float is traced as itself: it combines with arrays of any device, without
+        # promoting float32 work, and its gradient comes back as a Python float (autograd's way).
         return Box(leaf, self.trace, Node.leaf(leaf))
 
     def backward(self, cotangent: Any, retain_graph: bool) -> list[Any]:
@@ -105,6 +104,10 @@ class _Traced:
 
 def _finish(g: Any, leaf: Node, was_python_float: bool) -> Any:
     """Give a gradient the dtype and kind of its input: a float for a float, an array else."""
+    if was_python_float:
+        if g is None:
+            return 0.0
+        return g if type(g) is Box or type(g) is float else float(g)
     value = getval(leaf.ans)
     if g is None:
         g = zeros_like(value)
@@ -112,8 +115,6 @@ def _finish(g: Any, leaf: Node, was_python_float: bool) -> Any:
         g = astype(g, value.dtype)
     if type(g) is Box:
         return g
-    if was_python_float:
-        return float(g)
     if g.ndim == 0:
         return backend_of(g).xp.asarray(g)  # NumPy reductions return scalars, not arrays
     return g

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-import gradcore as gc
-from gradcore.backend import backend_of, common_backend, isdtype
-from gradcore.ops import shape
-from gradcore.vjps import matmul_vjp_x, matmul_vjp_y
+from gradcore import ops
+from gradcore.backend import backend_of, isdtype
+from gradcore.devices import array
+from gradcore.ops import affine, shape
+from gradcore.tracer import stop_gradient
 
 __all__ = [
     "accuracy",
-    "affine",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "init_mlp",
@@ -80,14 +80,14 @@ def init_mlp(
             weights = rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_in, fan_out))
         layers.append(
             {
-                "W": gc.array(weights, dtype=dtype, device=device),
-                "b": gc.array(np.zeros(fan_out), dtype=dtype, device=device),
+                "W": array(weights, dtype=dtype, device=device),
+                "b": array(np.zeros(fan_out), dtype=dtype, device=device),
             }
         )
     return layers
 
 
-def mlp(params: list[dict[str, Any]], x: Any, activation: Callable = gc.sigmoid) -> Any:
+def mlp(params: list[dict[str, Any]], x: Any, activation: Callable = ops.sigmoid) -> Any:
     """The logits ``h @ W + b`` of the last layer; hidden layers apply ``activation``.
 
     The output layer is left linear so that the loss can fuse its own nonlinearity (the
@@ -97,28 +97,6 @@ def mlp(params: list[dict[str, Any]], x: Any, activation: Callable = gc.sigmoid)
         x = activation(affine(x, layer["W"], layer["b"]))
     last = params[-1]
     return affine(x, last["W"], last["b"])
-
-
-@gc.primitive
-def affine(x: Any, w: Any, b: Any) -> Any:
-    """``x @ w + b`` as one op, the bias added in place into the product.
-
-    Every layer runs it twice per step (forward and backward), so one node instead of two
-    saves a temporary the size of the layer's output and a round of tracing overhead, as
-    PyTorch's ``linear`` does.
-    """
-    out = common_backend("affine", x, w, b).xp.matmul(x, w)
-    out += b
-    return out
-
-
-gc.defvjp(
-    affine,
-    lambda g, ans, x, w, b: matmul_vjp_x(g, None, x, w),
-    lambda g, ans, x, w, b: matmul_vjp_y(g, None, x, w),
-    lambda g, ans, x, w, b: gc.unbroadcast(b, g),
-    uses_ans=False,
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +123,7 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
 
 
 def _check_probabilities(name: str, p: Any) -> None:
-    raw = gc.stop_gradient(p)
+    raw = stop_gradient(p)
     if _check_values.get() and bool(backend_of(raw).xp.any((raw < 0.0) | (raw > 1.0))):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
@@ -165,38 +143,19 @@ def binary_cross_entropy(p: Any, y: Any, eps: float = 1e-7) -> Any:
     """
     y = _binary_targets("binary_cross_entropy", p, y)
     _check_probabilities("binary_cross_entropy", p)
-    p = gc.clip(p, eps, 1.0 - eps)
+    p = ops.clip(p, eps, 1.0 - eps)
     # Traced values on the left: a raw array's own operators need not know about boxes.
-    return -gc.mean(gc.log(p) * y + gc.log(1.0 - p) * (1.0 - y))
-
-
-@gc.primitive
-def _bce_with_logits(z: Any, y: Any) -> Any:
-    """Elementwise ``log(1 + e^z) - z y``, with ``log(1 + e^z) = max(z, 0) + log1p(e^-|z|)``.
-
-    This is ``logsumexp([0, z])`` with its maximum taken out, so ``e^...`` never overflows.
-    """
-    xp = backend_of(z).xp
-    return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
-
-
-# The derivative the lecture derives by hand: dL/dz = sigmoid(z) - y, computed as exactly that.
-gc.defvjp(
-    _bce_with_logits,
-    lambda g, ans, z, y: gc.multiply(g, gc.sigmoid(z) - y),
-    lambda g, ans, z, y: gc.negative(gc.multiply(g, z)),
-    uses_ans=False,
-)
+    return -ops.mean(ops.log(p) * y + ops.log(1.0 - p) * (1.0 - y))
 
 
 def binary_cross_entropy_with_logits(z: Any, y: Any) -> Any:
     """``binary_cross_entropy(sigmoid(z), y)`` without rounding ``sigmoid(z)`` to 0 or 1.
 
     Finite for every finite ``z``; its gradient with respect to ``z`` is
-    ``(sigmoid(z) - y) / n``, the lecture's output-layer delta.
+    ``(sigmoid(z) - y) / n``, the output-layer delta of backpropagation.
     """
     y = _binary_targets("binary_cross_entropy_with_logits", z, y)
-    return gc.mean(_bce_with_logits(z, y))
+    return ops.mean(ops.sigmoid_cross_entropy(z, y))
 
 
 def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
@@ -210,10 +169,10 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
     if len(shape(logits)) != 2:
         raise ValueError(f"{name}: logits must have shape (n, classes), got {shape(logits)}")
     n, classes = shape(logits)
-    backend = backend_of(gc.stop_gradient(labels))  # soft labels may be traced too
+    backend = backend_of(stop_gradient(labels))  # soft labels may be traced too
     xp = backend.xp
     check = _check_values.get()
-    if isdtype(gc.stop_gradient(labels), "integral"):
+    if isdtype(stop_gradient(labels), "integral"):
         if shape(labels) != (n,):
             raise ValueError(
                 f"{name}: integer labels must have shape ({n},) for logits of shape "
@@ -229,45 +188,18 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
                 f"{name}: one-hot labels must have the logits' shape {shape(logits)}, got "
                 f"{shape(labels)} (integer class labels have shape ({n},))"
             )
-        raw = gc.stop_gradient(labels)
+        raw = stop_gradient(labels)
         if check and bool(xp.any((raw < 0.0) | (raw > 1.0))):
             raise ValueError(f"{name}: one-hot labels must lie in [0, 1]")
-        targets = labels if labels.dtype == logits.dtype else gc.astype(labels, logits.dtype)
-    return _softmax_cross_entropy(logits, targets)
-
-
-@gc.primitive
-def _softmax_cross_entropy(logits: Any, targets: Any) -> Any:
-    """``-sum(log_softmax(logits) * targets) / n`` as one op: one node instead of six.
-
-    It runs once per training step, so fusing it (as PyTorch's cross_entropy does) takes a
-    dozen tracing and dispatch overheads out of every step.
-    """
-    xp = backend_of(logits).xp
-    log_probabilities = logits - gc.logsumexp(logits, axis=-1, keepdims=True)
-    return -xp.sum(log_probabilities * targets) / logits.shape[0]
-
-
-def _softmax_cross_entropy_vjp_logits(g: Any, ans: Any, z: Any, t: Any) -> Any:
-    """dL/dz = (softmax(z) * sum(t) - t) / n: the lecture's (softmax(z) - t) / n for one-hot
-    rows, exact for soft targets whose rows do not sum to one."""
-    row_sums = gc.sum(t, axis=-1, keepdims=True)
-    return gc.multiply(g / z.shape[0], gc.softmax(z, axis=-1) * row_sums - t)
-
-
-gc.defvjp(
-    _softmax_cross_entropy,
-    _softmax_cross_entropy_vjp_logits,
-    lambda g, ans, z, t: gc.multiply(-g / z.shape[0], gc.log_softmax(z, axis=-1)),
-    uses_ans=False,
-)
+        targets = labels if labels.dtype == logits.dtype else ops.astype(labels, logits.dtype)
+    return ops.softmax_cross_entropy(logits, targets)
 
 
 def mse(pred: Any, target: Any) -> Any:
     """Mean squared error, ``mean((pred - target)^2)``; the shapes must match."""
     if shape(pred) != shape(target):
         raise ValueError(f"mse: prediction shape {shape(pred)} != target shape {shape(target)}")
-    return gc.mean(gc.square(gc.subtract(pred, target)))
+    return ops.mean(ops.square(ops.subtract(pred, target)))
 
 
 def accuracy(logits: Any, labels: Any) -> float:
@@ -277,7 +209,7 @@ def accuracy(logits: Any, labels: Any) -> float:
     that is where sigmoid(logit) > 1/2; several outputs predict the argmax. ``labels`` are
     class indices, 0/1 targets or one-hot rows.
     """
-    logits = gc.stop_gradient(logits)
+    logits = stop_gradient(logits)
     xp = backend_of(logits).xp
     if logits.ndim == 2 and logits.shape[1] > 1:
         predicted = xp.argmax(logits, axis=1)

@@ -1,20 +1,33 @@
-"""Layer 3: the ops. Each primitive finds the backend of its arguments and calls ``backend.xp``.
+"""Layer 3: the ops. Each op is one home: its forward, its VJP rules, what backward keeps of it,
+its fused device kernels and, for elementwise ops, its CUDA expression.
 
-Ops follow their inputs' device and dtype: nothing is moved between devices and a float32
-input gives a float32 output. Python numbers combine with arrays of any device without
-promoting them (NumPy 2 rules), and an op on Python numbers alone returns a Python number.
-Their VJP rules live in ``gradcore.vjps``.
+A forward finds the backend of its arguments and calls ``backend.xp`` (an Array API
+namespace); the few ops with fused kernels (sigmoid, its derivative, clip, sign) look theirs up
+per device and fall back to the generic Array-API expression. Ops follow their inputs' device
+and dtype: nothing is moved between devices and a float32 input gives a float32 output. Python
+numbers combine with arrays of any device without promoting them (NumPy 2 rules), and an op on
+Python numbers alone returns a Python number, as the ``math`` module would.
+
+The VJP rules are the derivative table, in the form the field knows:
+``defvjp(op, lambda g, ans, x, y: ..., saves=...)``: ``g`` is the output's cotangent, ``ans``
+the op's output, and ``saves`` says which of the two the rules read, so that backward keeps
+nothing else. Rules are written in gradcore ops, so they are traced like any other code and
+higher derivatives come for free.
+
+``cuda_expression`` is the op as one CUDA C expression over its arguments ``{0}, {1}, ...`` of
+element type ``T``: what a code generator needs to fuse a chain of elementwise ops.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
-from gradcore.tracer import Box, nondifferentiable, primitive
+from gradcore.tracer import Box, defvjp, defvjp_argnum, nondifferentiable, primitive
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -36,16 +49,48 @@ def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, .
     return tuple(sorted(a % rank if rank else a for a in axes))
 
 
+def _elementwise(prim: Callable, cuda: str) -> Callable:
+    prim.cuda_expression = cuda
+    return prim
+
+
+def unbroadcast(x: Any, g: Any) -> Any:
+    """Sum ``g`` back to the shape of ``x`` (undoing broadcasting), in ``x``'s dtype."""
+    try:  # the common case, first: nothing was broadcast
+        if g.shape == x.shape and g.dtype == x.dtype:
+            return g
+    except AttributeError:  # a Python number has no shape
+        if type(x) in PY_SCALARS and type(g) in PY_SCALARS:
+            return g
+    x_shape = shape(x)
+    g_shape = shape(g)
+    if g_shape != x_shape:
+        extra = len(g_shape) - len(x_shape)
+        if extra > 0:
+            g = sum(g, axis=tuple(range(extra)))
+        stretched = tuple(axis for axis, n in enumerate(x_shape) if n == 1 and shape(g)[axis] != 1)
+        if stretched:
+            g = sum(g, axis=stretched, keepdims=True)
+    if type(x) not in PY_SCALARS and type(g) not in PY_SCALARS and g.dtype != x.dtype:
+        g = astype(g, x.dtype)
+    return g
+
+
+def replace_zero(x: Any, value: float) -> Any:
+    """``x`` with its zeros replaced by ``value`` (keeps ``log`` finite in the power rule)."""
+    return where(equal(x, 0), value, x)
+
+
 # ---------------------------------------------------------------------------------------------
 # elementwise arithmetic: written with operators, which every Array API array supports with
 # Python numbers on either side
 
 
-def _check_devices(op_name: str, x: Any, y: Any) -> None:
+def _same_device(op_name: str, x: Any, y: Any) -> None:
     """Arrays of two libraries never meet silently: NumPy would convert some of them.
 
-    Arrays of one type on two devices are refused by the library itself; the primitive turns
-    that refusal into a DeviceError too.
+    Arrays of one library on two devices are refused by the library itself; the primitive
+    turns that refusal into the same DeviceError (``common_backend`` words both).
     """
     if type(x) is not type(y) and type(x) not in PY_SCALARS and type(y) not in PY_SCALARS:
         common_backend(op_name, x, y)
@@ -53,34 +98,34 @@ def _check_devices(op_name: str, x: Any, y: Any) -> None:
 
 @primitive
 def add(x, y):
-    _check_devices("add", x, y)
+    _same_device("add", x, y)
     return x + y
 
 
 @primitive
 def subtract(x, y):
-    _check_devices("subtract", x, y)
+    _same_device("subtract", x, y)
     return x - y
 
 
 @primitive
 def multiply(x, y):
-    _check_devices("multiply", x, y)
+    _same_device("multiply", x, y)
     return x * y
 
 
 @primitive
 def divide(x, y):
-    _check_devices("divide", x, y)
+    _same_device("divide", x, y)
     return x / y
 
 
-true_divide = primitive(divide.fun, name="true_divide")
+true_divide = divide  # NumPy's older name for the same op
 
 
 @primitive
 def power(x, y):
-    _check_devices("power", x, y)
+    _same_device("power", x, y)
     return x**y
 
 
@@ -89,37 +134,110 @@ def negative(x):
     return -x
 
 
-@primitive
-def maximum(x, y):
-    return common_backend("maximum", x, y).xp.maximum(x, y)
+# The table gradcore was specified with.
+defvjp(add, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, g),
+       saves="shapes")  # fmt: skip
+defvjp(multiply,
+       lambda g, ans, x, y: unbroadcast(x, y * g),
+       lambda g, ans, x, y: unbroadcast(y, x * g), saves="args")  # fmt: skip
+defvjp(subtract, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, -g),
+       saves="shapes")  # fmt: skip
+defvjp(divide,
+       lambda g, ans, x, y: unbroadcast(x, g / y),
+       lambda g, ans, x, y: unbroadcast(y, -g * x / y**2), saves="args")  # fmt: skip
+defvjp(power,
+       lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(not_equal(y, 0.0), y - 1, 1.0)),
+       lambda g, ans, x, y: unbroadcast(y, g * log(replace_zero(x, 1.0)) * x**y),
+       saves="args")  # fmt: skip
+defvjp(negative, lambda g, ans, x: -g, saves="shapes")
+
+_elementwise(add, "({0} + {1})")
+_elementwise(subtract, "({0} - {1})")
+_elementwise(multiply, "({0} * {1})")
+_elementwise(divide, "({0} / {1})")
+_elementwise(power, "pow({0}, {1})")
+_elementwise(negative, "(-{0})")
 
 
-@primitive
-def minimum(x, y):
-    return common_backend("minimum", x, y).xp.minimum(x, y)
+def _extremum(name: str, python: Callable) -> Callable:
+    def extremum(x, y):
+        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+            return python(x, y)
+        return getattr(common_backend(name, x, y).xp, name)(x, y)
+
+    extremum.__name__ = name
+    extremum.__doc__ = f"Elementwise {name} of two arrays; ties share the gradient equally."
+    return primitive(extremum)
 
 
-def _unary(name: str, scalar_fun) -> Callable:
+maximum = _elementwise(_extremum("maximum", builtins.max), "max({0}, {1})")
+minimum = _elementwise(_extremum("minimum", builtins.min), "min({0}, {1})")
+
+
+def _tie_share(x, ans, y):
+    """1 where x alone attains the max/min, 1/2 on ties, else 0 (autograd's balanced_eq)."""
+    return astype(equal(x, ans), ans.dtype) / (1.0 + astype(equal(x, y), ans.dtype))
+
+
+def _extremum_vjp(g, ans, x, y):
+    return unbroadcast(x, g * _tie_share(x, ans, y))
+
+
+for _extremum_op in (maximum, minimum):
+    defvjp(_extremum_op, _extremum_vjp,
+           lambda g, ans, x, y: _extremum_vjp(g, ans, y, x), saves="both")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise functions
+
+
+def _unary(name: str, python: Callable, cuda: str) -> Callable:
     """An elementwise function of one array, from the backend namespace of the same name."""
 
     def impl(x):
         if type(x) in PY_SCALARS:
-            return scalar_fun(x)
+            return python(x)
         return getattr(backend_of(x).xp, name)(x)
 
     impl.__name__ = name
     impl.__doc__ = f"Elementwise {name}."
-    return primitive(impl)
+    return _elementwise(primitive(impl), cuda)
 
 
-exp = _unary("exp", math.exp)
-log = _unary("log", math.log)
-sin = _unary("sin", math.sin)
-cos = _unary("cos", math.cos)
-tanh = _unary("tanh", math.tanh)
-sqrt = _unary("sqrt", math.sqrt)
-abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API name
-sign = nondifferentiable(_unary("sign", lambda x: float((x > 0) - (x < 0))).fun)
+exp = _unary("exp", math.exp, "exp({0})")
+log = _unary("log", math.log, "log({0})")
+sin = _unary("sin", math.sin, "sin({0})")
+cos = _unary("cos", math.cos, "cos({0})")
+tanh = _unary("tanh", math.tanh, "tanh({0})")
+sqrt = _unary("sqrt", math.sqrt, "sqrt({0})")
+abs = _unary("abs", lambda x: x if x >= 0 else -x, "abs({0})")  # noqa: A001 - the Array API name
+
+defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
+defvjp(log, lambda g, ans, x: g / x, saves="args")
+defvjp(sin, lambda g, ans, x: g * cos(x), saves="args")
+defvjp(cos, lambda g, ans, x: -g * sin(x), saves="args")
+defvjp(tanh, lambda g, ans, x: g * (1.0 - square(ans)), saves="ans")
+defvjp(abs, lambda g, ans, x: g * sign(x), saves="args")
+# d sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0; we take 0 there, so that the gradient of a
+# norm at the zero vector is 0 rather than NaN (autograd's most reported bug).
+defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zero(ans, 1.0)),
+       saves="ans")  # fmt: skip
+
+
+@nondifferentiable
+def sign(x):
+    """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
+    if type(x) in PY_SCALARS:
+        return float((x > 0) - (x < 0))
+    backend = backend_of(x)
+    kernel = sign.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else backend.xp.sign(x)
+
+
+# array-api-compat's CuPy sign and clip write through boolean masks, and CuPy reads every
+# mask's size back to the host: CuPy's own ufuncs never wait for the GPU.
+sign.kernel("cuda", "gradcore.backends.cuda_kernels:sign")
 
 
 @primitive
@@ -127,28 +245,82 @@ def square(x):
     return x * x
 
 
+defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
+_elementwise(square, "({0} * {0})")
+
+
+def _sigmoid_expression(xp: Any, x: Any) -> Any:
+    """``1 / (1 + e^-x)`` as ``e = e^-|x|``: ``1 / (1 + e)`` for x >= 0, ``e / (1 + e)`` below.
+
+    ``e`` never overflows, and the lower tail keeps its digits (``1 - tanh`` loses them).
+    """
+    e = xp.exp(-xp.abs(x))
+    r = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, r, e * r)
+
+
 @primitive
 def sigmoid(x):
-    """Logistic function, one fused kernel: exact and silent for every finite input."""
+    """Logistic function, one fused kernel where the device has one: exact for every input."""
     if type(x) in PY_SCALARS:
-        return 0.5 * math.tanh(0.5 * x) + 0.5
-    return backend_of(x).sigmoid(x)
+        e = math.exp(-x if x >= 0 else x)
+        return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+    backend = backend_of(x)
+    kernel = sigmoid.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else _sigmoid_expression(backend.xp, x)
 
 
 @primitive
 def sigmoid_grad(y, g):
     """``g * y * (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
-    return common_backend("sigmoid_grad", y, g).sigmoid_grad(y, g)
+    if type(y) in PY_SCALARS and type(g) in PY_SCALARS:
+        return g * y * (1.0 - y)
+    backend = common_backend("sigmoid_grad", y, g)
+    if type(g) is type(y) and g.shape == y.shape and g.dtype == y.dtype:
+        kernel = sigmoid_grad.kernels.lookup(backend, y.dtype)
+        if kernel is not None:
+            return kernel(y, g)
+    return g * (y * (1.0 - y))
+
+
+sigmoid.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid")
+sigmoid.kernel("cuda", "gradcore.backends.cuda_kernels:sigmoid")
+sigmoid_grad.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid_grad")
+sigmoid_grad.kernel("cuda", "gradcore.backends.cuda_kernels:sigmoid_grad")
+# The sigmoid's derivative needs only its output: y (1 - y).
+defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
+defvjp(sigmoid_grad,
+       lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
+       lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
+_elementwise(sigmoid, "({0} >= 0 ? (T)1 / ((T)1 + exp(-{0})) : exp({0}) / ((T)1 + exp({0})))")
+_elementwise(sigmoid_grad, "({1} * {0} * ((T)1 - {0}))")
 
 
 @primitive
 def relu(x):
+    if type(x) in PY_SCALARS:
+        return builtins.max(x, 0.0)
     return backend_of(x).xp.maximum(x, 0.0)
+
+
+defvjp(relu, lambda g, ans, x: where(greater(ans, 0.0), g, 0.0), saves="ans")
+_elementwise(relu, "max({0}, (T)0)")
 
 
 @primitive
 def clip(x, min=None, max=None):  # noqa: A002 - NumPy's names
-    return backend_of(x).xp.clip(x, min, max)
+    if type(x) in PY_SCALARS:
+        low = x if min is None else builtins.max(x, min)
+        return low if max is None else (low if low <= max else max)
+    backend = backend_of(x)
+    kernel = clip.kernels.lookup(backend, x.dtype)
+    if kernel is not None:
+        return kernel(x, min, max)
+    return backend.xp.clip(x, min, max)
+
+
+clip.kernel("cuda", "gradcore.backends.cuda_kernels:clip")
+defvjp(clip, lambda g, ans, x, min=None, max=None: where(equal(ans, x), g, 0.0), saves="both")
 
 
 @primitive
@@ -159,6 +331,13 @@ def where(condition, x, y):
     return common_backend("where", condition, x, y).xp.where(condition, x, y)
 
 
+defvjp(where,
+       None,
+       lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
+       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)), saves="args")  # fmt: skip
+_elementwise(where, "({0} ? {1} : {2})")
+
+
 @primitive
 def astype(x, dtype):
     if type(x) in PY_SCALARS:
@@ -166,28 +345,53 @@ def astype(x, dtype):
     return backend_of(x).xp.astype(x, dtype)
 
 
+defvjp(astype, lambda g, ans, x, dtype: unbroadcast(x, g), saves="shapes")
+
+
 # ---------------------------------------------------------------------------------------------
 # reductions
 
 
+def _restore_reduced(g, x, axis, keepdims):
+    """Reshape a reduction's cotangent so that it broadcasts against the input ``x``."""
+    if keepdims or axis is None:
+        return g if keepdims else reshape(g, (1,) * ndim(x))
+    return expand_dims(g, _normalize_axis(axis, ndim(x)))
+
+
+def _count(x, axis):
+    n = 1
+    for a in _normalize_axis(axis, ndim(x)):
+        n *= shape(x)[a]
+    return n
+
+
 @primitive
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
+    if type(x) in PY_SCALARS:
+        return x
     return backend_of(x).xp.sum(x, axis=axis, keepdims=keepdims)
 
 
 @primitive
 def mean(x, axis=None, keepdims=False):
+    if type(x) in PY_SCALARS:
+        return float(x)
     return backend_of(x).xp.mean(x, axis=axis, keepdims=keepdims)
 
 
 @primitive
 def max(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
+    if type(x) in PY_SCALARS:
+        return x
     return backend_of(x).xp.max(x, axis=axis, keepdims=keepdims)
 
 
 @primitive
 def logsumexp(x, axis=None, keepdims=False):
     """``log(sum(exp(x)))`` without overflow: the max is subtracted first and added back."""
+    if type(x) in PY_SCALARS:
+        return float(x)
     xp = backend_of(x).xp
     peak = xp.max(x, axis=axis, keepdims=True)
     peak = xp.where(xp.isfinite(peak), peak, 0.0)  # all -inf rows stay -inf, not nan
@@ -195,6 +399,30 @@ def logsumexp(x, axis=None, keepdims=False):
     if not keepdims:
         out = xp.squeeze(out, axis=_normalize_axis(axis, x.ndim))
     return out
+
+
+def _sum_vjp(g, ans, x, axis=None, keepdims=False):
+    g = _restore_reduced(g, x, axis, keepdims)
+    return g if type(x) in PY_SCALARS else broadcast_to(g, shape(x))
+
+
+def _mean_vjp(g, ans, x, axis=None, keepdims=False):
+    return _sum_vjp(g / _count(x, axis), ans, x, axis, keepdims)
+
+
+def _max_vjp(g, ans, x, axis=None, keepdims=False):
+    """The cotangent goes to the maxima, shared equally among ties."""
+    g = _restore_reduced(g, x, axis, keepdims)
+    winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
+    return g * winners / sum(winners, axis=axis, keepdims=True)
+
+
+defvjp(sum, _sum_vjp, saves="shapes")
+defvjp(mean, _mean_vjp, saves="shapes")
+defvjp(max, _max_vjp, saves="both")
+defvjp(logsumexp, lambda g, ans, x, axis=None, keepdims=False:
+       _restore_reduced(g, x, axis, keepdims)
+       * exp(x - _restore_reduced(ans, x, axis, keepdims)), saves="both")  # fmt: skip
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
@@ -252,6 +480,22 @@ def squeeze(x, axis=None):
     return backend_of(x).xp.squeeze(x, axis=axis)
 
 
+def _transpose_vjp(g, ans, x, axes=None):
+    if axes is None:
+        return transpose(g)
+    inverse = [0] * len(axes)
+    for position, axis in enumerate(axes):
+        inverse[axis % len(axes)] = position
+    return transpose(g, tuple(inverse))
+
+
+defvjp(reshape, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defvjp(transpose, _transpose_vjp, saves="shapes")
+defvjp(broadcast_to, lambda g, ans, x, *_, **__: unbroadcast(x, g), saves="shapes")
+defvjp(expand_dims, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defvjp(squeeze, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+
+
 @primitive
 def getitem(x, index):
     """``x[index]``: basic slicing and integer-array indexing."""
@@ -265,6 +509,10 @@ def untake(g, index, shape):
     out = backend.xp.zeros(shape, dtype=g.dtype, device=backend.array_device(g))
     backend.scatter_add(out, index, g)
     return out
+
+
+defvjp(getitem, lambda g, ans, x, index: untake(g, index, shape(x)), saves="shapes")
+defvjp(untake, lambda g2, ans, g, index, *_: getitem(g2, index), saves="shapes")
 
 
 @primitive
@@ -287,6 +535,27 @@ def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
     return _stack(axis, *arrays)
 
 
+# Index tuples end in ``...``: the Array API standard refuses an index that names fewer axes
+# than the array has (NumPy's implicit trailing slices are not standard). Argument 0 is the
+# axis; the arrays are arguments 1, 2, ...
+def _concatenate_vjp(argnum, g, ans, args, kwargs):
+    axis, arrays = args[0] % ndim(g), args[1:]
+    start = 0
+    for array in arrays[: argnum - 1]:
+        start += shape(array)[axis]
+    stop = start + shape(arrays[argnum - 1])[axis]
+    return getitem(g, (slice(None),) * axis + (slice(start, stop), ...))
+
+
+def _stack_vjp(argnum, g, ans, args, kwargs):
+    axis = args[0] % ndim(g)
+    return getitem(g, (slice(None),) * axis + (argnum - 1, ...))
+
+
+defvjp_argnum(_concatenate, _concatenate_vjp, saves="shapes")
+defvjp_argnum(_stack, _stack_vjp, saves="shapes")
+
+
 # ---------------------------------------------------------------------------------------------
 # linear algebra
 
@@ -294,6 +563,29 @@ def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
 @primitive
 def matmul(x, y):
     return common_backend("matmul", x, y).xp.matmul(x, y)
+
+
+def _matmul_vjp(wrt: int) -> Callable:
+    """matmul's rule for either argument; 1-d operands are promoted to matrices and back."""
+
+    def vjp(g, ans, x, y):
+        if ndim(x) == 2 and ndim(y) == 2:  # the common case: no promotion, no broadcasting
+            return matmul(g, y.T) if wrt == 0 else matmul(x.T, g)
+        x2 = x if ndim(x) > 1 else expand_dims(x, 0)
+        y2 = y if ndim(y) > 1 else expand_dims(y, -1)
+        if ndim(x) == 1:
+            g = expand_dims(g, -2)
+        if ndim(y) == 1:
+            g = expand_dims(g, -1)
+        if wrt == 0:
+            return reshape(unbroadcast(x2, matmul(g, matrix_transpose(y2))), shape(x))
+        return reshape(unbroadcast(y2, matmul(matrix_transpose(x2), g)), shape(y))
+
+    return vjp
+
+
+_matmul_vjp_x, _matmul_vjp_y = _matmul_vjp(0), _matmul_vjp(1)
+defvjp(matmul, _matmul_vjp_x, _matmul_vjp_y, saves="args")
 
 
 def dot(x: Any, y: Any) -> Any:
@@ -306,6 +598,64 @@ def dot(x: Any, y: Any) -> Any:
             "arrays, use matmul for stacks of matrices"
         )
     return matmul(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused layers and losses: each runs once or twice per training step, so one node instead of
+# several takes tracing overhead and temporaries out of every step (as PyTorch's linear and
+# cross_entropy do)
+
+
+@primitive
+def affine(x, w, b):
+    """``x @ w + b`` as one op, the bias added in place into the product."""
+    out = common_backend("affine", x, w, b).xp.matmul(x, w)
+    out += b
+    return out
+
+
+defvjp(affine,
+       lambda g, ans, x, w, b: _matmul_vjp_x(g, ans, x, w),
+       lambda g, ans, x, w, b: _matmul_vjp_y(g, ans, x, w),
+       lambda g, ans, x, w, b: unbroadcast(b, g), saves="args")  # fmt: skip
+
+
+@primitive
+def sigmoid_cross_entropy(z, y):
+    """Elementwise ``-y log sigmoid(z) - (1 - y) log(1 - sigmoid(z))`` from the logits ``z``.
+
+    Computed as ``max(z, 0) - z y + log1p(e^-|z|)``, that is ``logsumexp([0, z]) - z y`` with
+    the maximum taken out, so ``e^...`` never overflows.
+    """
+    xp = common_backend("sigmoid_cross_entropy", z, y).xp
+    return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+# The derivative the hand derivation gives: dL/dz = sigmoid(z) - y, computed as exactly that.
+defvjp(sigmoid_cross_entropy,
+       lambda g, ans, z, y: multiply(g, sigmoid(z) - y),
+       lambda g, ans, z, y: negative(multiply(g, z)), saves="args")  # fmt: skip
+
+
+@primitive
+def softmax_cross_entropy(logits, targets):
+    """``-sum(log_softmax(logits) * targets) / n`` over ``(n, classes)`` rows, as one op."""
+    xp = common_backend("softmax_cross_entropy", logits, targets).xp
+    log_probabilities = logits - logsumexp(logits, axis=-1, keepdims=True)
+    return -xp.sum(log_probabilities * targets) / logits.shape[0]
+
+
+def _softmax_cross_entropy_vjp_logits(g: Any, ans: Any, z: Any, t: Any) -> Any:
+    """dL/dz = (softmax(z) * sum(t) - t) / n: the textbook (softmax(z) - t) / n for one-hot
+    rows, exact for soft targets whose rows do not sum to one."""
+    row_sums = sum(t, axis=-1, keepdims=True)
+    return multiply(g / shape(z)[0], softmax(z, axis=-1) * row_sums - t)
+
+
+defvjp(softmax_cross_entropy,
+       _softmax_cross_entropy_vjp_logits,
+       lambda g, ans, z, t: multiply(-g / shape(z)[0], log_softmax(z, axis=-1)),
+       saves="args")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,39 +698,16 @@ def argmax(x, axis=None, keepdims=False):
 
 @nondifferentiable
 def zeros_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(0)
     return backend_of(x).xp.zeros_like(x)
 
 
 @nondifferentiable
 def ones_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(1)
     return backend_of(x).xp.ones_like(x)
-
-
-def replace_zero(x: Any, value: float) -> Any:
-    """``x`` with its zeros replaced by ``value`` (keeps ``log`` finite in the power rule)."""
-    return where(equal(x, 0), value, x)
-
-
-def unbroadcast(x: Any, g: Any) -> Any:
-    """Sum ``g`` back to the shape of ``x`` (undoing broadcasting), in ``x``'s dtype."""
-    try:  # the common case, first: nothing was broadcast
-        if g.shape == x.shape and g.dtype == x.dtype:
-            return g
-    except AttributeError:  # a Python number has no shape
-        if type(x) in PY_SCALARS and type(g) in PY_SCALARS:
-            return g
-    x_shape = shape(x)
-    g_shape = shape(g)
-    if g_shape != x_shape:
-        extra = len(g_shape) - len(x_shape)
-        if extra > 0:
-            g = sum(g, axis=tuple(range(extra)))
-        stretched = tuple(axis for axis, n in enumerate(x_shape) if n == 1 and shape(g)[axis] != 1)
-        if stretched:
-            g = sum(g, axis=stretched, keepdims=True)
-    if type(x) not in PY_SCALARS and type(g) not in PY_SCALARS and g.dtype != x.dtype:
-        g = astype(g, x.dtype)
-    return g
 
 
 # ---------------------------------------------------------------------------------------------

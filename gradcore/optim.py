@@ -5,8 +5,8 @@ The update is the Deep Learning book's (ch. 8), in the Keras parametrisation::
     v <- momentum * v - lr * g        theta <- theta + v
 
 Nesterov momentum is Keras's form, ``theta <- theta + momentum * v - lr * g`` (with the new
-``v``). The arithmetic runs in the backend's fused, in-place ``sgd_update``: one CUDA kernel per
-parameter on the GPU, in place with one temporary on the CPU, nothing read back to the host.
+``v``). The arithmetic is ``sgd_update``: in place, nothing read back to the host; a few
+in-place Array-API passes on any device, one fused kernel per parameter on CUDA.
 """
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import gradcore as gc
-from gradcore.backend import backend_of
+from gradcore.backend import KernelTable, backend_of
+from gradcore.devices import array, device_of, to_device
 from gradcore.pytree import tree_leaves
 
-__all__ = ["SGD", "Schedule", "exponential_decay", "linear_decay", "step_decay"]
+__all__ = [
+    "SGD",
+    "Schedule",
+    "exponential_decay",
+    "linear_decay",
+    "sgd_update",
+    "step_decay",
+]
 
 Schedule = Callable[[int], float]  # number of updates done so far -> learning rate
 
@@ -64,6 +71,43 @@ def step_decay(initial: float, drop: float, every: int) -> Schedule:
     return rate
 
 
+def sgd_update(
+    param: Any,
+    grad: Any,
+    velocity: Any,
+    learning_rate: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> None:
+    """In place: ``v = momentum v - lr (g + wd p)``, then ``p += v`` (or the Nesterov form).
+
+    The scalars must be Python floats: a NumPy float64 scalar would promote float32 arrays.
+    """
+    backend = backend_of(param)
+    kernel = SGD_KERNELS.lookup(backend, param.dtype)
+    if kernel is not None:
+        kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
+        return
+    # ``step = lr (g + wd p)`` is taken before p changes; the rest is in place.
+    step = grad * learning_rate
+    if weight_decay:
+        step += param * (learning_rate * weight_decay)
+    if step.dtype != param.dtype:
+        step = backend.xp.astype(step, param.dtype)
+    velocity *= momentum
+    velocity -= step
+    if nesterov:  # Keras form: p += momentum * v_new - lr * (g + wd * p)
+        param -= step
+        param += velocity * momentum
+    else:
+        param += velocity
+
+
+SGD_KERNELS = KernelTable("sgd_update")
+SGD_KERNELS.register("cuda", "gradcore.backends.cuda_kernels:sgd_update")
+
+
 class SGD:
     """Minibatch SGD with optional (Nesterov) momentum and L2 weight decay, Keras's signature.
 
@@ -107,9 +151,7 @@ class SGD:
             self._place_velocity(leaves)
         lr = self.current_learning_rate()
         for param, grad, velocity in zip(leaves, tree_leaves(grads), self._velocity):
-            backend_of(param).sgd_update(
-                param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay
-            )
+            sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay)
         self.iterations += 1
 
     def _place_velocity(self, leaves: list[Any]) -> None:
@@ -130,14 +172,14 @@ class SGD:
                         f"parameter has shape {tuple(param.shape)}"
                     )
                 xp = backend_of(param).xp
-                velocity = gc.to_device(velocity, gc.device_of(param))
+                velocity = to_device(velocity, device_of(param))
                 placed.append(xp.astype(velocity, param.dtype, copy=True))
             self._velocity = placed
         self._placed = True
 
     def state_dict(self) -> dict[str, Any]:
         """Copies of what ``step`` changes: the update count and the velocities."""
-        velocity = [] if self._velocity is None else [gc.array(v) for v in self._velocity]
+        velocity = [] if self._velocity is None else [array(v) for v in self._velocity]
         return {"iterations": self.iterations, "velocity": velocity}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

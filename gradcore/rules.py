@@ -1,4 +1,5 @@
-"""Layer 5: the two classic learning rules for a single unit, as the lecture states them.
+"""Layer 5: the two classic learning rules for a single unit, as Geena Kim's lecture notes "Math
+behind Neural Network Training" state them.
 
 Both cycle through the instances one at a time. They are written branch-free on the device
 (a mistake becomes a 0/1 factor rather than an ``if``), so they run on any backend and read
@@ -11,16 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import gradcore as gc
 from gradcore.backend import backend_of
+from gradcore.devices import array
 
 __all__ = ["delta_rule", "perceptron"]
 
 
 def _with_bias(name: str, X: Any, y: Any) -> tuple[Any, Any, Any]:
     """X with a column of ones appended (the bias input), y as a column of X's dtype, and xp."""
-    X = X if hasattr(X, "shape") else gc.array(X)
-    y = y if hasattr(y, "shape") else gc.array(y)
+    X = X if hasattr(X, "shape") else array(X)
+    y = y if hasattr(y, "shape") else array(y)
     xp = backend_of(X).xp
     if not xp.isdtype(X.dtype, "real floating"):
         X = xp.astype(X, xp.float32)

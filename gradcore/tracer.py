@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gradcore.backend import raise_if_devices_mixed
+from gradcore.backend import PY_SCALARS, KernelTable, common_backend
 
 __all__ = [
     "ArraySpec",
+    "NotKeptError",
     "Box",
     "Node",
     "backward_pass",
@@ -76,15 +77,58 @@ class Node:
         return cls(None, (), {}, value, ())
 
 
-class ArraySpec:
+class NotKeptError(RuntimeError):
+    """A VJP rule read a value that its ``defvjp(..., saves=...)`` said backward need not keep."""
+
+
+class _NotKept:
+    """Stands in for a value backward did not keep; any use of it raises ``NotKeptError``.
+
+    Arithmetic, indexing and conversions all fail loudly, so a rule that reads more than its
+    ``saves`` declares fails in the op tests instead of computing with something else.
+    """
+
+    __slots__ = ("_op", "_what")
+    __array_ufunc__ = None  # NumPy and CuPy defer to our operators, which raise
+    __hash__ = None
+
+    def __init__(self, op: str, what: str) -> None:
+        self._op = op
+        self._what = what
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise NotKeptError(
+            f"{self._op}: a VJP rule read {self._what}, which backward did not keep; declare "
+            f"it in defvjp({self._op}, ..., saves=...): 'args', 'ans' or 'both'"
+        )
+
+    def __getattr__(self, attribute: str) -> Any:
+        self._refuse()
+
+    def __repr__(self) -> str:
+        return f"<{self._what} of {self._op}, not kept>"
+
+
+for _dunder in (
+    "add sub mul truediv pow matmul radd rsub rmul rtruediv rpow rmatmul neg abs getitem "
+    "bool float int index array eq ne lt le gt ge len iter"
+).split():
+    setattr(_NotKept, f"__{_dunder}__", _NotKept._refuse)
+
+
+class ArraySpec(_NotKept):
     """What backward keeps of an argument whose rules read only its shape and dtype."""
 
     __slots__ = ("shape", "dtype", "ndim")
 
-    def __init__(self, value: Any) -> None:
-        self.shape = value.shape
-        self.dtype = value.dtype
-        self.ndim = value.ndim
+    def __init__(self, value: Any, op: str) -> None:
+        super().__init__(op, "an argument's values")
+        self.shape, self.dtype, self.ndim = value.shape, value.dtype, value.ndim
+
+
+def NotSaved(op: str) -> _NotKept:  # noqa: N802 - reads as the value it stands for
+    """The stand-in for an output that backward did not keep."""
+    return _NotKept(op, "the output (ans)")
 
 
 class Box:
@@ -102,8 +146,9 @@ class Box:
         self._trace = trace
         self._node = node
 
-    shape = property(lambda self: self._value.shape)
-    ndim = property(lambda self: self._value.ndim)
+    # A traced Python number has the shape of a 0-d array and, like the number, no dtype.
+    shape = property(lambda self: () if type(self._value) in PY_SCALARS else self._value.shape)
+    ndim = property(lambda self: len(self.shape))
     dtype = property(lambda self: self._value.dtype)
     size = property(lambda self: self._value.size)
 
@@ -176,11 +221,12 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
         tape = _tapes.get(top)
         if tape is not None and not tape.keep_values:
             # Keep for backward only what the rules read: memory is activations.
-            if not traced.uses_args:
+            if not traced.saves_args:
                 for argnum, _ in parents:
-                    raw[argnum] = ArraySpec(raw[argnum])
-            if not traced.uses_ans:
-                saved_ans = None
+                    if type(getval(raw[argnum])) not in PY_SCALARS:  # numbers cost nothing
+                        raw[argnum] = ArraySpec(raw[argnum], name)
+            if not traced.saves_ans:
+                saved_ans = NotSaved(name)
         node = Node(traced, raw, kwargs, saved_ans, parents)
         if tape is not None:  # None: a box that outlived its trace, nothing will read this
             tape.append(node)
@@ -191,7 +237,10 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     traced.__doc__ = fun.__doc__
     traced.__wrapped__ = traced.fun = fun
     traced.vjps = ()  # one rule per positional argument, set by defvjp
-    traced.uses_args = traced.uses_ans = True  # what the rules read, set by defvjp
+    traced.vjp_argnum = None  # or one rule for every argument, set by defvjp_argnum
+    traced.saves_args = traced.saves_ans = True  # what backward keeps, set by defvjp
+    traced.kernels = KernelTable(name)
+    traced.kernel = traced.kernels.register
     return traced
 
 
@@ -211,46 +260,65 @@ def _describe(value: Any) -> str:
 
 def _explain(error: Exception, name: str, args: Any) -> Exception:
     """The array library refused an op: say it was arrays of two devices, or name the op and
-    its operands."""
-    raise_if_devices_mixed(name, tuple(args))
+    its operands.
+
+    The new exception is a plain TypeError or ValueError: library exception classes may take
+    other constructor arguments (NumPy's ``UFuncTypeError`` wants dtypes), and the original
+    stays attached as ``__cause__``.
+    """
+    try:
+        common_backend(name, *args)  # raises DeviceError if the operands live on two devices
+    except TypeError:  # something that is not an array: the original error says more
+        pass
     message = str(error)
     if message.startswith(name + "("):
         return error
     described = ", ".join(_describe(a) for a in args)
-    return type(error)(f"{name}({described}): {message}")
+    kind = TypeError if isinstance(error, TypeError) else ValueError
+    return kind(f"{name}({described}): {message}")
 
 
-def defvjp(
-    prim: Callable, *vjps: Callable | None, uses_args: bool = True, uses_ans: bool = True
-) -> None:
+# What backward keeps of an op's arguments and output, by the name ``defvjp`` takes.
+SAVES = {
+    "both": (True, True),  # the rules read argument values and the output
+    "args": (True, False),  # argument values only
+    "ans": (False, True),  # the output, and only shapes and dtypes of the arguments
+    "shapes": (False, False),  # only shapes and dtypes of the arguments
+}
+
+
+def _set_saves(prim: Callable, saves: str) -> None:
+    if saves not in SAVES:
+        raise ValueError(
+            f"defvjp({prim.name}): saves must be one of {', '.join(map(repr, SAVES))}, "
+            f"got {saves!r}"
+        )
+    prim.saves_args, prim.saves_ans = SAVES[saves]
+
+
+def defvjp(prim: Callable, *vjps: Callable | None, saves: str = "both") -> None:
     """Register ``vjp(g, ans, *args, **kwargs)`` for each positional argument, in order.
 
-    ``None`` marks an argument that has no gradient (it is treated as a constant).
-    ``uses_args=False`` promises that the rules read only the shape and dtype of the traced
-    arguments, and ``uses_ans=False`` that they never read ``ans``: backward then keeps an
-    ``ArraySpec`` or nothing instead of the values, so activations are freed during forward.
+    ``None`` marks an argument that has no gradient (it is treated as a constant). ``saves``
+    says what the rules read, so that backward keeps only that: ``"args"`` (argument values),
+    ``"ans"`` (the output), ``"both"``, or ``"shapes"`` (neither: only the arguments' shapes
+    and dtypes). An activation that no rule reads is then freed as soon as the forward pass
+    is done with it. A rule that reads what ``saves`` left out gets an error naming the op.
     """
+    _set_saves(prim, saves)
     prim.vjps = vjps
-    prim.uses_args = uses_args
-    prim.uses_ans = uses_ans
+    prim.vjp_argnum = None
 
 
-def defvjp_argnum(
-    prim: Callable, vjp: Callable, uses_args: bool = True, uses_ans: bool = True
-) -> None:
-    """Register one rule ``vjp(argnum, g, ans, args, kwargs)`` for ops with varargs."""
-    defvjp(prim, uses_args=uses_args, uses_ans=uses_ans)
-    prim.vjps = _OneRuleForEveryArgument(vjp)
+def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
+    """Register one rule ``vjp(argnum, g, ans, args, kwargs)`` for every argument.
 
-
-class _OneRuleForEveryArgument:
-    """Looks like a tuple of per-argument rules to the backward pass."""
-
-    def __init__(self, rule: Callable) -> None:
-        self.rule = rule
-
-    def __getitem__(self, argnum: int) -> Callable:
-        return lambda g, ans, *args, **kwargs: self.rule(argnum, g, ans, args, kwargs)
+    For ops that take any number of arrays (concatenate, stack), where the rule for each
+    argument differs only by its position.
+    """
+    _set_saves(prim, saves)
+    prim.vjps = ()
+    prim.vjp_argnum = vjp
 
 
 def nondifferentiable(fun: Callable) -> Callable:
@@ -262,9 +330,11 @@ def nondifferentiable(fun: Callable) -> Callable:
         except (ValueError, TypeError) as error:
             raise _explain(error, fun.__name__, args) from error
 
-    unboxed.__name__ = fun.__name__
+    unboxed.__name__ = unboxed.name = fun.__name__
     unboxed.__doc__ = fun.__doc__
-    unboxed.__wrapped__ = fun
+    unboxed.__wrapped__ = unboxed.fun = fun
+    unboxed.kernels = KernelTable(fun.__name__)
+    unboxed.kernel = unboxed.kernels.register
     return unboxed
 
 
@@ -302,15 +372,18 @@ def backward_pass(
         g = cotangents.pop(node, None)
         if g is None:  # the outputs do not depend on this node
             continue
-        rules = node.primitive.vjps
+        prim = node.primitive
         for argnum, parent in node.parents:
-            try:
-                rule = rules[argnum]
-            except IndexError:
-                raise _missing_vjp(node.primitive.name, argnum) from None
-            if rule is None:  # declared as having no gradient
-                continue
-            parent_g = rule(g, node.ans, *node.args, **node.kwargs)
+            if prim.vjp_argnum is not None:
+                parent_g = prim.vjp_argnum(argnum, g, node.ans, node.args, node.kwargs)
+            else:
+                try:
+                    rule = prim.vjps[argnum]
+                except IndexError:
+                    raise _missing_vjp(prim.name, argnum) from None
+                if rule is None:  # declared as having no gradient
+                    continue
+                parent_g = rule(g, node.ans, *node.args, **node.kwargs)
             if parent_g is None:
                 continue
             if parent in cotangents:

@@ -54,18 +54,6 @@ class StrictBackend:
     def to_numpy(self, x):
         return np.asarray(xp.asarray(x, device=xp.Device("CPU_DEVICE")), copy=True)
 
-    def sigmoid(self, x):
-        return xp.tanh(x * 0.5) * 0.5 + 0.5
-
-    def sigmoid_grad(self, y, g):
-        return g * y * (1.0 - y)
-
-    def sgd_update(self, param, grad, velocity, learning_rate, momentum, nesterov, weight_decay):
-        step = grad + weight_decay * param
-        velocity *= momentum
-        velocity -= learning_rate * step
-        param += momentum * velocity - learning_rate * step if nesterov else velocity
-
     def scatter_add(self, target, index, values):
         # The standard has no scatter-add; the test backend does it on the host.
         host = self.to_numpy(target)

@@ -12,13 +12,12 @@ import warnings
 
 import numpy as np
 import pytest
-from gradcore.backends import cuda_kernels, cupy_backend, numpy_backend
+from gradcore.backends import cuda_kernels, cupy_backend, numpy_kernels
 
 import gradcore as gc
 
 NVCC = shutil.which("nvcc")
 DTYPES = ["float32", "float64"]
-cpu = numpy_backend.NumpyBackend()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ def no_warnings():
 
 
 # sizes: below the chunk, several chunks on one thread, and split between threads
-SIZES = [7, 3 * numpy_backend.CHUNK + 5, numpy_backend.PARALLEL_MIN + 12_345]
+SIZES = [7, 3 * numpy_kernels.CHUNK + 5, numpy_kernels.PARALLEL_MIN + 12_345]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -120,7 +119,7 @@ def test_numpy_sigmoid_matches_formula(dtype, n, no_warnings):
     x = _inputs(dtype, n)
     extremes = _extremes(dtype)[: n // 2]
     x[: len(extremes)] = x[-len(extremes) :] = extremes  # for the caller's and a helper's share
-    y = cpu.sigmoid(x)
+    y = numpy_kernels.sigmoid(x)
     assert y.dtype == np.dtype(dtype) and y.shape == x.shape
     eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
     np.testing.assert_allclose(y, _sigmoid_reference(x), rtol=4 * eps, atol=tiny)
@@ -129,30 +128,32 @@ def test_numpy_sigmoid_matches_formula(dtype, n, no_warnings):
 
 def test_numpy_sigmoid_keeps_shape_layout_and_scalars(no_warnings):
     x = _inputs("float32", 24).reshape(4, 6)
-    np.testing.assert_array_equal(cpu.sigmoid(x.T), cpu.sigmoid(x).T)  # a strided input
-    assert cpu.sigmoid(np.float32(0.0)).shape == ()
-    assert cpu.sigmoid(np.array(0.0, dtype=np.float32)) == np.float32(0.5)
-    assert cpu.sigmoid(np.array([0, 1])).dtype == np.float64  # integers: like np.exp
+    strided = numpy_kernels.sigmoid(x.T)
+    np.testing.assert_array_equal(strided, numpy_kernels.sigmoid(x).T)
+    assert numpy_kernels.sigmoid(np.float32(0.0)).shape == ()
+    assert numpy_kernels.sigmoid(np.array(0.0, dtype=np.float32)) == np.float32(0.5)
+    assert numpy_kernels.sigmoid(np.array([0, 1])).dtype == np.float64  # integers: like np.exp
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES)
 def test_numpy_sigmoid_grad_matches_formula(dtype, n, no_warnings):
-    y = cpu.sigmoid(_inputs(dtype, n))
+    y = numpy_kernels.sigmoid(_inputs(dtype, n))
     g = _inputs(dtype, n, seed=1)
-    gx = cpu.sigmoid_grad(y, g)
+    gx = numpy_kernels.sigmoid_grad(y, g)
     y64, g64 = y.astype(np.float64), g.astype(np.float64)
     assert gx.dtype == np.dtype(dtype)
     np.testing.assert_allclose(gx, g64 * y64 * (1 - y64), rtol=8 * np.finfo(dtype).eps)
 
 
-def test_numpy_sigmoid_grad_broadcasts_and_keeps_dtype(no_warnings):
-    y = cpu.sigmoid(_inputs("float32", 12).reshape(3, 4))
+def test_sigmoid_grad_op_broadcasts_and_keeps_dtype(no_warnings):
+    """The op takes the fused kernel for equal shapes and the plain expression otherwise."""
+    y = numpy_kernels.sigmoid(_inputs("float32", 12).reshape(3, 4))
     expected = y * (1 - y)
-    np.testing.assert_allclose(cpu.sigmoid_grad(y, 2.0), 2 * expected, rtol=1e-6)
-    np.testing.assert_allclose(cpu.sigmoid_grad(y, np.ones(4, np.float32)), expected, rtol=1e-6)
-    assert cpu.sigmoid_grad(y, 2.0).dtype == np.float32
-    np.testing.assert_allclose(cpu.sigmoid_grad(y.T, y.T), (y * expected).T, rtol=1e-6)
+    np.testing.assert_allclose(gc.ops.sigmoid_grad(y, 2.0), 2 * expected, rtol=1e-6)
+    np.testing.assert_allclose(gc.ops.sigmoid_grad(y, np.ones(4, np.float32)), expected, rtol=1e-6)
+    assert gc.ops.sigmoid_grad(y, 2.0).dtype == np.float32
+    np.testing.assert_allclose(gc.ops.sigmoid_grad(y.T, y.T), (y * expected).T, rtol=1e-6)
 
 
 CONFIGS = {
@@ -183,7 +184,7 @@ def test_numpy_sgd_update_follows_formula_step_by_step(dtype, config, no_warning
     for step in range(6):
         grad = rng.standard_normal(param.shape).astype(dtype)
         rate = 0.1 / (step + 1)
-        cpu.sgd_update(param, grad, velocity, rate, **CONFIGS[config])
+        gc.optim.sgd_update(param, grad, velocity, rate, **CONFIGS[config])
         p64, v64 = sgd_reference(p64, grad.astype(np.float64), v64, rate, **CONFIGS[config])
         tolerance = 1e-6 if dtype == "float32" else 1e-14
         np.testing.assert_allclose(param, p64, rtol=tolerance, atol=tolerance)
