@@ -6,7 +6,8 @@ An element-wise kernel is bound by memory, so its figure of merit is bytes moved
 counting the fewest bytes it must move: forward reads x and writes y (8 bytes per float32),
 backward reads y and g and writes the gradient (12), both together 20. Each case times the ops
 ``gc.sigmoid`` and ``sigmoid_grad`` (the device's fused kernels) beside the same math as
-separate array ops and, on the CPU, PyTorch's own sigmoid kernels on the same data. The copy case (read n, write n) is the ceiling, measured in this run.
+separate array ops and, on the CPU, PyTorch's own sigmoid kernels on the same data. The copy
+case (read n, write n) is the ceiling, measured in this run.
 """
 
 from __future__ import annotations
