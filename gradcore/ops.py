@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
-from gradcore.tracer import Box, defvjp, defvjp_argnum, nondifferentiable, primitive
+from gradcore.tracer import Box, defvjp, defvjp_argnum, getval, nondifferentiable, primitive
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -55,12 +55,15 @@ def _elementwise(prim: Callable, cuda: str) -> Callable:
 
 
 def unbroadcast(x: Any, g: Any) -> Any:
-    """Sum ``g`` back to the shape of ``x`` (undoing broadcasting), in ``x``'s dtype."""
+    """Sum ``g`` back to the shape of ``x`` (undoing broadcasting), in ``x``'s dtype.
+
+    For a Python number ``x`` the result has shape ``()``; ``grad`` makes it a number.
+    """
     try:  # the common case, first: nothing was broadcast
         if g.shape == x.shape and g.dtype == x.dtype:
             return g
-    except AttributeError:  # a Python number has no shape
-        if type(x) in PY_SCALARS and type(g) in PY_SCALARS:
+    except AttributeError:  # a Python number, traced or not, has no dtype
+        if type(getval(x)) in PY_SCALARS and type(getval(g)) in PY_SCALARS:
             return g
     x_shape = shape(x)
     g_shape = shape(g)
@@ -71,7 +74,11 @@ def unbroadcast(x: Any, g: Any) -> Any:
         stretched = tuple(axis for axis, n in enumerate(x_shape) if n == 1 and shape(g)[axis] != 1)
         if stretched:
             g = sum(g, axis=stretched, keepdims=True)
-    if type(x) not in PY_SCALARS and type(g) not in PY_SCALARS and g.dtype != x.dtype:
+    if (
+        type(getval(x)) not in PY_SCALARS
+        and type(getval(g)) not in PY_SCALARS
+        and g.dtype != x.dtype
+    ):
         g = astype(g, x.dtype)
     return g
 

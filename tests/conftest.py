@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,6 +20,17 @@ import gradcore as gc  # noqa: E402
 strict_backend.register()
 
 ALL_DEVICES = ["cpu", "strict", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def on(device: str, value, dtype: str = "float64"):
+    """A host value as a gradcore array of ``dtype`` on ``device``."""
+    return gc.array(np.asarray(value), dtype=dtype, device=device)
+
+
+def host(x):
+    """Host NumPy copies: an array (or Python number) as an ndarray, a pytree leaf by leaf."""
+    copied = gc.to_numpy(x)
+    return copied if isinstance(copied, (list, tuple, dict)) else np.asarray(copied)
 
 
 def cuda_unavailable_reason() -> str | None:

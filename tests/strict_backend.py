@@ -77,7 +77,9 @@ def _host_index(index):
 
 def _defer_to_traced(method):
     def operator(self, other):
-        if isinstance(other, gc.Box):
+        # Box, and the stand-ins for values backward did not keep, opt out of array operators
+        # by NumPy's protocol, so that their own reflected operators answer.
+        if getattr(type(other), "__array_ufunc__", True) is None:
             return NotImplemented
         return method(self, other)
 

@@ -34,6 +34,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return path, json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
     path, run = quick_run
     suites = {suite["suite"]: suite for suite in run["suites"]}
@@ -50,6 +51,7 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         assert path.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_readme_block_is_generated_from_results(quick_run: tuple[Path, dict], tmp_path) -> None:
     _, run = quick_run
     run["quick"] = False  # quick runs are never published; pretend this one is a full run

@@ -8,13 +8,9 @@ import re
 
 import numpy as np
 import pytest
+from conftest import on
 
 import gradcore as gc
-
-
-def on(device: str, value, dtype: str = "float64"):
-    return gc.array(np.asarray(value), dtype=dtype, device=device)
-
 
 X = np.array([0.3, -1.2, 0.8])
 

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import host, on
 
 import gradcore as gc
-
-
-def on(device: str, value, dtype: str = "float64"):
-    return gc.array(np.asarray(value), dtype=dtype, device=device)
-
-
-def host(x) -> np.ndarray:
-    return np.asarray(gc.to_numpy(x))
 
 
 def sigmoid(z):

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import host
 
 import gradcore as gc
 from gradcore import nn
-
-
-def host(x):
-    return gc.to_numpy(x)
 
 
 def test_init_mlp_shapes_dtype_and_device(device):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import host, on
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -24,16 +25,6 @@ import gradcore as gc
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def on(device: str, value, dtype: str = "float64"):
-    """A host value as a gradcore array of ``dtype`` on ``device``."""
-    return gc.array(np.asarray(value), dtype=dtype, device=device)
-
-
-def host(x) -> np.ndarray:
-    """A gradcore array (or Python number) back on the host, as NumPy."""
-    return np.asarray(gc.to_numpy(x))
 
 
 def index_on(x, index: np.ndarray):
