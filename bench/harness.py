@@ -143,3 +143,13 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def mark_target(row: dict[str, Any], target: str, met: bool | None, measured: str = "") -> None:
+    """Give a result row its target, the one way every suite declares one (``bench.report``
+    lists each row that has a target with its verdict). ``measured`` words the figure held
+    against the target when it is not the row's ratio."""
+    row["target"] = target
+    row["met"] = met
+    if measured:
+        row["measured"] = measured

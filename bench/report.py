@@ -146,20 +146,24 @@ def _suite_notes(suite: dict[str, Any]) -> str:
     return "\n".join(f"- {note}" for note in suite.get("notes", []))
 
 
+def suite_markdown(suite: dict[str, Any]) -> str:
+    """One suite: its full table, notes and targets (what a suite's own ``main`` prints too)."""
+    reference = suite.get("reference")
+    parts = [f"## {suite['suite']}" + (f" (ratios to {reference})" if reference else "")]
+    if suite["rows"]:
+        parts.append(suite_table(suite))
+    if suite.get("notes"):
+        parts.append(_suite_notes(suite))
+    return "\n\n".join(parts)
+
+
 def markdown(run: dict[str, Any]) -> str:
     """The whole run: machine, command, every suite's full table and notes, the targets."""
     parts = [
         f"# Benchmarks: {run['device']}, {run['machine']['date']}",
         f"{describe_machine(run)}\n\nCommand: `{run['command']}`. {describe_load(run)}",
     ]
-    for suite in run["suites"]:
-        reference = suite.get("reference")
-        heading = f"## {suite['suite']}" + (f" (ratios to {reference})" if reference else "")
-        parts.append(heading)
-        if suite["rows"]:
-            parts.append(suite_table(suite))
-        if suite.get("notes"):
-            parts.append(_suite_notes(suite))
+    parts += [suite_markdown(suite) for suite in run["suites"]]
     if target_lines := targets(run):
         parts += ["## Targets", "\n".join(target_lines)]
     return "\n\n".join(parts) + "\n"

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import check_agree, compare, machine_info
+from bench import report
+from bench.harness import check_agree, compare, machine_info, mark_target
 from gradcore.backend import backend_for_device
 from gradcore.ops import sigmoid, sigmoid_grad
 
@@ -117,27 +118,28 @@ def _check(cases: dict[str, dict[str, Callable]]) -> None:
             check_agree(outputs, "fused", rtol=1e-5, atol=1e-6)
 
 
-def _target(case: str, impl: str, target: str, measured: str, met: bool) -> dict[str, Any]:
-    """A row that carries only a verdict (bench.report lists these under Targets)."""
-    empty = dict.fromkeys(("median_s", "min_s", "ratio", "GB/s"))
-    return {"case": case, "impl": impl, **empty, "target": target, "measured": measured, "met": met}
+def _verdict(case: str, impl: str, target: str, measured: str, met: bool) -> dict[str, Any]:
+    """A row that carries only a verdict: a comparison no single timing row holds."""
+    row = {"case": case, "impl": impl, **dict.fromkeys(("median_s", "min_s", "ratio", "GB/s"))}
+    mark_target(row, target, met, measured)
+    return row
 
 
 def _targets(device: str, rows: list[dict[str, Any]]) -> None:
-    """Add the issue's targets: measured, target, met."""
+    """Add the targets: the share of copy bandwidth on CUDA, the time against PyTorch on the CPU."""
     by = {(row["case"], row["impl"]): row for row in rows}
     if device == "cuda":
         ceiling = by["copy", "copy"]["GB/s"]
         for case in ("forward", "backward", "forward+backward"):
             share = by[case, "fused"]["GB/s"] / ceiling
             rows.append(
-                _target(case, "fused", ">= 85% of copy bandwidth", f"{share:.0%}", share >= 0.85)
+                _verdict(case, "fused", ">= 85% of copy bandwidth", f"{share:.0%}", share >= 0.85)
             )
         fused = by["forward+backward", "fused"]["median_s"]
         speedup = by["forward+backward", "unfused"]["median_s"] / fused
         measured = f"{speedup:.2f}x faster"
         rows.append(
-            _target("forward+backward", "fused vs unfused", ">= 3x", measured, speedup >= 3.0)
+            _verdict("forward+backward", "fused vs unfused", ">= 3x", measured, speedup >= 3.0)
         )
     elif ("forward+backward", "torch") in by:
         fused = by["forward+backward", "fused"]["median_s"]
@@ -145,7 +147,9 @@ def _targets(device: str, rows: list[dict[str, Any]]) -> None:
             ratio = fused / by["forward+backward", impl]["median_s"]
             measured = f"{ratio:.2f}x its time"
             rows.append(
-                _target("forward+backward", f"fused vs {impl}", "within 1.0x", measured, ratio <= 1)
+                _verdict(
+                    "forward+backward", f"fused vs {impl}", "within 1.0x", measured, ratio <= 1
+                )
             )
 
 
@@ -190,21 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the result (and machine) here")
     args = parser.parse_args(argv)
     result = run(args.device, args.quick)
-    header = f"{'case':<34} {'impl':<26} {'median':>10} {'min':>10} {'ratio':>7} {'GB/s':>7}"
-    print(header)
-    for row in result["rows"]:
-        if row["median_s"] is None:
-            continue
-        print(
-            f"{row['case']:<34} {row['impl']:<26} {row['median_s'] * 1e3:8.2f}ms "
-            f"{row['min_s'] * 1e3:8.2f}ms {row['ratio']:6.2f}x {row['GB/s']:7.1f}"
-        )
-    for row in result["rows"]:
-        if "target" in row:
-            what = f"{row['case']} · {row['impl']}: {row['measured']}, {row['target']}"
-            print(f"target: {what}: {'met' if row['met'] else 'MISSED'}")
-    for note in result["notes"]:
-        print(f"note: {note}")
+    print(report.suite_markdown(result))
+    for line in report.targets({"suites": [result]}):
+        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**result, "machine": machine_info()}, indent=2))

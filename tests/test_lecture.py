@@ -1,5 +1,6 @@
-"""The worked examples of the backpropagation lecture, as tests: the numbers on the slides and the
-closed-form gradients derived by hand with the chain rule.
+"""The worked examples of the backpropagation lecture (Geena Kim, "Math behind Neural Network
+Training"), as tests: the numbers on the slides and the closed-form gradients derived by hand
+with the chain rule.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""gc.rules: the perceptron rule and the delta rule, as the lecture states them."""
+"""gc.rules: the perceptron rule and the delta rule, as Geena Kim's lecture notes "Math behind
+Neural Network Training" state them."""
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and the public API's
 
