@@ -126,11 +126,6 @@ class ArraySpec(_NotKept):
         self.shape, self.dtype, self.ndim = value.shape, value.dtype, value.ndim
 
 
-def NotSaved(op: str) -> _NotKept:  # noqa: N802 - reads as the value it stands for
-    """The stand-in for an output that backward did not keep."""
-    return _NotKept(op, "the output (ans)")
-
-
 class Box:
     """A value being traced. Operators (+, *, @, x[i], ...) are attached by ``gradcore.ops``."""
 
@@ -187,6 +182,7 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     lets it serve directly as a Box method (``Box.__mul__ = multiply``).
     """
     name = name or fun.__name__
+    ans_not_kept = _NotKept(name, "the output (ans)")  # one stand-in for every node of this op
 
     def traced(*args: Any, **kwargs: Any) -> Any:
         top = 0
@@ -226,7 +222,7 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
                     if type(getval(raw[argnum])) not in PY_SCALARS:  # numbers cost nothing
                         raw[argnum] = ArraySpec(raw[argnum], name)
             if not traced.saves_ans:
-                saved_ans = NotSaved(name)
+                saved_ans = ans_not_kept
         node = Node(traced, raw, kwargs, saved_ans, parents)
         if tape is not None:  # None: a box that outlived its trace, nothing will read this
             tape.append(node)
