@@ -186,13 +186,17 @@ def _tie_share(x, ans, y):
     return astype(equal(x, ans), ans.dtype) / (1.0 + astype(equal(x, y), ans.dtype))
 
 
-def _extremum_vjp(g, ans, x, y):
+# maximum and minimum share one rule: the cotangent goes to whichever argument won.
+def _extremum_vjp_x(g, ans, x, y):
     return unbroadcast(x, g * _tie_share(x, ans, y))
 
 
-for _extremum_op in (maximum, minimum):
-    defvjp(_extremum_op, _extremum_vjp,
-           lambda g, ans, x, y: _extremum_vjp(g, ans, y, x), saves="both")  # fmt: skip
+def _extremum_vjp_y(g, ans, x, y):
+    return unbroadcast(y, g * _tie_share(y, ans, x))
+
+
+defvjp(maximum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
+defvjp(minimum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
 
 
 # ---------------------------------------------------------------------------------------------
