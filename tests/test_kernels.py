@@ -170,7 +170,7 @@ def _host_source(kernel: cuda_kernels.Kernel) -> str:
         args = [f"{n}[i]" for n in kernel.inputs] + names + [f"{n}[i]" for n in kernel.outputs]
         lines += [
             f'extern "C" void {kernel.name}_{ctype}(long long n, {", ".join(signature)}) {{',
-            f"    for (long long i = 0; i < n; ++i) body::{kernel.name}<{ctype}>({', '.join(args)});",
+            f"  for (long long i = 0; i < n; ++i) body::{kernel.name}<{ctype}>({', '.join(args)});",
             "}",
         ]
     return "\n".join(lines)
