@@ -135,7 +135,7 @@ def clip(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 - the A
 
 
 def sign(x: Any) -> Any:
-    """CuPy's own sign ufunc (NaN stays NaN since CuPy 13), without array-api-compat's mask."""
+    """CuPy's own sign ufunc (CuPy 14's keeps NaN), without array-api-compat's NaN mask."""
     return _cupy().sign(x)
 
 
@@ -146,4 +146,5 @@ def _cupy() -> Any:
     return cupy
 
 
-sigmoid.dtypes = sigmoid_grad.dtypes = sgd_update.dtypes = clip.dtypes = FLOAT_DTYPES
+for _launch in (sigmoid, sigmoid_grad, sgd_update, clip, sign):
+    _launch.dtypes = FLOAT_DTYPES

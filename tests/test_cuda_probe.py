@@ -1,11 +1,13 @@
-"""The "cuda" probe and per-GPU allocation, on machines without a GPU: a stand-in CuPy fails at
-each step the probe takes (driver version, device count, allocation, cuBLAS), and each failure
-must become a DeviceError that says what to do, with the cuda tests skipping rather than
-erroring. A broken CuPy install must be reported as broken, not as missing.
+"""The "cuda" probe, device names and per-GPU allocation, on machines without a GPU: a stand-in
+CuPy fails at each step the probe takes (driver version, device count, allocation, cuBLAS), and
+each failure must become a DeviceError that says what to do, with the cuda tests skipping rather
+than erroring. A broken CuPy install must be reported as broken, not as missing. "cuda:N" names
+GPU N, and "cuda" is the current GPU's backend under both names.
 """
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import types
@@ -16,6 +18,8 @@ import pytest
 from gradcore.backends import cuda_kernels, cupy_backend
 
 import gradcore as gc
+from gradcore import backend
+from gradcore.backend import split_device
 
 TESTS = Path(__file__).parent
 
@@ -201,3 +205,55 @@ def test_allocations_land_on_the_backends_gpu_not_the_current_one():
     assert made_on == [("zeros", 1), ("ones_like", 1), ("asarray", 0)]
     assert cupy.asarray_on == [1] and cupy.current == [0]
     assert backend.xp.clip is cuda_kernels.clip and backend.xp.sign is cupy.sign
+
+
+def test_device_names_split_into_a_name_and_a_gpu_number():
+    assert split_device("cuda:1") == ("cuda", 1) and split_device("cuda:0") == ("cuda", 0)
+    assert split_device("cuda") == ("cuda", None) and split_device("cpu") == ("cpu", None)
+    for bad in ("cuda:", "cuda:x", "cuda:-1", "cuda:1:2", "cuda:１", 1, None):
+        assert split_device(bad) == (None, None), bad
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The device registry, restored after the test."""
+    for name in ("_loaders", "_loaded", "_numbered", "_by_module", "_by_type"):
+        monkeypatch.setattr(backend, name, copy.copy(getattr(backend, name)))
+    return backend
+
+
+def test_numbered_devices_reach_their_loader_with_the_number(registry):
+    calls = []
+
+    def loader(*index):
+        calls.append(index)
+        return types.SimpleNamespace(device=f"fakegpu{index}", array_types=())
+
+    registry.register_backend("fakegpu", loader, numbered=True)
+    registry.register_backend("plain", loader)
+    assert registry.backend_for_device("fakegpu:3").device == "fakegpu(3,)"
+    assert registry.backend_for_device("fakegpu").device == "fakegpu()"
+    registry.backend_for_device("fakegpu:3")  # probed once
+    assert calls == [(3,), ()]
+    for bad in ("plain:0", "fakegpu:x", "fakegpu:"):
+        with pytest.raises(gc.DeviceError, match=f"^unknown device '{bad}'; known .*'fakegpu:N'"):
+            registry.backend_for_device(bad)
+
+
+def test_cuda_and_the_current_gpus_number_are_one_backend(registry, monkeypatch):
+    cupy = fake_cupy(count=2)
+    compat = types.ModuleType("array_api_compat.cupy")
+    for name in (*cupy_backend.CREATION_FUNCTIONS, "clip", "sign"):
+        setattr(compat, name, lambda *args, **kwargs: None)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "array_api_compat.cupy", compat)
+    monkeypatch.setattr(cupy_backend, "_backends", {})
+    current = registry.backend_for_device("cuda")
+    assert current.device == "cuda" and current.gpu.id == 0
+    assert registry.backend_for_device("cuda:0") is current
+    other = registry.backend_for_device("cuda:1")
+    assert other.device == "cuda:1" and other.gpu.id == 1
+    on_gpu_1 = types.SimpleNamespace(device=cupy.cuda.Device(1))
+    assert current.for_array(on_gpu_1) is other and other.for_array(on_gpu_1) is other
+    with pytest.raises(gc.DeviceError, match="^device 'cuda:2' is unavailable: this process"):
+        registry.backend_for_device("cuda:2")

@@ -145,7 +145,7 @@ def test_cuda_kernels_are_built_once_and_not_at_import(cupy):
 
 
 def test_every_launch_function_says_its_dtypes():
-    for launch in ("sigmoid", "sigmoid_grad", "sgd_update", "clip"):
+    for launch in ("sigmoid", "sigmoid_grad", "sgd_update", "clip", "sign"):
         assert getattr(cuda_kernels, launch).dtypes == ("float16", "float32", "float64")
 
 
