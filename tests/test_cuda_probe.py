@@ -216,9 +216,11 @@ def test_device_names_split_into_a_name_and_a_gpu_number():
 
 @pytest.fixture
 def registry(monkeypatch):
-    """The device registry, restored after the test."""
-    for name in ("_loaders", "_loaded", "_numbered", "_by_module", "_by_type"):
+    """The device registry with "cuda" not yet probed, restored after the test."""
+    for name in ("_loaders", "_numbered", "_by_module", "_by_type"):
         monkeypatch.setattr(backend, name, copy.copy(getattr(backend, name)))
+    probed = {k: v for k, v in backend._loaded.items() if split_device(k)[0] != "cuda"}
+    monkeypatch.setattr(backend, "_loaded", probed)
     return backend
 
 
