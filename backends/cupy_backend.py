@@ -56,6 +56,13 @@ CREATION_FUNCTIONS = (
 )
 
 
+# what makes a module a module, not part of the namespace it offers (unlike __array_api_version__)
+MODULE_ATTRIBUTES = {
+    "__builtins__", "__cached__", "__doc__", "__file__", "__loader__", "__name__", "__package__",
+    "__path__", "__spec__",
+}  # fmt: skip
+
+
 def _cuda_version(code: int) -> str:
     return f"{code // 1000}.{code % 1000 // 10}"
 
@@ -79,7 +86,7 @@ def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
     """
     namespace = ModuleType(f"{compat.__name__}[gpu {gpu.id}]", compat.__doc__)
     namespace.__dict__.update(
-        (name, value) for name, value in vars(compat).items() if not name.startswith("__")
+        (name, value) for name, value in vars(compat).items() if name not in MODULE_ATTRIBUTES
     )
     for name in CREATION_FUNCTIONS:
         setattr(namespace, name, _on_device(getattr(compat, name), gpu))
