@@ -14,6 +14,7 @@ which never wait for the GPU.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -68,12 +69,11 @@ def _cuda_version(code: int) -> str:
 
 
 def _on_device(create: Callable, gpu: Any) -> Callable:
+    @functools.wraps(create)
     def on_device(*args: Any, device: Any = None, **kwargs: Any) -> Any:
         with gpu if device is None else device:
             return create(*args, device=device, **kwargs)
 
-    on_device.__name__ = on_device.__qualname__ = create.__name__
-    on_device.__doc__ = create.__doc__
     return on_device
 
 
