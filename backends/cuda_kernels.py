@@ -129,14 +129,14 @@ def sgd_update(
 def clip(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 - the Array API's names
     """CuPy's own clip ufunc: array-api-compat's writes through boolean masks, and CuPy reads
     each mask's size back to the host, so every call would wait for the GPU."""
-    if min is None and max is None:
-        return x.copy()
-    return x.clip(min, max)
+    with x.device:
+        return x.copy() if min is None and max is None else x.clip(min, max)
 
 
 def sign(x: Any) -> Any:
     """CuPy's own sign ufunc (CuPy 14's keeps NaN), without array-api-compat's NaN mask."""
-    return _cupy().sign(x)
+    with x.device:
+        return _cupy().sign(x)
 
 
 @cache
