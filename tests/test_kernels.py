@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
+from counting_backend import BACKEND
 from gradcore.backends import cuda_kernels, numpy_backend
 
 import gradcore as gc
@@ -147,6 +148,33 @@ def test_cuda_kernels_are_built_once_and_not_at_import(cupy):
     code = "import sys, gradcore.backends.cuda_kernels; print('cupy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_launch_functions_pass_arguments_in_each_kernels_order(monkeypatch):
+    """What the NVRTC check compiles is what the launch functions call: same parameters, same
+    order, scalars as Python numbers (a NumPy float64 scalar would not be the kernel's T)."""
+    launched = []
+
+    def recorder(kernel):
+        def launch(*args):
+            launched.append((kernel, args))
+
+        return launch
+
+    monkeypatch.setattr(cuda_kernels, "elementwise_kernel", recorder)
+    p, v = BACKEND.asarray(np.ones(3, "float32")), BACKEND.asarray(np.zeros(3, "float32"))
+    g = BACKEND.asarray(np.ones(3, "float64"))
+    cuda_kernels.sigmoid(p)
+    cuda_kernels.sigmoid_grad(p, v)
+    cuda_kernels.sgd_update(p, g, v, np.float64(0.1), 0.9, 1, 0)
+    (_, sigmoid), (_, sigmoid_grad), (kernel, sgd) = launched
+    assert sigmoid == (p,) and sigmoid_grad == (p, v)
+    assert len(sgd) == len(kernel.inputs) + len(kernel.scalars) + len(kernel.outputs)
+    assert sgd[0].dtype == np.float32 and sgd[5] is p and sgd[6] is v
+    assert [type(a) for a in sgd[1:5]] == [float, float, float, bool]
+    assert sgd[1:5] == (0.1, 0.9, 0.0, True)
+    assert [k for k, _ in launched] == [cuda_kernels.SIGMOID, cuda_kernels.SIGMOID_GRAD, kernel]
+    assert kernel is cuda_kernels.SGD_UPDATE
 
 
 def test_every_launch_function_says_its_dtypes():
