@@ -1,15 +1,24 @@
-"""CUDA sources of the fused kernels, as plain strings: no CuPy here.
+"""The fused CUDA kernels: their sources as plain strings, and the functions that launch them.
 
 Each kernel is an element-wise body in CuPy's ``ElementwiseKernel`` form: ``T`` is the array
-dtype (float or double), inputs are read-only values, outputs are references written in place,
-and scalars arrive by value in the array's dtype. The CuPy backend builds each kernel once, on
-first use; CuPy compiles it for each dtype on first call and caches the binary. The test suite
-compiles the same bodies with nvcc on machines without a GPU, via ``translation_unit``.
+dtype (CuPy's ``float16``, ``float``, ``double``), inputs are read-only values, outputs are
+references written in place, and scalars arrive by value. Arithmetic on CuPy's ``float16``
+yields ``float``, so every value stored into a ``T`` is cast back explicitly.
+
+The launch functions are what the ops register for the "cuda" device ("module:function"
+strings): each takes native CuPy arrays, and its ``dtypes`` attribute names the dtypes it
+handles. Importing this module does not import CuPy; each ``ElementwiseKernel`` is built on
+first use and kept, and CuPy compiles it once per dtype and layout (on disk, across processes).
+Launches run on the GPU that holds the arrays, whichever GPU is current.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -29,37 +38,19 @@ class Kernel:
     def out_params(self) -> str:
         return ", ".join(f"T {name}" for name in self.outputs)
 
-    def translation_unit(self) -> str:
-        """A complete .cu file: the body as a ``__global__`` kernel for float and for double."""
-        params = [f"const T* __restrict__ {name}_" for name in self.inputs]
-        params += list(self.scalars)
-        params += [f"T* __restrict__ {name}_" for name in self.outputs]
-        params.append("long long n")
-        loads = [f"    const T {name} = {name}_[i];" for name in self.inputs]
-        loads += [f"    T& {name} = {name}_[i];" for name in self.outputs]
-        kernel = "\n".join(
-            [
-                f"__global__ void {self.name}({', '.join(params)}) {{",
-                "    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;",
-                "    if (i >= n) return;",
-                *loads,
-                f"    {self.body}",
-                "}",
-            ]
-        )
-        return "\n".join(
-            f"namespace {space} {{\ntypedef {ctype} T;\n{kernel}\n}}\n"
-            for space, ctype in (("f32", "float"), ("f64", "double"))
-        )
 
-
-# tanh form: no exp to overflow for any finite x, and exact to rounding near 0 and 1.
+# e = exp(-|x|) never overflows, and the lower tail e / (1 + e) keeps its digits (the tanh form
+# loses them below x = -4 and is exactly 0 below -17 in float32).
 SIGMOID = Kernel(
     name="gradcore_sigmoid",
     inputs=("x",),
     scalars=(),
     outputs=("y",),
-    body="y = tanh(x * (T)0.5) * (T)0.5 + (T)0.5;",
+    body=(
+        "const T e = (T)exp(-fabs(x)); "
+        "const T r = (T)((T)1 / ((T)1 + e)); "
+        "y = x >= (T)0 ? r : (T)(e * r);"
+    ),
 )
 
 # The backward pass needs only the forward output y, not x.
@@ -68,20 +59,92 @@ SIGMOID_GRAD = Kernel(
     inputs=("y", "g"),
     scalars=(),
     outputs=("gx",),
-    body="gx = g * y * ((T)1 - y);",
+    body="gx = (T)(g * y * ((T)1 - y));",
 )
 
-# SGD with momentum and weight decay, in place on p and v; Nesterov in the Keras form.
+# SGD with momentum and weight decay, in place on p and v; Nesterov in the Keras form. An if
+# rather than ?: since the two branches have different types when T is float16.
 SGD_UPDATE = Kernel(
     name="gradcore_sgd_update",
     inputs=("g",),
     scalars=("T lr", "T momentum", "T weight_decay", "bool nesterov"),
     outputs=("p", "v"),
     body=(
-        "const T step = lr * (g + weight_decay * p); "
-        "v = momentum * v - step; "
-        "p += nesterov ? momentum * v - step : v;"
+        "const T step = (T)(lr * (g + weight_decay * p)); "
+        "v = (T)(momentum * v - step); "
+        "if (nesterov) { p = (T)(p + (momentum * v - step)); } else { p = (T)(p + v); }"
     ),
 )
 
 KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE)
+
+
+@cache
+def elementwise_kernel(kernel: Kernel) -> Any:
+    """The ``cupy.ElementwiseKernel`` of ``kernel``, built once (a hot path must not rebuild it:
+    building re-parses and re-hashes the source)."""
+    import cupy
+
+    return cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.body, kernel.name)
+
+
+def sigmoid(x: Any) -> Any:
+    """Logistic function of a CuPy array, one launch."""
+    with x.device:
+        return elementwise_kernel(SIGMOID)(x)
+
+
+def sigmoid_grad(y: Any, g: Any) -> Any:
+    """``g * y * (1 - y)`` for CuPy arrays of one dtype and shape, one launch."""
+    with y.device:
+        return elementwise_kernel(SIGMOID_GRAD)(y, g)
+
+
+def sgd_update(
+    param: Any,
+    grad: Any,
+    velocity: Any,
+    learning_rate: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> None:
+    """In place: ``v = momentum v - lr (g + wd p)``, then ``p += v`` (or the Nesterov form).
+
+    One launch per parameter; one per model when params, grads and velocities are views of
+    three flat buffers (the kernel is element-wise, so pass the flat buffers).
+    """
+    with param.device:
+        elementwise_kernel(SGD_UPDATE)(
+            grad.astype(param.dtype, copy=False),
+            float(learning_rate),
+            float(momentum),
+            float(weight_decay),
+            bool(nesterov),
+            param,
+            velocity,
+        )
+
+
+def clip(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 - the Array API's names
+    """CuPy's own clip ufunc: array-api-compat's writes through boolean masks, and CuPy reads
+    each mask's size back to the host, so every call would wait for the GPU."""
+    with x.device:
+        return x.copy() if min is None and max is None else x.clip(min, max)
+
+
+def sign(x: Any) -> Any:
+    """CuPy's own sign ufunc (CuPy 14's keeps NaN), without array-api-compat's NaN mask."""
+    with x.device:
+        return _cupy().sign(x)
+
+
+@cache
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+for _launch in (sigmoid, sigmoid_grad, sgd_update, clip, sign):
+    _launch.dtypes = FLOAT_DTYPES

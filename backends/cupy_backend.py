@@ -1,21 +1,29 @@
-"""The "cuda" device on CuPy. Importing this module does not import CuPy; ``load()`` does.
+"""The "cuda" devices on CuPy. Importing this module does not import CuPy; ``load()`` does.
 
-``load()`` is the availability probe, run once by the registry: it imports CuPy, asks for a
-device, allocates on it, runs one element-wise kernel and copies the result back. Every way that
-can fail becomes a ``DeviceError`` that says what failed and what to install. The fused kernels
-(``cuda_kernels``) are built on first use and cached; CuPy compiles each one per dtype on its
-first call and keeps the binary in its on-disk kernel cache.
+``load(index)`` is the availability probe, run once per device by the registry: it imports
+CuPy, asks the driver for its version and its GPUs, allocates on the GPU, runs one element-wise
+kernel and one cuBLAS matmul and copies the results back. Every way that can fail becomes a
+``DeviceError`` that says what failed and what to do.
+
+"cuda" is the GPU that is current when it is first used; "cuda:N" is GPU N. The current GPU has
+one backend under both names, so its arrays say "cuda"; arrays of any other GPU say "cuda:N".
+Each backend's ``xp`` allocates on its own GPU (array-api-compat's CuPy namespace ignores
+``device=`` in its creation functions), and its ``clip`` and ``sign`` are CuPy's own ufuncs,
+which never wait for the GPU.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
-from functools import cache
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from gradcore.backend import DeviceError
+from gradcore.backend import DeviceError, backend_for_device
 
 from . import cuda_kernels
 
@@ -23,23 +31,81 @@ INSTALL_HINT = (
     "install the CuPy wheel that matches your driver's CUDA version (the 'CUDA Version' that "
     "nvidia-smi prints): pip install 'gradcore[cuda12]' or 'gradcore[cuda13]'"
 )
-FUSED_DTYPES = ("float32", "float64")
+NO_DEVICE_HINT = (
+    "install or repair the NVIDIA driver (nvidia-smi must list the GPU) and leave "
+    "CUDA_VISIBLE_DEVICES unset or naming that GPU"
+)
+LIBRARIES_HINT = (
+    "install the CUDA libraries for your CuPy wheel: pip install 'cupy-cuda12x[ctk]' or "
+    "'cupy-cuda13x[ctk]' (or the CUDA Toolkit of that version)"
+)
+
+# array-api-compat's creation functions that take ``device=`` and, on CuPy, ignore it.
+CREATION_FUNCTIONS = (
+    "arange",
+    "asarray",
+    "empty",
+    "empty_like",
+    "eye",
+    "full",
+    "full_like",
+    "linspace",
+    "ones",
+    "ones_like",
+    "zeros",
+    "zeros_like",
+)
+
+
+# what makes a module a module, not part of the namespace it offers (unlike __array_api_version__)
+MODULE_ATTRIBUTES = {
+    "__builtins__", "__cached__", "__doc__", "__file__", "__loader__", "__name__", "__package__",
+    "__path__", "__spec__",
+}  # fmt: skip
 
 
 def _cuda_version(code: int) -> str:
     return f"{code // 1000}.{code % 1000 // 10}"
 
 
+def _on_device(create: Callable, gpu: Any) -> Callable:
+    @functools.wraps(create)
+    def on_device(*args: Any, device: Any = None, **kwargs: Any) -> Any:
+        with gpu if device is None else device:
+            return create(*args, device=device, **kwargs)
+
+    return on_device
+
+
+def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
+    """array-api-compat's CuPy namespace ``compat``, bound to ``gpu`` (a ``cupy.cuda.Device``).
+
+    Creation functions allocate on ``device=`` when given, else on ``gpu``, never on whichever
+    GPU happens to be current. ``clip`` and ``sign`` are CuPy's ufuncs: array-api-compat's write
+    through boolean masks, and each mask's size is read back to the host.
+    """
+    namespace = ModuleType(f"{compat.__name__}[gpu {gpu.id}]", compat.__doc__)
+    namespace.__dict__.update(
+        (name, value) for name, value in vars(compat).items() if name not in MODULE_ATTRIBUTES
+    )
+    for name in CREATION_FUNCTIONS:
+        setattr(namespace, name, _on_device(getattr(compat, name), gpu))
+    namespace.clip = cuda_kernels.clip
+    namespace.sign = cupy.sign
+    return namespace
+
+
 class CupyRng:
-    """Seeded random numbers generated on the GPU (cuRAND Philox).
+    """Seeded random numbers generated on one GPU (cuRAND Philox).
 
     The state is two integers, ``{"seed": s, "draws": k}``: draw number k comes from a fresh
     Philox generator keyed by (s, k), so a checkpoint that saves the state resumes the exact
     stream, and numbers never depend on how many were drawn by earlier calls.
     """
 
-    def __init__(self, cupy: Any, seed: int, method: int) -> None:
+    def __init__(self, cupy: Any, gpu: Any, seed: int, method: int) -> None:
         self.cupy = cupy
+        self.gpu = gpu
         self.seed = int(seed)
         self.draws = 0
         self.method = method
@@ -50,13 +116,16 @@ class CupyRng:
         return self.cupy.random.RandomState(int(key), method=self.method)
 
     def normal(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
-        return self._next().normal(size=shape, dtype=dtype)
+        with self.gpu:
+            return self._next().normal(size=shape, dtype=dtype)
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float, dtype: Any = "float32"):
-        return self._next().uniform(low, high, size=shape, dtype=dtype)
+        with self.gpu:
+            return self._next().uniform(low, high, size=shape, dtype=dtype)
 
     def permutation(self, n: int) -> Any:
-        return self._next().permutation(n)
+        with self.gpu:
+            return self._next().permutation(n)
 
     def get_state(self) -> dict:
         return {"seed": self.seed, "draws": self.draws}
@@ -66,23 +135,20 @@ class CupyRng:
 
 
 class CupyBackend:
-    """One GPU: the current CuPy device when the backend was loaded."""
+    """One GPU. ``device`` is "cuda" for the GPU that was current at load time, else "cuda:N"."""
 
-    device = "cuda"
-
-    def __init__(self, cupy: Any, xp: Any) -> None:
+    def __init__(self, cupy: Any, compat: ModuleType, gpu_id: int, device: str) -> None:
         self.cupy = cupy
-        self.xp = xp
+        self.gpu = cupy.cuda.Device(gpu_id)
+        self.device = device
+        self.xp = gpu_namespace(cupy, compat, self.gpu)
         self.array_types = (cupy.ndarray,)
-        self.gpu = cupy.cuda.Device()
 
     def for_array(self, x: Any) -> CupyBackend:
-        if x.device.id != self.gpu.id:
-            raise DeviceError(
-                f"array on GPU {x.device.id}, but gradcore's 'cuda' device is GPU {self.gpu.id}; "
-                "select the GPU with CUDA_VISIBLE_DEVICES"
-            )
-        return self
+        gpu_id = x.device.id
+        if gpu_id == self.gpu.id:
+            return self
+        return backend_for_device(f"cuda:{gpu_id}")
 
     def array_device(self, x: Any) -> Any:
         return x.device
@@ -94,111 +160,123 @@ class CupyBackend:
     def to_numpy(self, x: Any) -> Any:
         return self.cupy.asnumpy(x)
 
-    def sigmoid(self, x: Any) -> Any:
-        if x.dtype.name in FUSED_DTYPES:
-            return _kernel(self.cupy, cuda_kernels.SIGMOID)(x)
-        return self.xp.tanh(x * 0.5) * 0.5 + 0.5
-
-    def sigmoid_grad(self, y: Any, g: Any) -> Any:
-        if type(g) is self.cupy.ndarray and g.dtype == y.dtype and y.dtype.name in FUSED_DTYPES:
-            return _kernel(self.cupy, cuda_kernels.SIGMOID_GRAD)(y, g)
-        return g * (y * (1.0 - y))
-
-    def sgd_update(
-        self,
-        param: Any,
-        grad: Any,
-        velocity: Any,
-        learning_rate: float,
-        momentum: float,
-        nesterov: bool,
-        weight_decay: float,
-    ) -> None:
-        """One launch per parameter; one per model when params, grads and velocities are views
-        of three flat buffers (the kernel is element-wise, so pass the flat buffers)."""
-        grad = grad.astype(param.dtype, copy=False)
-        _kernel(self.cupy, cuda_kernels.SGD_UPDATE)(
-            grad,
-            float(learning_rate),
-            float(momentum),
-            float(weight_decay),
-            bool(nesterov),
-            param,
-            velocity,
-        )
-
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
-        self.cupy.add.at(target, index, values)
+        with self.gpu:
+            self.cupy.add.at(target, index, values)
 
     def rng(self, seed: int) -> CupyRng:
         try:
             philox = self.cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
         except ImportError as error:  # CuPy loads cuRAND on first use
             raise DeviceError(
-                f"random numbers on 'cuda' need cuRAND, which CuPy could not load ({error}); "
-                "install the CUDA libraries for your CuPy wheel, e.g. pip install "
-                "'cupy-cuda12x[ctk]' or 'cupy-cuda13x[ctk]'"
+                f"random numbers on {self.device!r} need cuRAND, which CuPy could not load "
+                f"({error}); {LIBRARIES_HINT}"
             ) from error
-        return CupyRng(self.cupy, seed, philox)
+        return CupyRng(self.cupy, self.gpu, seed, philox)
 
     def synchronize(self) -> None:
-        self.cupy.cuda.get_current_stream().synchronize()
+        with self.gpu:
+            self.cupy.cuda.get_current_stream().synchronize()
 
 
-@cache
-def _kernel(cupy: Any, kernel: cuda_kernels.Kernel) -> Any:
-    """The ElementwiseKernel for ``kernel``, built once; CuPy compiles it per dtype lazily."""
-    return cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.body, kernel.name)
+# GPU id -> its backend: "cuda" and "cuda:N" of the current GPU are one backend, one device.
+_backends: dict[int, CupyBackend] = {}
 
 
-NO_DEVICE_HINT = (
-    "install or repair the NVIDIA driver (nvidia-smi must list the GPU) and leave "
-    "CUDA_VISIBLE_DEVICES unset or naming that GPU"
-)
-
-
-def _unavailable(what: str) -> DeviceError:
-    return DeviceError(f"device 'cuda' is unavailable: {what}")
-
-
-def load() -> CupyBackend:
-    """Import CuPy, find a GPU, allocate and run a kernel on it; else raise DeviceError."""
+def _import_cupy(name: str) -> Any:
     try:
         import cupy
-    except ImportError as error:
-        raise _unavailable(f"CuPy is not installed ({error}); {INSTALL_HINT}") from error
-    except Exception as error:  # a broken install: missing CUDA libraries and the like
-        raise _unavailable(f"CuPy failed to import ({error}); {INSTALL_HINT}") from error
+    except Exception as error:
+        if isinstance(error, ImportError) and importlib.util.find_spec("cupy") is None:
+            raise _unavailable(name, f"CuPy is not installed ({error}); {INSTALL_HINT}") from error
+        raise _unavailable(
+            name,
+            f"CuPy is installed but fails to import ({type(error).__name__}: {error}): a broken "
+            f"install, or CUDA libraries missing; reinstall it: {INSTALL_HINT}",
+        ) from error
+    return cupy
+
+
+def _unavailable(name: str, what: str) -> DeviceError:
+    return DeviceError(f"device {name!r} is unavailable: {what}")
+
+
+def load(index: int | None = None) -> CupyBackend:
+    """The backend of GPU ``index`` (None: the current GPU), once CuPy, the driver, a first
+    allocation and kernel, and cuBLAS have answered on it; else raise DeviceError."""
+    name = "cuda" if index is None else f"cuda:{index}"
+    cupy = _import_cupy(name)
     runtime = cupy.cuda.runtime
-    built_for = _cuda_version(runtime.runtimeGetVersion())
-    driver = runtime.driverGetVersion()
+    try:
+        built_for = _cuda_version(runtime.runtimeGetVersion())
+        driver = runtime.driverGetVersion()
+    except Exception as error:  # a missing or stub libcuda, a driver that does not answer
+        raise _unavailable(
+            name,
+            f"CuPy {cupy.__version__} cannot read the NVIDIA driver's version "
+            f"({type(error).__name__}: {error}); {NO_DEVICE_HINT}",
+        ) from error
     if driver == 0:
         raise _unavailable(
+            name,
             f"no NVIDIA driver found (CuPy {cupy.__version__} is installed, built for CUDA "
-            f"{built_for}); this machine has no usable GPU: {NO_DEVICE_HINT}"
+            f"{built_for}); this machine has no usable GPU: {NO_DEVICE_HINT}",
         )
     if driver // 1000 < runtime.runtimeGetVersion() // 1000:  # minor versions are compatible
         raise _unavailable(
+            name,
             f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, but CuPy "
-            f"{cupy.__version__} is built for CUDA {built_for}; {INSTALL_HINT}"
+            f"{cupy.__version__} is built for CUDA {built_for}; {INSTALL_HINT}",
         )
     try:
         count = runtime.getDeviceCount()
-    except runtime.CUDARuntimeError as error:
-        raise _unavailable(f"CUDA reports no usable device ({error}); {NO_DEVICE_HINT}") from error
-    if count == 0:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise _unavailable(
-            f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r}); {NO_DEVICE_HINT}"
-        )
-    try:
-        import array_api_compat.cupy as xp
-
-        probe = cupy.arange(4, dtype=cupy.float32)
-        (probe + probe).get()
+        current = runtime.getDevice()
     except Exception as error:
         raise _unavailable(
-            f"CuPy {cupy.__version__} (CUDA {built_for}) found {count} GPU(s), but a first "
-            f"allocation and kernel failed ({type(error).__name__}: {error}); {INSTALL_HINT}"
+            name, f"CUDA reports no usable device ({type(error).__name__}: {error}); "
+            f"{NO_DEVICE_HINT}"
+        ) from error  # fmt: skip
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if count == 0:
+        raise _unavailable(
+            name, f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r}); {NO_DEVICE_HINT}"
+        )
+    gpu_id = current if index is None else index
+    if not 0 <= gpu_id < count:
+        raise _unavailable(
+            name,
+            f"this process sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={visible!r}): use 'cuda' "
+            f"or 'cuda:0' to 'cuda:{count - 1}'",
+        )
+    if gpu_id in _backends:
+        return _backends[gpu_id]
+    where = f"CuPy {cupy.__version__} (CUDA {built_for}) on GPU {gpu_id} of {count}"
+    try:
+        with cupy.cuda.Device(gpu_id):
+            probe = cupy.arange(4, dtype=cupy.float32)
+            (probe + probe).get()
+    except Exception as error:
+        raise _unavailable(
+            name,
+            f"{where}: a first allocation and kernel failed ({type(error).__name__}: {error}); "
+            f"{INSTALL_HINT}",
         ) from error
-    return CupyBackend(cupy, xp)
+    try:
+        with cupy.cuda.Device(gpu_id):
+            matrix = probe.reshape(2, 2)
+            (matrix @ matrix).get()
+    except Exception as error:
+        raise _unavailable(
+            name, f"{where}: a first matmul failed in cuBLAS ({type(error).__name__}: {error}); "
+            f"{LIBRARIES_HINT}"
+        ) from error  # fmt: skip
+    try:
+        import array_api_compat.cupy as compat
+    except Exception as error:
+        raise _unavailable(
+            name, f"array-api-compat cannot wrap {where} ({type(error).__name__}: {error}); "
+            "pip install --upgrade 'array-api-compat>=1.9'"
+        ) from error  # fmt: skip
+    device = "cuda" if gpu_id == current else f"cuda:{gpu_id}"
+    backend = _backends[gpu_id] = CupyBackend(cupy, compat, gpu_id, device)
+    return backend

@@ -24,6 +24,7 @@ __all__ = [
     "isdtype",
     "register_backend",
     "registered_devices",
+    "split_device",
 ]
 
 DEFAULT_DEVICE = "cpu"
@@ -76,25 +77,34 @@ _by_type: dict[type, Backend] = {}
 _by_module: dict[str, str] = {}
 
 
-def _module_loader(module_name: str) -> Callable[[], Backend]:
-    def load() -> Backend:
-        return importlib.import_module(module_name).load()
+# device names whose loader also takes a number: "cuda:1" calls the "cuda" loader with 1
+_numbered: set[str] = set()
+
+
+def _module_loader(module_name: str) -> Callable[..., Backend]:
+    def load(*index: int) -> Backend:
+        return importlib.import_module(module_name).load(*index)
 
     return load
 
 
 def register_backend(
     device: str,
-    loader: Callable[[], Backend] | str,
+    loader: Callable[..., Backend] | str,
     array_modules: tuple[str, ...] = (),
+    numbered: bool = False,
 ) -> None:
     """Make ``device`` resolvable. ``loader`` is a callable or a module with a ``load()``.
 
     ``array_modules`` names the libraries whose arrays this device owns, so that an array
     created outside gradcore (say ``cupy.ones(3)``) finds its backend on first sight.
+    ``numbered``: "device:N" is accepted too, and loaded by ``loader(N)`` (and stays accepted
+    when the device is registered again).
     """
     _loaders[device] = _module_loader(loader) if isinstance(loader, str) else loader
     _loaded.pop(device, None)
+    if numbered:
+        _numbered.add(device)
     for module in array_modules:
         _by_module[module] = device
 
@@ -103,17 +113,32 @@ def registered_devices() -> list[str]:
     return list(_loaders)
 
 
+def split_device(device: Any) -> tuple[str | None, int | None]:
+    """``"cuda:1"`` -> ``("cuda", 1)``, ``"cpu"`` -> ``("cpu", None)``; ``(None, None)`` for
+    anything else (a non-string, "cuda:", "cuda:x", "cuda:-1")."""
+    if not isinstance(device, str):
+        return None, None
+    base, colon, number = device.partition(":")
+    if not colon:
+        return base, None
+    if not number.isdigit() or not number.isascii():
+        return None, None
+    return base, int(number)
+
+
 def backend_for_device(device: str | None = None) -> Backend:
     """The backend for a device name, probing its availability once and caching the answer."""
     if device is None:
         device = DEFAULT_DEVICE
-    if not isinstance(device, str) or device not in _loaders:
+    base, index = split_device(device)
+    if base not in _loaders or (index is not None and base not in _numbered):
         known = ", ".join(repr(d) for d in _loaders)
-        raise DeviceError(f"unknown device {device!r}; known devices: {known}")
+        numbered = "".join(f", '{d}:N'" for d in sorted(_numbered))
+        raise DeviceError(f"unknown device {device!r}; known devices: {known}{numbered}")
     found = _loaded.get(device)
     if found is None:
         try:
-            found = _loaders[device]()
+            found = _loaders[base]() if index is None else _loaders[base](index)
         except DeviceError as error:
             found = error
         else:
@@ -228,4 +253,4 @@ class KernelTable:
 
 
 register_backend("cpu", "gradcore.backends.numpy_backend", array_modules=("numpy",))
-register_backend("cuda", "gradcore.backends.cupy_backend", array_modules=("cupy",))
+register_backend("cuda", "gradcore.backends.cupy_backend", array_modules=("cupy",), numbered=True)

@@ -4,6 +4,7 @@ device, and clear errors for unknown or unavailable devices and for arrays of tw
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -193,3 +194,10 @@ def test_traced_values_cannot_leave_the_trace_by_moving(device):
         return gc.sum(x)
 
     gc.grad(f)(x)
+
+
+@pytest.mark.slow
+def test_importing_gradcore_does_not_import_cupy():
+    code = "import sys, gradcore; gradcore.array(1.0); print('cupy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -1,79 +1,294 @@
-"""The fused kernels, checked on any machine: the CUDA sources compile (nvcc, no GPU needed), the
-NumPy versions match their reference formulas, and the "cuda" device fails with a clear reason
-where it cannot run.
+"""The fused kernels, checked on any machine: the CUDA kernels compile through CuPy's own code
+generation and NVRTC (no GPU needed), their bodies compiled as host C++ match the reference
+formulas, and the NumPy versions match them too. (The "cuda" device where it cannot run:
+tests/test_devices.py and tests/test_cuda_probe.py.)
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 
 import numpy as np
 import pytest
-from gradcore.backends import cuda_kernels, cupy_backend, numpy_kernels
+from counting_backend import BACKEND
+from gradcore.backends import cuda_kernels, numpy_kernels
 
 import gradcore as gc
 
-NVCC = shutil.which("nvcc")
 DTYPES = ["float32", "float64"]
+CUDA_DTYPES = ["float16", "float32", "float64"]
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA sources
+# CUDA kernels through CuPy's code generation and NVRTC, without a GPU
+
+# The GPU CuPy would ask for; the front end accepts or refuses a source whatever the target.
+ARCH = "90"
+CUPY_PINNED = "14.2.0"  # pyproject.toml's test extra
 
 
-def _nvcc(source: str, tmp_path) -> subprocess.CompletedProcess:
-    path = tmp_path / "kernel.cu"
-    path.write_text(source)
-    command = [NVCC, "--ptx", "-Werror", "all-warnings", str(path), "-o", str(tmp_path / "k.ptx")]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+def _skip_unless_ci(reason: str) -> None:
+    """CI sets GRADCORE_REQUIRE_KERNEL_CHECKS=1 (.ci/run): there a missing tool fails the test."""
+    if os.environ.get("GRADCORE_REQUIRE_KERNEL_CHECKS") == "1":
+        pytest.fail(f"GRADCORE_REQUIRE_KERNEL_CHECKS=1, but {reason}")
+    pytest.skip(reason)
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
+@pytest.fixture(scope="module")
+def cupy():
+    """CuPy, which the test extra installs (cupy-cuda12x[ctk]==14.2.0): NVRTC needs no GPU."""
+    try:
+        import cupy
+    except ImportError as error:
+        _skip_unless_ci(f"CuPy does not import ({error}): pip install -e '.[test]'")
+    return cupy
+
+
+class _NoKernelCache:
+    """CuPy's kernel-cache interface: nothing is found, so every kernel is compiled here."""
+
+    def load(self, name):
+        return None
+
+    def save(self, name, payload, source):
+        pass
+
+
+@pytest.fixture
+def nvrtc(cupy, monkeypatch):
+    """``build(kernel, dtype, strided) -> (cubin, NVRTC options)``, as ``ElementwiseKernel``
+    would build it for arrays of that dtype and layout: CuPy's own kernel source (its private
+    code generation, pinned by cupy-cuda12x==14.2.0 in the test extra), headers and options
+    (-ftz=true among them), compiled by NVRTC. Only the two steps that need a GPU are replaced:
+    asking the device for its architecture, and loading the cubin into it."""
+    if cupy.__version__ != CUPY_PINNED:
+        _skip_unless_ci(
+            f"this check calls CuPy {CUPY_PINNED}'s internals, not {cupy.__version__}'s"
+        )
+    from cupy._core import _carray, _kernel, _scalar, core
+    from cupy.cuda import compiler, function
+
+    class Unloaded(function.Module):
+        def load(self, cubin):
+            self.cubin = cubin
+
+    options_seen = []
+    compile_with_nvrtc = compiler._compile_using_nvrtc_no_warning
+
+    def spy(source, options=(), arch=None, *args, **kwargs):
+        options_seen.append((*options, f"arch {arch}"))
+        return compile_with_nvrtc(source, options, arch, *args, **kwargs)
+
+    monkeypatch.setattr(compiler, "_kernel_cache_backend", _NoKernelCache())
+    monkeypatch.setattr(compiler, "_compile_using_nvrtc_no_warning", spy)
+    unmemoized = compiler._get_arch_for_options_for_nvrtc.__wrapped__  # memoized per device
+    monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc", unmemoized)
+    monkeypatch.setattr(compiler, "function", types.SimpleNamespace(Module=Unloaded))
+    ndarray_kind, indexer_kind, scalar_kind = 1, 2, 3  # cupy/_core/_kernel.pxd: _ArgKind
+
+    def build(kernel: cuda_kernels.Kernel, dtype: str, strided: bool):
+        built = cuda_kernels.elementwise_kernel(kernel)
+        t = np.dtype(dtype).type
+        n_in, n_scalars, n_out = len(kernel.inputs), len(kernel.scalars), len(kernel.outputs)
+        in_types, _, type_map = built._decide_params_type(
+            (t,) * n_in + (None,) * n_scalars, (t,) * n_out
+        )
+        # ElementwiseKernel.__call__ reduces contiguous arrays to 1-D; a transposed 2-D array
+        # stays 2-D and non-contiguous.
+        ndim = 2 if strided else 1
+        array = _kernel._ArgInfo(ndarray_kind, cupy.ndarray, t, ndim, not strided, True)
+        scalars = tuple(
+            _kernel._ArgInfo(scalar_kind, _scalar.CScalar, s, 0, True, True)
+            for s in in_types[n_in:]
+        )
+        indexer = _kernel._ArgInfo(indexer_kind, _carray.Indexer, None, ndim, True, True)
+        arginfos = (array,) * n_in + scalars + (array,) * n_out + (indexer,)
+        source = _kernel._get_elementwise_kernel_code(
+            arginfos,
+            type_map,
+            built.params,
+            built.operation,
+            built.name,
+            built.preamble,
+            **built.kwargs,
+        )
+        # _get_simple_elementwise_kernel_from_code, with the architecture given
+        module = core.compile_with_cache(source, built.kwargs.get("options", ()), arch=ARCH)
+        return module.cubin, options_seen[-1]
+
+    return build
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
 @pytest.mark.parametrize("kernel", cuda_kernels.KERNELS, ids=lambda k: k.name)
-def test_cuda_kernel_compiles_for_float_and_double(kernel, tmp_path):
-    result = _nvcc(kernel.translation_unit(), tmp_path)
-    assert result.returncode == 0, result.stderr
-    ptx = (tmp_path / "k.ptx").read_text()
-    assert ptx.count(".entry") == 2  # one kernel per dtype
+def test_cuda_kernel_compiles_with_nvrtc_as_cupy_builds_it(nvrtc, kernel, dtype, strided):
+    cubin, options = nvrtc(kernel, dtype, strided)
+    assert cubin.startswith(b"\x7fELF")
+    assert "-ftz=true" in options and f"arch {ARCH}" in options
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
-def test_nvcc_check_catches_a_broken_body(tmp_path):
+def test_nvrtc_check_reports_a_broken_body(nvrtc, cupy, monkeypatch):
     broken = cuda_kernels.Kernel("broken", ("x",), (), ("y",), "y = no_such_function(x);")
-    assert _nvcc(broken.translation_unit(), tmp_path).returncode != 0
+    with pytest.raises(cupy.cuda.compiler.CompileException, match="no_such_function"):
+        nvrtc(broken, "float32", False)
 
 
-class _FakeCupy:
-    """Stands in for CuPy to count how often a kernel object is built."""
-
-    built: list[str] = []
-
-    class ElementwiseKernel:
-        def __init__(self, in_params, out_params, body, name):
-            _FakeCupy.built.append(name)
-
-
-def test_cuda_kernels_are_built_once_and_not_at_import():
-    first = cupy_backend._kernel(_FakeCupy, cuda_kernels.SIGMOID)
-    for _ in range(3):
-        assert cupy_backend._kernel(_FakeCupy, cuda_kernels.SIGMOID) is first
-    assert _FakeCupy.built == ["gradcore_sigmoid"]
+def test_cuda_kernels_are_built_once_and_not_at_import(cupy):
+    first = cuda_kernels.elementwise_kernel(cuda_kernels.SIGMOID)
+    assert isinstance(first, cupy.ElementwiseKernel)
+    assert cuda_kernels.elementwise_kernel(cuda_kernels.SIGMOID) is first
+    code = "import sys, gradcore.backends.cuda_kernels; print('cupy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
-def test_cupy_accepts_every_kernel_signature():
-    """CuPy parses parameters when a kernel is built, before any GPU is needed."""
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
-    for kernel in cuda_kernels.KERNELS:
-        built = cupy.ElementwiseKernel(
-            kernel.in_params, kernel.out_params, kernel.body, kernel.name
-        )
-        assert (built.nin, built.nout) == (
-            len(kernel.inputs) + len(kernel.scalars),
-            len(kernel.outputs),
-        )
+def test_launch_functions_pass_arguments_in_each_kernels_order(monkeypatch):
+    """What the NVRTC check compiles is what the launch functions call: same parameters, same
+    order, scalars as Python numbers (a NumPy float64 scalar would not be the kernel's T)."""
+    launched = []
+
+    def recorder(kernel):
+        def launch(*args):
+            launched.append((kernel, args))
+
+        return launch
+
+    monkeypatch.setattr(cuda_kernels, "elementwise_kernel", recorder)
+    p, v = BACKEND.asarray(np.ones(3, "float32")), BACKEND.asarray(np.zeros(3, "float32"))
+    g = BACKEND.asarray(np.ones(3, "float64"))
+    cuda_kernels.sigmoid(p)
+    cuda_kernels.sigmoid_grad(p, v)
+    cuda_kernels.sgd_update(p, g, v, np.float64(0.1), 0.9, 1, 0)
+    (_, sigmoid), (_, sigmoid_grad), (kernel, sgd) = launched
+    assert sigmoid == (p,) and sigmoid_grad == (p, v)
+    assert len(sgd) == len(kernel.inputs) + len(kernel.scalars) + len(kernel.outputs)
+    assert sgd[0].dtype == np.float32 and sgd[5] is p and sgd[6] is v
+    assert [type(a) for a in sgd[1:5]] == [float, float, float, bool]
+    assert sgd[1:5] == (0.1, 0.9, 0.0, True)
+    assert [k for k, _ in launched] == [cuda_kernels.SIGMOID, cuda_kernels.SIGMOID_GRAD, kernel]
+    assert kernel is cuda_kernels.SGD_UPDATE
+
+
+def test_every_launch_function_says_its_dtypes():
+    for launch in ("sigmoid", "sigmoid_grad", "sgd_update", "clip", "sign"):
+        assert getattr(cuda_kernels, launch).dtypes == ("float16", "float32", "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernel bodies compiled as host C++ (g++), on NumPy data
+
+GXX = shutil.which("g++")
+HOST_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+
+
+def _host_source(kernel: cuda_kernels.Kernel) -> str:
+    """The body as an inline function over T, and per dtype a C loop over arrays around it."""
+    params = [f"const T& {name}" for name in kernel.inputs] + list(kernel.scalars)
+    params += [f"T& {name}" for name in kernel.outputs]
+    names = [s.split()[-1] for s in kernel.scalars]
+    lines = [
+        "namespace body {",
+        "using namespace std;",
+        "template <typename T>",
+        f"inline void {kernel.name}({', '.join(params)}) {{ {kernel.body} }}",
+        "}",
+    ]
+    for ctype, _ in HOST_TYPES.values():
+        signature = [f"const {ctype}* {n}" for n in kernel.inputs]  # the kernel's order
+        signature += [s.replace("T ", f"{ctype} ") for s in kernel.scalars]
+        signature += [f"{ctype}* {n}" for n in kernel.outputs]
+        args = [f"{n}[i]" for n in kernel.inputs] + names + [f"{n}[i]" for n in kernel.outputs]
+        lines += [
+            f'extern "C" void {kernel.name}_{ctype}(long long n, {", ".join(signature)}) {{',
+            f"  for (long long i = 0; i < n; ++i) body::{kernel.name}<{ctype}>({', '.join(args)});",
+            "}",
+        ]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """``host(kernel, dtype)``: the kernel body compiled by g++ into a shared library, called
+    through ctypes on contiguous NumPy arrays (inputs, then scalars, then outputs in place)."""
+    if GXX is None:
+        _skip_unless_ci("g++ is not on the PATH")
+    folder = tmp_path_factory.mktemp("host_kernels")
+    source = folder / "kernels.cpp"
+    source.write_text(
+        "#include <cmath>\n" + "\n".join(_host_source(k) for k in cuda_kernels.KERNELS)
+    )
+    command = [GXX, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", "k.so", source.name]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    library = ctypes.CDLL(str(folder / "k.so"))
+
+    def run(kernel: cuda_kernels.Kernel, dtype: str, *arrays_and_scalars) -> None:
+        ctype, scalar_type = HOST_TYPES[dtype]
+        function = getattr(library, f"{kernel.name}_{ctype}")
+        arrays = [a for a in arrays_and_scalars if isinstance(a, np.ndarray)]
+        assert all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+        args = [ctypes.c_longlong(arrays[0].size)]
+        for a in arrays_and_scalars:
+            if isinstance(a, np.ndarray):
+                args.append(a.ctypes.data_as(ctypes.c_void_p))
+            else:
+                args.append(ctypes.c_bool(a) if isinstance(a, bool) else scalar_type(a))
+        function(*args)
+
+    return run
+
+
+def _sigmoid_inputs(dtype: str) -> np.ndarray:
+    """Extremes, a wide spread, and the lower tail where the tanh form lost its digits."""
+    tail = -np.linspace(0.0, 100.0 if dtype == "float32" else 740.0, 2001)
+    return np.concatenate([_extremes(dtype), _inputs(dtype, 20_000), tail.astype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_sigmoid_body_matches_formula_on_the_host(host, dtype):
+    x = _sigmoid_inputs(dtype)
+    y = np.empty_like(x)
+    host(cuda_kernels.SIGMOID, dtype, x, y)
+    eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
+    np.testing.assert_allclose(y, _sigmoid_reference(x), rtol=4 * eps, atol=tiny)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_sigmoid_grad_body_matches_formula_on_the_host(host, dtype):
+    y = numpy_kernels.sigmoid(_inputs(dtype, 10_001))
+    g = _inputs(dtype, 10_001, seed=1)
+    gx = np.empty_like(y)
+    host(cuda_kernels.SIGMOID_GRAD, dtype, y, g, gx)
+    y64, g64 = y.astype(np.float64), g.astype(np.float64)
+    np.testing.assert_allclose(gx, g64 * y64 * (1 - y64), rtol=8 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", ["plain", "momentum", "nesterov", "nesterov_weight_decay"])
+def test_cuda_sgd_update_body_follows_formula_on_the_host(host, dtype, config):
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(257).astype(dtype)
+    velocity = np.zeros_like(param)
+    p64, v64 = param.astype(np.float64), velocity.astype(np.float64)
+    c = CONFIGS[config]
+    for step in range(6):
+        grad = rng.standard_normal(param.shape).astype(dtype)
+        rate = 0.1 / (step + 1)
+        host(
+            cuda_kernels.SGD_UPDATE, dtype, grad, rate, c["momentum"], c["weight_decay"],
+            c["nesterov"], param, velocity,
+        )  # fmt: skip
+        p64, v64 = sgd_reference(p64, grad.astype(np.float64), v64, rate, **c)
+        tolerance = 1e-6 if dtype == "float32" else 1e-14
+        np.testing.assert_allclose(param, p64, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,53 +406,3 @@ def test_numpy_sgd_update_follows_formula_step_by_step(dtype, config, no_warning
         np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
     assert param.dtype == velocity.dtype == np.dtype(dtype)
     assert (param.ctypes.data, velocity.ctypes.data) == (param_buffer, velocity_buffer)
-
-
-# ---------------------------------------------------------------------------------------------
-# the "cuda" device where it cannot run
-
-NO_CUPY = """
-import sys
-sys.modules["cupy"] = None  # makes `import cupy` raise ImportError, as if it were not installed
-import gradcore as gc
-import gradcore.backends.cupy_backend
-try:
-    gc.array(1.0, device="cuda")
-except gc.DeviceError as error:
-    print(error)
-print(gc.available_devices())
-"""
-
-
-def test_cuda_without_cupy_raises_device_error_saying_what_to_install():
-    result = subprocess.run([sys.executable, "-c", NO_CUPY], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    message, devices = result.stdout.strip().splitlines()
-    assert "device 'cuda' is unavailable: CuPy is not installed" in message
-    assert "pip install 'gradcore[cuda12]' or 'gradcore[cuda13]'" in message
-    assert devices == "['cpu']"
-
-
-def test_importing_gradcore_does_not_import_cupy():
-    code = "import sys, gradcore; gradcore.array(1.0); print('cupy' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.strip() == "False", result.stderr
-
-
-def test_cupy_without_a_gpu_raises_device_error_with_the_reason():
-    pytest.importorskip("cupy", reason="CuPy is not installed")
-    if "cuda" in gc.available_devices():
-        pytest.skip("a GPU answers here; tests/test_cuda.py covers it")
-    with pytest.raises(gc.DeviceError, match="device 'cuda' is unavailable: .*CuPy") as caught:
-        gc.array(1.0, device="cuda")
-    assert "unavailable" in str(caught.value)
-    with pytest.raises(gc.DeviceError):  # the probe's answer is cached, and stays an error
-        gc.to_device(np.ones(2), "cuda")
-
-
-def test_mixing_devices_in_a_fused_op_names_the_op_and_both_devices():
-    """The array-api-strict backend stands in for a second device on CPU-only machines."""
-    y = gc.array([0.5, 0.25], device="cpu")
-    g = gc.array([1.0, 1.0], device="strict")
-    with pytest.raises(gc.DeviceError, match=r"sigmoid_grad: .*'cpu' and 'strict'"):
-        gc.ops.sigmoid_grad(y, g)
