@@ -70,6 +70,7 @@ from gradcore.tracer import Box, defvjp, primitive, stop_gradient
 __version__ = "0.1.0"
 
 from gradcore import nn, optim, rules, train  # noqa: E402
+from gradcore.train import CheckpointError as CheckpointError  # noqa: E402
 
 __all__ = [
     "Backend", "Box", "DeviceError", "abs", "add", "argmax", "array", "astype",
