@@ -42,6 +42,7 @@ from gradcore.optim import SGD
 from gradcore.pytree import tree_leaves
 
 __all__ = [
+    "CHECKPOINT_EVERY",
     "DIVERGENCE_FACTOR",
     "FORMAT",
     "READ_EVERY",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 READ_EVERY = 50  # steps between reads of the loss buffer: progress display and the guard
+# Seconds between checkpoint writes at the end of epochs; the last epoch, Ctrl-C and a resume
+# point inside an epoch are always written. A kill -9 loses at most this much training.
+CHECKPOINT_EVERY = 1.0
 DIVERGENCE_FACTOR = 1e3  # a step loss above this many times the starting loss is divergence
 FORMAT = 2  # checkpoint layout version; 2 added the run's settings and the history sidecar
 _EVAL_CHUNK = 4096  # rows per forward pass when evaluating a whole data set
@@ -286,11 +290,13 @@ class _Checkpoints:
     each save is recorded, so a resume cuts off whatever a kill left after it.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: dict, architecture: list) -> None:
+    def __init__(self, path: str | os.PathLike, settings: dict, leaves: list, rows: int) -> None:
         self.path = Path(path)
         self.settings = settings
-        self.architecture = architecture
+        self.architecture = [[list(p.shape), _dtype_name(p)] for p in leaves]
+        self.rows = rows
         self.log: Any = None  # the open history file
+        self.saved_at = time.monotonic()
 
     def prepare(self, resume: bool, overwrite: bool) -> bool:
         """Check the paths before any work; True when there is a checkpoint to resume."""
@@ -307,9 +313,10 @@ class _Checkpoints:
         return resume and exists
 
     def restore(
-        self, allow_changes: bool, rows: int, history: History
-    ) -> tuple[list[np.ndarray], dict]:
-        """The saved arrays and meta, after checking they belong to this run; fills history."""
+        self, leaves: list, optimizer: Any, rng: Any, history: History, allow_changes: bool
+    ) -> dict[str, Any]:
+        """Load params (in place), optimizer, rng and history, after checking that the file
+        belongs to this run; the meta, which says where to go on."""
         saved, meta = load_checkpoint(self.path)
         found = [[list(a.shape), _dtype_name(a)] for a in saved]
         if found != self.architecture:
@@ -328,15 +335,23 @@ class _Checkpoints:
                 "pass allow_changes=True (--allow-changes) to continue with the new values"
             )
         batch_size = self.settings["batch_size"]
-        if meta["step"] and (meta["rows"], then["batch_size"]) != (rows, batch_size):
+        if meta["step"] and (meta["rows"], then["batch_size"]) != (self.rows, batch_size):
             raise ValueError(
                 f"fit: checkpoint {self.path} stopped inside an epoch of {meta['rows']} rows "
-                f"in batches of {then['batch_size']}; this run has {rows} rows in batches of "
-                f"{self.settings['batch_size']}, so it cannot continue that epoch"
+                f"in batches of {then['batch_size']}; this run has {self.rows} rows in batches "
+                f"of {batch_size}, so it cannot continue that epoch"
             )
         for entry in self._read_history(meta["history_bytes"]):
             history._append(entry)
-        return saved, meta
+        for param, array in zip(leaves, saved):
+            param[...] = backend_of(param).asarray(array, dtype=param.dtype)
+        prefix = "optimizer/"
+        optimizer.load_state_dict(
+            {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
+        )
+        rng.bit_generator.state = meta["rng"]
+        history.resumed_epochs = meta["epoch"]
+        return meta
 
     def _read_history(self, length: int) -> list[dict]:
         """The first ``length`` bytes of the history file, the file cut to them (a kill may
@@ -373,7 +388,13 @@ class _Checkpoints:
         self.log.write(json.dumps(entry).encode() + b"\n")
         self.log.flush()
 
+    def due(self, force: bool) -> bool:
+        """Whether to write now: when ``force``d, or ``CHECKPOINT_EVERY`` seconds after the
+        last write (short epochs should train, not write)."""
+        return force or time.monotonic() - self.saved_at >= CHECKPOINT_EVERY
+
     def save(self, params: Any, state: dict) -> None:
+        """Write ``state`` (what ``fit`` needs to go on) with the run's settings."""
         meta = {
             "format": FORMAT,
             "settings": self.settings,
@@ -382,6 +403,7 @@ class _Checkpoints:
             **state,
         }
         save_checkpoint(self.path, params, meta)
+        self.saved_at = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,6 +692,66 @@ def _make_step(loss_fn: Callable, optimizer: Any) -> Callable[[Any, Any, Any], A
     return step
 
 
+class _Steps:
+    """The minibatches of one data set and the training steps over them. Losses stay in a
+    device buffer, read back once per call of ``run_and_read``, where the guard sees them."""
+
+    def __init__(
+        self, step: Callable, params: Any, optimizer: Any, X: Any, y: Any, batch_size: int
+    ) -> None:
+        n = X.shape[0]
+        self.step, self.params, self.optimizer, self.X, self.y = step, params, optimizer, X, y
+        self.batches = [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+        self.sizes = np.array([b.stop - b.start for b in self.batches], np.float64)
+        self.backend = backend_of(X)
+        xp = self.backend.xp
+        self.losses = xp.zeros((len(self),), dtype=X.dtype, device=self.backend.array_device(X))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def shuffled(self, rng: np.random.Generator) -> tuple[Any, Any]:
+        """The data in the next order drawn from ``rng``, permuted on the device."""
+        order = self.backend.asarray(rng.permutation(self.X.shape[0]))
+        xp = self.backend.xp
+        return xp.take(self.X, order, axis=0), xp.take(self.y, order, axis=0)
+
+    def mean(self, step_losses: list[float]) -> float:
+        """The mean loss per example over the steps so far in the epoch."""
+        done = self.sizes[: len(step_losses)]
+        return float(np.dot(step_losses, done) / done.sum())
+
+    def run(self, Xe: Any, ye: Any, first: int, stop: int, interrupt: Any = None) -> int:
+        """Steps ``first`` to ``stop - 1``; returns where it stopped (early on Ctrl-C)."""
+        for k in range(first, stop):
+            batch = self.batches[k]
+            self.losses[k] = self.step(self.params, Xe[batch, ...], ye[batch, ...])
+            if interrupt is not None and interrupt.requested:
+                return k + 1
+        return stop
+
+    def run_and_read(
+        self, Xe: Any, ye: Any, first: int, stop: int, interrupt: Any, guard: _Guard,
+        epoch: int, epochs: int,
+    ) -> list[float]:  # fmt: skip
+        """Run steps, then read their losses (the only wait for the device). On a bad loss,
+        go back to the state before ``first`` and replay the steps before the bad one."""
+        leaves = tree_leaves(self.params)
+        params_before = [gc.array(p) for p in leaves]
+        optimizer_before = self.optimizer.state_dict()
+        reached = self.run(Xe, ye, first, stop, interrupt)
+        read = self.backend.to_numpy(self.losses[first:reached]).tolist()
+        bad = guard.first_bad(read)
+        if bad is None:
+            return read
+        for param, before in zip(leaves, params_before):
+            param[...] = before
+        self.optimizer.load_state_dict(optimizer_before)
+        self.run(Xe, ye, first, first + bad)
+        where = f"epoch {epoch + 1}/{epochs}, step {first + bad + 1}/{len(self)}"
+        raise guard.error(read[bad], where)
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 
@@ -707,8 +789,9 @@ def fit(
     above ``divergence_factor`` times the loss of the initial params, stops training with a
     ``FloatingPointError`` naming epoch and step; params keep their values from before it.
 
-    With ``checkpoint=path`` the state is written after every epoch and on Ctrl-C (history in
-    ``history_path(path)``). An existing file is resumed with ``resume=True`` (ending with
+    With ``checkpoint=path`` the state is written at the end of epochs (at most every
+    ``CHECKPOINT_EVERY`` seconds, and always after the last) and on Ctrl-C; the history goes
+    to ``history_path(path)``. An existing file is resumed with ``resume=True`` (ending with
     exactly the params of an uninterrupted run), replaced with ``overwrite=True``, and
     otherwise refused. A resume whose learning rate, momentum, Nesterov, weight decay, batch
     size or seed differ from the checkpoint's is refused naming them, unless ``allow_changes``.
@@ -719,20 +802,18 @@ def fit(
     seed = _integer("seed", seed, 0)
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs a checkpoint path")
-    backend = backend_for_device(device)
+    backend_for_device(device)  # an unknown or unavailable device fails first
     optimizer = SGD() if optimizer is None else optimizer
     leaves = _params_on(params, device)
-    dtype = leaves[0].dtype
-    X, y = _pair("", X, y, device, dtype)
-    n = X.shape[0]
-    if n == 0:
+    X, y = _pair("", X, y, device, leaves[0].dtype)
+    if X.shape[0] == 0:
         raise ValueError("fit: no training data (X has 0 rows)")
-    evaluation = _Evaluation(loss_fn, _validation(validation_data, device, dtype), metrics)
-    saver = None
-    resuming = False
+    validation = _validation(validation_data, device, leaves[0].dtype)
+    evaluation = _Evaluation(loss_fn, validation, metrics)
+    saver, resuming = None, False
     if checkpoint is not None:
-        architecture = [[list(p.shape), _dtype_name(p)] for p in leaves]
-        saver = _Checkpoints(checkpoint, _settings(optimizer, batch_size, seed), architecture)
+        settings = _settings(optimizer, batch_size, seed)
+        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0])
         resuming = saver.prepare(resume, overwrite)
 
     # Run the loss once over all the data with the target checks on (a clear error now, not a
@@ -744,49 +825,26 @@ def fit(
         )
     evaluation.check(params, X, y)
 
-    batches = [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-    steps = len(batches)
-    sizes = np.array([b.stop - b.start for b in batches], np.float64)
     history = History(params=params)
     rng = np.random.default_rng(seed)
     first_epoch, position, step_losses = 0, 0, []
     if resuming:
-        saved, meta = saver.restore(allow_changes, n, history)
-        for param, array in zip(leaves, saved):
-            param[...] = backend_of(param).asarray(array, dtype=param.dtype)
-        prefix = "optimizer/"
-        optimizer.load_state_dict(
-            {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
-        )
-        rng.bit_generator.state = meta["rng"]
+        meta = saver.restore(leaves, optimizer, rng, history, allow_changes)
         first_epoch, position, step_losses = meta["epoch"], meta["step"], meta["step_losses"]
         start_loss = meta["start_loss"]
-        history.resumed_epochs = first_epoch
     guard = _Guard(divergence_factor, start_loss)
-    step = _make_step(loss_fn, optimizer)
-    losses = backend.xp.zeros((steps,), dtype=dtype, device=backend.array_device(X))
+    steps = _Steps(_make_step(loss_fn, optimizer), params, optimizer, X, y, batch_size)
+    bar = _Progress(progress, epochs, len(steps), first_epoch * len(steps) + position)
 
-    def run(Xe: Any, ye: Any, first: int, stop: int, interrupt: Any) -> int:
-        """Steps ``first`` to ``stop - 1``; returns where it stopped (early on Ctrl-C)."""
-        for k in range(first, stop):
-            losses[k] = step(params, Xe[batches[k], ...], ye[batches[k], ...])
-            if interrupt is not None and interrupt.requested:
-                return k + 1
-        return stop
+    def save(epoch: int, position: int, rng_state: dict, step_losses: list, force: bool) -> None:
+        if saver is not None and saver.due(force):
+            state = {
+                "epoch": epoch, "step": position, "rows": X.shape[0], "rng": rng_state,
+                "step_losses": step_losses, "start_loss": start_loss,
+                **{f"optimizer/{k}": v for k, v in optimizer.state_dict().items()},
+            }  # fmt: skip
+            saver.save(params, state)
 
-    def state(epoch: int, position: int, rng_state: dict, step_losses: list[float]) -> dict:
-        """What a resume needs besides the params, settings and history."""
-        return {
-            "epoch": epoch,
-            "step": position,
-            "rows": n,
-            "rng": rng_state,
-            "step_losses": step_losses,
-            "start_loss": start_loss,
-            **{f"optimizer/{k}": v for k, v in optimizer.state_dict().items()},
-        }
-
-    bar = _Progress(progress, epochs, steps, first_epoch * steps + position)
     with (
         saver or contextlib.nullcontext(),
         contextlib.closing(bar),
@@ -799,42 +857,26 @@ def fit(
             started = time.perf_counter()
             bar.epoch(epoch)
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            if shuffle:
-                order = backend.asarray(rng.permutation(n))
-                Xe, ye = backend.xp.take(X, order, axis=0), backend.xp.take(y, order, axis=0)
-            else:
-                Xe, ye = X, y
-            while position < steps:
-                stop = min(position + READ_EVERY, steps)
-                before = [gc.array(p) for p in leaves], optimizer.state_dict()
-                reached = run(Xe, ye, position, stop, interrupt)
-                read = backend.to_numpy(losses[position:reached]).tolist()
-                bad = guard.first_bad(read)
-                if bad is not None:  # back to the last read, then replay the good steps
-                    for p, kept in zip(leaves, before[0]):
-                        p[...] = kept
-                    optimizer.load_state_dict(before[1])
-                    run(Xe, ye, position, position + bad, None)
-                    where = f"epoch {epoch + 1}/{epochs}, step {position + bad + 1}/{steps}"
-                    raise guard.error(read[bad], where)
+            Xe, ye = steps.shuffled(rng) if shuffle else (X, y)
+            while position < len(steps):
+                stop = min(position + READ_EVERY, len(steps))
+                read = steps.run_and_read(Xe, ye, position, stop, interrupt, guard, epoch, epochs)
                 step_losses += read
-                position = reached
-                done = sizes[: len(step_losses)]
-                bar.update(len(read), loss=np.dot(step_losses, done) / done.sum())
+                position += len(read)
+                bar.update(len(read), loss=steps.mean(step_losses))
                 if interrupt.requested:
-                    if saver is not None:
-                        saver.save(params, state(epoch, position, epoch_rng, step_losses))
+                    save(epoch, position, epoch_rng, step_losses, force=True)
                     raise KeyboardInterrupt
 
-            entry = {"loss": float(np.dot(step_losses, sizes)) / n}
-            entry |= evaluation.after_epoch(params, X, y)
+            entry = {"loss": steps.mean(step_losses), **evaluation.after_epoch(params, X, y)}
             entry["time"] = time.perf_counter() - started
             history._append(entry)
             bar.update(0, **{k: v for k, v in entry.items() if k.endswith("loss")})
             position, step_losses = 0, []
             if saver is not None:
                 saver.append(entry)
-                saver.save(params, state(epoch + 1, 0, rng.bit_generator.state, []))
+            last = epoch == epochs - 1 or interrupt.requested
+            save(epoch + 1, 0, rng.bit_generator.state, [], force=last)
             if interrupt.requested:
                 raise KeyboardInterrupt
     return history

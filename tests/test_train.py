@@ -464,6 +464,22 @@ def test_temporary_files_are_named_beside_the_target_and_always_removed(tmp_path
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("every, writes", [(0.0, [1, 2, 3, 4]), (3600.0, [4])])
+def test_short_epochs_write_a_checkpoint_at_most_every_checkpoint_every_seconds(
+    tmp_path, monkeypatch, every, writes
+):
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY", every)
+    written = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(
+        train,
+        "save_checkpoint",
+        lambda path, p, meta: written.append(meta["epoch"]) or real(path, p, meta),
+    )
+    fit(epochs=4, checkpoint=tmp_path / "run.npz")
+    assert written == writes  # the last epoch always
+
+
 def test_checkpoint_mode_follows_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
@@ -479,6 +495,7 @@ KILLED_RUN = textwrap.dedent(
     import numpy as np
     from gradcore import nn, optim, train
     warnings.simplefilter("ignore")
+    train.CHECKPOINT_EVERY = 0.0  # a checkpoint after every epoch, to be killed in the middle
     X = np.random.default_rng(0).standard_normal((16, 3))
     y = (X[:, 0] > 0).astype(float)
     loss = lambda p, xb, yb: nn.binary_cross_entropy_with_logits(nn.mlp(p, xb), yb)
