@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--nesterov", action="store_true")
     train.add_argument("--seed", type=count, default=0, help="seeds the init and the shuffling")
     train.add_argument("--plot", metavar="PNG", help="write the training curves to this file")
-    train.add_argument("--checkpoint", metavar="PATH", help="save the state after every epoch")
+    train.add_argument("--checkpoint", metavar="PATH", help="save the state as it trains")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument(
         "--allow-changes",

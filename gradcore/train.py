@@ -241,11 +241,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[list[np.ndarray], dict[str
             raise _unreadable(path, "it is an .npz file without gradcore's metadata")
         try:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != FORMAT:
-                raise _unreadable(
-                    path,
-                    f"it has format {meta.get('format')}, this gradcore reads {FORMAT}",
-                )
+            found = meta.get("format") if isinstance(meta, dict) else None
+            if found != FORMAT:
+                raise _unreadable(path, f"it has format {found}, this gradcore reads {FORMAT}")
             for key, value in meta.items():
                 if isinstance(value, dict) and set(value) == {"arrays"}:
                     meta[key] = [data[f"{key}/{i}"] for i in range(value["arrays"])]
@@ -263,7 +261,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[list[np.ndarray], dict[str
 
 
 def _dtype_name(x: Any) -> str:
-    """ "float32" on every backend (array-api-strict spells it "array_api_strict.float32")."""
+    """The dtype's name on every backend (array-api-strict says "array_api_strict.float32")."""
     return str(x.dtype).rsplit(".", 1)[-1]
 
 
@@ -373,15 +371,16 @@ class _Checkpoints:
             ) from None
 
     def __enter__(self) -> _Checkpoints:
-        log = history_path(self.path)
-        self.log = log.open("ab" if log.exists() else "wb")
+        self.log = history_path(self.path).open("ab")
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.log.close()
 
     def start_fresh(self) -> None:
-        """An overwritten run starts an empty history."""
+        """A run that does not resume replaces both files: a checkpoint left behind would no
+        longer match the history."""
+        self.path.unlink(missing_ok=True)
         self.log.truncate(0)
 
     def append(self, entry: Mapping[str, Any]) -> None:

@@ -517,7 +517,7 @@ def test_kill_9_in_a_loop_leaves_a_loadable_checkpoint_and_no_stray_file(tmp_pat
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert child.stdout.readline() == "training\n"
-        time.sleep(rng.uniform(0.005, 0.05))
+        time.sleep(rng.uniform(0.01, 0.1))
         child.kill()
         child.wait()
         child.stdout.close()
