@@ -174,7 +174,7 @@ def test_checkpoint_is_npz_without_pickles_and_written_atomically(tmp_path, monk
 
     monkeypatch.setattr(train.np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        fit(epochs=1, checkpoint=path, overwrite=True)
+        fit(epochs=2, checkpoint=path, resume=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz", "run.npz.history.jsonl"]
 
