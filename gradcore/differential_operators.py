@@ -178,7 +178,7 @@ def _value_and_grad(fun: Callable, argnum: int | Sequence[int], stacklevel: int)
                 f"grad: the output of {getattr(fun, '__name__', 'the function')} does not "
                 f"depend on argument {argnum} (it is constant with respect to it), so the "
                 "gradient is zero; did it return a constant, or leave gradcore through "
-                "float(), int(), math.* or NumPy?",
+                "float(), int(), math.*, NumPy or stop_gradient?",
                 stacklevel=stacklevel,
             )
         grads = traced.backward(_scalar_seed("grad", traced.value), retain_graph=False)
