@@ -70,6 +70,7 @@ __version__ = "0.1.0"
 
 # The applications import the modules they use, never this package face, so this order is free.
 from gradcore import nn, optim, rules, train  # noqa: E402
+from gradcore.train import CheckpointError as CheckpointError  # noqa: E402
 
 __all__ = [
     "Backend", "Box", "DeviceError", "abs", "add", "argmax", "array", "astype",

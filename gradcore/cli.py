@@ -10,11 +10,13 @@ scikit-learn (no download). ``--data digits`` trains a softmax classifier on han
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -37,22 +39,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type that refuses out-of-range numbers with a one-line message (a value
+    given is used or refused, never replaced by a default)."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < minimum or (strict and value == minimum):
+            sign = "positive" if strict else "non-negative"
+            what = "integer" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"must be a {sign} {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradcore", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"gradcore {gc.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a small network on a bundled data set")
     train.add_argument("--data", default="breast-cancer", choices=sorted(DATASETS))
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    train.add_argument("--hidden", type=int, default=16, help="hidden units (default: 16)")
-    train.add_argument("--epochs", type=int, help="default: 50 (breast-cancer), 30 (digits)")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, help="learning rate (default: 0.1)")
+    positive_int, count = _number(int, 0, strict=True), _number(int, 0, strict=False)
+    train.add_argument("--hidden", type=positive_int, default=16, help="hidden units (default: 16)")
+    train.add_argument("--epochs", type=count, help="default: 50 (breast-cancer), 30 (digits)")
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument(
+        "--lr", type=_number(float, 0.0, strict=True), help="learning rate (default: 0.1)"
+    )
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--nesterov", action="store_true")
-    train.add_argument("--seed", type=int, default=0, help="seeds the init and the shuffling")
+    train.add_argument("--seed", type=count, default=0, help="seeds the init and the shuffling")
     train.add_argument("--plot", metavar="PNG", help="write the training curves to this file")
-    train.add_argument("--checkpoint", metavar="PATH", help="save the state after every epoch")
+    train.add_argument("--checkpoint", metavar="PATH", help="save the state as it trains")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    train.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume although the learning rate, momentum, batch size or seed changed",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     commands.add_parser("info", help="devices, backend versions and the BLAS in use")
     return parser
@@ -84,9 +111,30 @@ def _device(requested: str) -> str:
     return requested
 
 
+def _check_paths(args: argparse.Namespace) -> bool:
+    """Refuse unusable paths before any work; whether to resume from ``--checkpoint``."""
+    if args.plot:
+        gc.train.check_writable(args.plot, "--plot")
+    if args.checkpoint is None:
+        if args.resume:
+            raise ValueError("--resume needs --checkpoint PATH")
+        return False
+    path = Path(args.checkpoint)
+    if path.is_file() and not args.resume:
+        raise FileExistsError(
+            f"--checkpoint {path} exists: add --resume to continue from it, or give another "
+            "--checkpoint path"
+        )
+    if args.resume and not path.exists():
+        print(f"no checkpoint at {path} yet: starting afresh")
+        return False
+    return args.resume
+
+
 def train(args: argparse.Namespace) -> None:
     defaults = DATASETS[args.data]
     device = _device(args.device)
+    resume = _check_paths(args)
     X_train, X_test, y_train, y_test = _load(args.data)
     classes = int(y_train.max()) + 1
     binary = classes == 2
@@ -94,10 +142,12 @@ def train(args: argparse.Namespace) -> None:
         [X_train.shape[1], args.hidden, 1 if binary else classes], seed=args.seed, device=device
     )
 
-    if binary:  # the lecture's network: sigmoid output, binary cross-entropy on probabilities
+    if binary:  # the lecture's network: sigmoid output and binary cross-entropy, computed
+        # from the logit so that a diverging run shows a diverging loss (clipped
+        # probabilities would cap it near 16 and hide it from the divergence guard)
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.binary_cross_entropy(gc.sigmoid(gc.nn.mlp(params, xb)), yb)
+            return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, xb), yb)
 
     else:
 
@@ -112,7 +162,9 @@ def train(args: argparse.Namespace) -> None:
         f"{X_train.shape[1]} features, {classes} classes; device {device}"
     )
     optimizer = gc.optim.SGD(
-        args.lr or defaults["lr"], momentum=args.momentum, nesterov=args.nesterov
+        defaults["lr"] if args.lr is None else args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
     )
     started = time.perf_counter()
     history = gc.train.fit(
@@ -129,13 +181,22 @@ def train(args: argparse.Namespace) -> None:
         metrics={"accuracy": accuracy},
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
-        resume=args.resume,
+        resume=resume,
+        allow_changes=args.allow_changes,
     )
     seconds = time.perf_counter() - started
     X_test = gc.array(X_test, dtype="float32", device=device)
     test_accuracy = accuracy(params, X_test, gc.array(y_test, device=device))
     final_loss = f"{history.loss[-1]:.4f}" if history.loss else "n/a"
-    print(f"trained {history.epochs} epochs in {seconds:.2f} s; final training loss {final_loss}")
+    ran = history.epochs - history.resumed_epochs
+    if history.resumed_epochs == 0:
+        what = f"trained {ran} epochs"
+    elif ran == 0:
+        what = f"nothing to train: the checkpoint holds all {history.epochs} epochs"
+    else:
+        first, last = history.resumed_epochs + 1, history.epochs
+        what = f"trained {ran} more epoch{'s' * (ran != 1)} (epochs {first}-{last})"
+    print(f"{what} in {seconds:.2f} s; final training loss {final_loss}")
     print(f"test accuracy: {test_accuracy:.4f}")
     if args.plot:
         print(f"curves written to {history.plot(args.plot)}")
@@ -175,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             info()
         else:
             train(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen below, not at exit
+    except BrokenPipeError:
+        # The reader (e.g. head) has gone: end quietly, as Python's documentation advises,
+        # with stdout pointed at devnull so that the interpreter's final flush succeeds.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         saved = f"; state saved to {args.checkpoint}" if getattr(args, "checkpoint", None) else ""
         print(f"gradcore: interrupted{saved}", file=sys.stderr)

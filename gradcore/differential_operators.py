@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,13 @@ class _Traced:
         self.treedefs = []
         self.leaf_nodes: list[list[Node]] = []
         self.python_floats: list[list[bool]] = []
+        for argnum in argnums:
+            if not -len(args) <= argnum < len(args):
+                raise ValueError(
+                    f"{op_name}: argnum {argnum} is out of range for a call with {len(args)} "
+                    f"positional argument{'s' * (len(args) != 1)}; pass argnum between 0 and "
+                    f"{len(args) - 1}, or pass that argument positionally"
+                )
         with new_trace(keep_values) as (self.trace, self.tape):
             args = list(args)
             for argnum in argnums:
@@ -154,10 +162,26 @@ def _shapes(shapes: list[tuple[int, ...]]) -> str:
 
 def value_and_grad(fun: Callable, argnum: int | Sequence[int] = 0) -> Callable:
     """``fun`` returning ``(value, gradient)``; a tuple of gradients when ``argnum`` is a tuple."""
+    return _value_and_grad(fun, argnum, stacklevel=2)
+
+
+def _value_and_grad(fun: Callable, argnum: int | Sequence[int], stacklevel: int) -> Callable:
+    """``value_and_grad``; ``stacklevel`` makes its warning point at the user's call."""
     argnums, many = _argnums(argnum)
+    warned = False
 
     def value_and_grad_fun(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        nonlocal warned
         traced = _Traced("grad", fun, args, kwargs, argnums)
+        if not traced.ends and not warned:  # like autograd: zeros here are usually a mistake
+            warned = True
+            warnings.warn(
+                f"grad: the output of {getattr(fun, '__name__', 'the function')} does not "
+                f"depend on argument {argnum} (it is constant with respect to it), so the "
+                "gradient is zero; did it return a constant, or leave gradcore through "
+                "float(), int(), math.*, NumPy or stop_gradient?",
+                stacklevel=stacklevel,
+            )
         grads = traced.backward(_scalar_seed("grad", traced.value), retain_graph=False)
         return traced.value, tuple(grads) if many else grads[0]
 
@@ -167,7 +191,7 @@ def value_and_grad(fun: Callable, argnum: int | Sequence[int] = 0) -> Callable:
 
 def grad(fun: Callable, argnum: int | Sequence[int] = 0) -> Callable:
     """The gradient of scalar-valued ``fun`` with respect to argument ``argnum``."""
-    with_value = value_and_grad(fun, argnum)
+    with_value = _value_and_grad(fun, argnum, stacklevel=3)
 
     def grad_fun(*args: Any, **kwargs: Any) -> Any:
         return with_value(*args, **kwargs)[1]

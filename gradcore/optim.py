@@ -11,6 +11,8 @@ in-place Array-API passes on any device, one fused kernel per parameter on CUDA.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -123,11 +125,24 @@ class SGD:
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
-        if not callable(learning_rate) and not learning_rate > 0:
+        # Types first, by name: SGD("0.1") would otherwise fail later with an unrelated error.
+        numbers_given = {"momentum": momentum, "weight_decay": weight_decay}
+        if not callable(learning_rate):
+            numbers_given["learning_rate"] = learning_rate
+        for name, value in numbers_given.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                schedule = " or a schedule (a function step -> rate)" * (name == "learning_rate")
+                raise TypeError(
+                    f"SGD: {name} must be a number{schedule}, got {type(value).__name__} "
+                    f"{value!r}" + (f"; write {value} without quotes" * isinstance(value, str))
+                )
+        if nesterov not in (True, False):
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        if not callable(learning_rate) and not 0 < learning_rate < math.inf:
             raise ValueError(f"SGD: learning_rate must be positive, got {learning_rate}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
+        if not 0 <= weight_decay < math.inf:
             raise ValueError(f"SGD: weight_decay must be non-negative, got {weight_decay}")
         self.learning_rate = learning_rate
         # Python floats: a NumPy float64 scalar would promote float32 parameters.

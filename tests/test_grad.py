@@ -77,7 +77,8 @@ def test_gradient_of_a_0d_array_is_a_0d_array(device):
 
 def test_gradient_of_a_constant_function_is_zero(device):
     x = on(device, X)
-    np.testing.assert_array_equal(host(gc.grad(lambda x: 3.0)(x)), np.zeros(4))
+    with pytest.warns(UserWarning, match="does not depend on argument 0"):
+        np.testing.assert_array_equal(host(gc.grad(lambda x: 3.0)(x)), np.zeros(4))
     np.testing.assert_array_equal(host(gc.grad(lambda x: gc.sum(x) * 0.0)(x)), np.zeros(4))
 
 
@@ -162,7 +163,8 @@ def test_stop_gradient_treats_a_value_as_a_constant(device):
     x = on(device, X)
     g = gc.grad(lambda x: gc.sum(x * gc.stop_gradient(x)))(x)
     np.testing.assert_allclose(host(g), X)  # not 2x
-    g = gc.grad(lambda x: gc.sum(gc.stop_gradient(gc.sin(x))))(x)
+    with pytest.warns(UserWarning, match="does not depend on argument 0"):
+        g = gc.grad(lambda x: gc.sum(gc.stop_gradient(gc.sin(x))))(x)
     np.testing.assert_array_equal(host(g), np.zeros(4))
     # at second order too: d/dx [d/dy (y * stop(x))] = d/dx stop(x) = 0
     inner = lambda x: gc.elementwise_grad(lambda y: y * gc.stop_gradient(x))(x)

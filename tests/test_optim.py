@@ -138,3 +138,29 @@ def test_schedules_refuse_empty_spans():
         optim.exponential_decay(1.0, 0.5, 0)
     with pytest.raises(ValueError, match="every"):
         optim.step_decay(1.0, 0.5, 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"learning_rate": "0.1"}, TypeError, r"learning_rate must be a number or a schedule "
+         r"\(a function step -> rate\), got str '0.1'; write 0.1 without quotes"),
+        ({"momentum": "0.9"}, TypeError, r"momentum must be a number, got str '0.9'"),
+        ({"weight_decay": None}, TypeError, r"weight_decay must be a number, got NoneType"),
+        ({"learning_rate": True}, TypeError, r"learning_rate must be a number .* got bool"),
+        ({"nesterov": "False"}, TypeError, r"nesterov must be True or False, got 'False'"),
+        ({"learning_rate": 0.0}, ValueError, r"learning_rate must be positive, got 0.0"),
+        ({"learning_rate": float("nan")}, ValueError, r"learning_rate must be positive, got nan"),
+        ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"weight_decay": float("inf")}, ValueError, r"weight_decay must be non-negative"),
+    ],
+)  # fmt: skip
+def test_sgd_refuses_bad_arguments_by_name(kwargs, error, message):
+    with pytest.raises(error, match=rf"SGD: {message}"):
+        optim.SGD(**kwargs)
+
+
+def test_sgd_accepts_numpy_numbers_and_schedules():
+    optimizer = optim.SGD(np.float32(0.5), momentum=np.float64(0.9), nesterov=np.bool_(True))
+    assert optimizer.current_learning_rate() == 0.5
+    assert optim.SGD(optim.step_decay(0.1, 0.5, 10)).current_learning_rate() == 0.1
