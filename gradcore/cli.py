@@ -1,8 +1,10 @@
-"""The ``gradcore`` command: ``gradcore train`` on a bundled data set, ``gradcore info``.
+"""The ``gradcore`` command: ``gradcore train``, ``gradcore predict``, ``gradcore info``.
 
 ``gradcore train`` with no flags is the lecture's network: one sigmoid hidden layer, a sigmoid
 output, binary cross-entropy and SGD with momentum, on the breast-cancer data that ships with
 scikit-learn (no download). ``--data digits`` trains a softmax classifier on handwritten digits.
+``--data FILE`` trains on a CSV or .npz and ``gradcore predict`` scores new rows with the saved
+model (both in ``model_cli``).
 """
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and the public API's
@@ -15,11 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 
 import gradcore as gc
+from gradcore import model_cli
 
 # Per data set: the defaults of the flags that differ, and how the test split is drawn.
 DATASETS = {
@@ -37,13 +41,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _data(value: str) -> str:
+    """``--data``: a bundled name or an existing file (a typo is a usage error, exit 2)."""
+    if value in DATASETS or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(sorted(DATASETS))}, or give a CSV or "
+        ".npz file)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradcore", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a small network on a bundled data set")
-    train.add_argument("--data", default="breast-cancer", choices=sorted(DATASETS))
+    train.add_argument(
+        "--data", default="breast-cancer", type=_data, help="breast-cancer, digits or a file"
+    )
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    train.add_argument("--hidden", type=int, default=16, help="hidden units (default: 16)")
+    train.add_argument(
+        "--hidden", type=model_cli.hidden_sizes, default=(16,), help="units per layer: 64,32"
+    )
+    train.add_argument(
+        "--activation", default="sigmoid", choices=("sigmoid", "logistic", "tanh", "relu")
+    )
     train.add_argument("--epochs", type=int, help="default: 50 (breast-cancer), 30 (digits)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, help="learning rate (default: 0.1)")
@@ -54,7 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="PATH", help="save the state after every epoch")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --data FILE only: the model trainer of model_cli
+    train.add_argument("--target", help="the target column (default: the last) or .npz array")
+    train.add_argument("--task", choices=("classification", "regression"))
+    train.add_argument("--test-split", type=float, help="held-out fraction (default: 0.2)")
+    train.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="(default)")
+    train.add_argument("--patience", type=int, help="early stopping on a validation split")
+    train.add_argument("--history", metavar="CSV", help="write the loss per epoch")
+    train.add_argument("--save", metavar="MODEL", help="write the trained model (.npz)")
     commands.add_parser("info", help="devices, backend versions and the BLAS in use")
+    predict = commands.add_parser("predict", help="score the rows of a file with a saved model")
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("file", metavar="FILE", help="a CSV with the training columns, or .npz")
+    predict.add_argument("--proba", action="store_true", help="class probabilities")
+    predict.add_argument("--output", metavar="CSV", help="default: standard output")
+    predict.add_argument("--device", help="default: the device the model was trained on")
     return parser
 
 
@@ -85,27 +120,33 @@ def _device(requested: str) -> str:
 
 
 def train(args: argparse.Namespace) -> None:
+    if args.data not in DATASETS:
+        return model_cli.train_file(args)
+    model_cli.refuse_flags(args, bundled=True)
+    from gradcore.estimators import ACTIVATIONS
+
+    activation = ACTIVATIONS[args.activation]
     defaults = DATASETS[args.data]
     device = _device(args.device)
     X_train, X_test, y_train, y_test = _load(args.data)
     classes = int(y_train.max()) + 1
     binary = classes == 2
     params = gc.nn.init_mlp(
-        [X_train.shape[1], args.hidden, 1 if binary else classes], seed=args.seed, device=device
+        [X_train.shape[1], *args.hidden, 1 if binary else classes], seed=args.seed, device=device
     )
 
     if binary:  # the lecture's network: sigmoid output, binary cross-entropy on probabilities
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.binary_cross_entropy(gc.sigmoid(gc.nn.mlp(params, xb)), yb)
+            return gc.nn.binary_cross_entropy(gc.sigmoid(gc.nn.mlp(params, xb, activation)), yb)
 
     else:
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, xb), yb)
+            return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, xb, activation), yb)
 
     def accuracy(params: Any, X: Any, y: Any) -> float:
-        return gc.nn.accuracy(gc.nn.mlp(params, X), y)
+        return gc.nn.accuracy(gc.nn.mlp(params, X, activation), y)
 
     print(
         f"{args.data}: {len(y_train)} training and {len(y_test)} test examples, "
@@ -173,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             info()
+        elif args.command == "predict":
+            model_cli.predict(args)
         else:
             train(args)
     except KeyboardInterrupt:

@@ -34,7 +34,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import gradcore as gc
 
-__all__ = ["MLPClassifier", "MLPRegressor", "ModelFileError", "load", "resolve_device"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLPClassifier",
+    "MLPRegressor",
+    "ModelFileError",
+    "load",
+    "resolve_device",
+]
 
 FORMAT = "gradcore-model"
 FORMAT_VERSION = 1  # raise when a reader of the old version could misread a new file
@@ -45,7 +52,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
-_ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
+ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "identity": _identity,
     "logistic": gc.sigmoid,
     "sigmoid": gc.sigmoid,  # the lecture's name for scikit-learn's "logistic"
@@ -133,9 +140,9 @@ class _MLP(BaseEstimator):
         """scikit-learn checks parameters in ``fit``, not in ``__init__`` or ``set_params``."""
         name = type(self).__name__
         self._hidden_sizes()
-        if self.activation not in _ACTIVATIONS:
+        if self.activation not in ACTIVATIONS:
             raise ValueError(
-                f"{name}: activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+                f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
         if self.solver != "sgd":
             raise ValueError(
@@ -335,7 +342,7 @@ class _MLP(BaseEstimator):
     # the fitted network
 
     def _act(self) -> Callable[[Any], Any]:
-        return _ACTIVATIONS[self.activation]
+        return ACTIVATIONS[self.activation]
 
     def _device_params(self, device: str, dtype: str = "float32") -> list[dict[str, Any]]:
         return [
