@@ -353,7 +353,7 @@ class _MLP(BaseEstimator):
     def _standardized(self, X: np.ndarray) -> np.ndarray:
         return X if self.mean_ is None else (X - self.mean_) / self.scale_
 
-    def _logits(self, X: Any) -> np.ndarray:
+    def _forward(self, X: Any) -> np.ndarray:
         """The last layer's outputs for ``X``, computed on the device, as a host array.
 
         In float64: float32 matrix products round differently for different numbers of rows,
@@ -427,8 +427,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
     Two classes: one sigmoid output and binary cross-entropy (the lecture's network); more:
     softmax outputs and cross-entropy. The parameters are scikit-learn's (its ``solver="sgd"``
     defaults), plus ``device`` ("cpu", "cuda", "auto"), ``learning_rate_schedule`` (a gradcore
-    schedule, which replaces ``learning_rate_init``) and ``standardize`` (centre and scale the
-    features with the training statistics, kept in the model and in its saved file).
+    schedule, which replaces ``learning_rate_init``; ``save`` leaves it out, and the estimator
+    pickles only if the schedule does) and ``standardize`` (centre and scale the features with
+    the training statistics, kept in the model and in its saved file).
     """
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
@@ -442,7 +443,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
-        logits = self._logits(X)
+        logits = self._forward(X)
         if self.n_outputs_ == 1:
             p = gc.sigmoid(logits)
             return np.hstack([1.0 - p, p])
@@ -450,7 +451,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        logits = self._logits(X)
+        logits = self._forward(X)
         if self.n_outputs_ == 1:
             return self.classes_[(logits[:, 0] > 0.0).astype(np.intp)]
         return self.classes_[np.argmax(logits, axis=1)]
@@ -509,7 +510,7 @@ class MLPRegressor(RegressorMixin, _MLP):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions: shape ``(n,)`` for one output, ``(n, outputs)`` for several."""
-        out = self._logits(X)
+        out = self._forward(X)
         return out[:, 0] if self.n_outputs_ == 1 else out
 
     def __sklearn_tags__(self) -> Any:
@@ -556,7 +557,7 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except FileNotFoundError:
+    except FileNotFoundError:  # the caller's mistake, not a damaged model: say it as Python does
         raise
     except (OSError, ValueError, EOFError, KeyError, AttributeError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{path}: not a readable gradcore model file ({error})") from error

@@ -88,7 +88,7 @@ def train_file(args: argparse.Namespace) -> None:
         max_iter=epochs,
         random_state=args.seed,
         early_stopping=args.patience is not None,
-        n_iter_no_change=args.patience or epochs,  # no patience: train all the epochs
+        n_iter_no_change=epochs if args.patience is None else args.patience,  # else: all epochs
         standardize=args.standardize is not False,
         device=resolve_device(args.device),
     )

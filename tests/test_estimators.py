@@ -129,8 +129,9 @@ def test_regressor_one_and_several_outputs_with_standardize():
     model.set_params(random_state=0).fit(X, y / 100)
     assert model.predict(X).shape == (200, 2) and model.score(X, y / 100) > 0.9
     np.testing.assert_allclose(model.mean_, X.mean(axis=0))
-    single = MLPRegressor((4,), max_iter=5, random_state=0).fit(X[:, :2] / 100, y[:, 0] / 100)
-    assert single.predict(X[:3, :2]).shape == (3,)
+    single = MLPRegressor((4,), max_iter=5, random_state=0, early_stopping=True)
+    single.fit(X[:, :2] / 100, y[:, 0] / 100)
+    assert single.predict(X[:3, :2]).shape == (3,) and len(single.validation_scores_) == 5
 
 
 # ---------------------------------------------------------------------------------------------
