@@ -54,7 +54,9 @@ def _data(value: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradcore", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", help="train a small network on a bundled data set")
+    train = commands.add_parser(
+        "train", help="train a small network on a bundled data set or a file"
+    )
     train.add_argument(
         "--data", default="breast-cancer", type=_data, help="breast-cancer, digits or a file"
     )
@@ -123,12 +125,12 @@ def train(args: argparse.Namespace) -> None:
     if args.data not in DATASETS:
         return model_cli.train_file(args)
     model_cli.refuse_flags(args, bundled=True)
-    from gradcore.estimators import ACTIVATIONS
-
-    activation = ACTIVATIONS[args.activation]
     defaults = DATASETS[args.data]
     device = _device(args.device)
     X_train, X_test, y_train, y_test = _load(args.data)
+    from gradcore.estimators import ACTIVATIONS  # after _load: it says how to get scikit-learn
+
+    activation = ACTIVATIONS[args.activation]
     classes = int(y_train.max()) + 1
     binary = classes == 2
     params = gc.nn.init_mlp(

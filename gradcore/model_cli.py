@@ -138,7 +138,7 @@ def predict(args: argparse.Namespace) -> None:
     from gradcore.estimators import load
 
     model = load(args.model, device=args.device)
-    metadata = getattr(model, "metadata_", {})
+    metadata = model.metadata_
     X = datafiles.read_features(args.file, metadata.get("features"), model.n_features_in_)
     target = metadata.get("target") or "prediction"
     if args.proba:

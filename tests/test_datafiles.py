@@ -38,6 +38,8 @@ def test_integer_and_string_targets_are_classes_and_floats_regression(tmp_path):
     assert strings.task == "classification" and strings.y.tolist() == ["cat", "dog"]
     floats = read_dataset(write(tmp_path, HEADER + "1,2,0.5\n3,4,1.5\n"))
     assert floats.task == "regression" and floats.y.dtype == np.float64
+    tabs = read_dataset(write(tmp_path, "a\tb\tlabel\n1\t2\t0.5\n3\t4\t1\n", "data.tsv"))
+    assert tabs.task == "regression" and tabs.X.shape == (2, 2)
 
 
 def test_task_and_target_override_what_the_file_implies(tmp_path):
