@@ -83,3 +83,13 @@ __all__ = [
     "subtract", "sum", "tanh", "to_device", "to_dot", "to_numpy", "train", "transpose",
     "true_divide", "unbroadcast", "value_and_grad", "vjp", "where", "zeros_like",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    """``gc.MLPClassifier``, ``gc.MLPRegressor``: imported on first use, so that ``import
+    gradcore`` does not import scikit-learn (PEP 562)."""
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from gradcore import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'gradcore' has no attribute {name!r}")

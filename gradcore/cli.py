@@ -1,8 +1,11 @@
-"""The ``gradcore`` command: ``gradcore train`` on a bundled data set, ``gradcore info``.
+"""The ``gradcore`` command: ``gradcore train``, ``gradcore predict``, ``gradcore info``.
 
-``gradcore train`` with no flags is the lecture's network: one sigmoid hidden layer, a sigmoid
-output, binary cross-entropy and SGD with momentum, on the breast-cancer data that ships with
+``gradcore train`` with no flags is the network of Geena Kim's lecture notes "Math behind Neural
+Network Training": one sigmoid hidden layer, a sigmoid output, binary cross-entropy and SGD with
+momentum, on the breast-cancer data that ships with
 scikit-learn (no download). ``--data digits`` trains a softmax classifier on handwritten digits.
+``--data FILE`` trains on a CSV or .npz and ``gradcore predict`` scores new rows with the saved
+model (both in ``model_cli``).
 """
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and the public API's
@@ -22,8 +25,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 import gradcore as gc
+from gradcore import model_cli
 
-# Per data set: the defaults of the flags that differ, and how the test split is drawn.
+# Per bundled data set: the defaults of the flags that differ between them.
 DATASETS = {
     "breast-cancer": {"epochs": 50, "lr": 0.1},
     "digits": {"epochs": 30, "lr": 0.1},
@@ -55,15 +59,34 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
     return parse
 
 
+def _data(value: str) -> str:
+    """``--data``: a bundled name or an existing file (a typo is a usage error, exit 2)."""
+    if value in DATASETS or Path(value).is_file():
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(sorted(DATASETS))}, or give a CSV or "
+        ".npz file)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradcore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"gradcore {gc.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", help="train a small network on a bundled data set")
-    train.add_argument("--data", default="breast-cancer", choices=sorted(DATASETS))
+    train = commands.add_parser(
+        "train", help="train a small network on a bundled data set or a file"
+    )
+    train.add_argument(
+        "--data", default="breast-cancer", type=_data, help="breast-cancer, digits or a file"
+    )
     train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     positive_int, count = _number(int, 0, strict=True), _number(int, 0, strict=False)
-    train.add_argument("--hidden", type=positive_int, default=16, help="hidden units (default: 16)")
+    train.add_argument(
+        "--hidden", type=model_cli.hidden_sizes, default=(16,), help="units per layer: 64,32"
+    )
+    train.add_argument(
+        "--activation", default="sigmoid", choices=("sigmoid", "logistic", "tanh", "relu")
+    )
     train.add_argument("--epochs", type=count, help="default: 50 (breast-cancer), 30 (digits)")
     train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument(
@@ -81,7 +104,21 @@ def _parser() -> argparse.ArgumentParser:
         help="resume although the learning rate, momentum, batch size or seed changed",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --data FILE only: the model trainer of model_cli
+    train.add_argument("--target", help="the target column (default: the last) or .npz array")
+    train.add_argument("--task", choices=("classification", "regression"))
+    train.add_argument("--test-split", type=float, help="held-out fraction (default: 0.2)")
+    train.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="(default)")
+    train.add_argument("--patience", type=int, help="early stopping on a validation split")
+    train.add_argument("--history", metavar="CSV", help="write the loss per epoch")
+    train.add_argument("--save", metavar="MODEL", help="write the trained model (.npz)")
     commands.add_parser("info", help="devices, backend versions and the BLAS in use")
+    predict = commands.add_parser("predict", help="score the rows of a file with a saved model")
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("file", metavar="FILE", help="a CSV with the training columns, or .npz")
+    predict.add_argument("--proba", action="store_true", help="class probabilities")
+    predict.add_argument("--output", metavar="CSV", help="default: standard output")
+    predict.add_argument("--device", help="default: the device the model was trained on")
     return parser
 
 
@@ -132,30 +169,36 @@ def _check_paths(args: argparse.Namespace) -> bool:
 
 
 def train(args: argparse.Namespace) -> None:
+    if args.data not in DATASETS:
+        return model_cli.train_file(args)
+    model_cli.refuse_flags(args, bundled=True)
     defaults = DATASETS[args.data]
     device = _device(args.device)
     resume = _check_paths(args)
     X_train, X_test, y_train, y_test = _load(args.data)
+    from gradcore.estimators import ACTIVATIONS  # after _load: it says how to get scikit-learn
+
+    activation = ACTIVATIONS[args.activation]
     classes = int(y_train.max()) + 1
     binary = classes == 2
     params = gc.nn.init_mlp(
-        [X_train.shape[1], args.hidden, 1 if binary else classes], seed=args.seed, device=device
+        [X_train.shape[1], *args.hidden, 1 if binary else classes], seed=args.seed, device=device
     )
 
-    if binary:  # the lecture's network: sigmoid output and binary cross-entropy, computed
+    if binary:  # the lecture notes' network: sigmoid output and binary cross-entropy, computed
         # from the logit so that a diverging run shows a diverging loss (clipped
         # probabilities would cap it near 16 and hide it from the divergence guard)
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, xb), yb)
+            return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, xb, activation), yb)
 
     else:
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, xb), yb)
+            return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, xb, activation), yb)
 
     def accuracy(params: Any, X: Any, y: Any) -> float:
-        return gc.nn.accuracy(gc.nn.mlp(params, X), y)
+        return gc.nn.accuracy(gc.nn.mlp(params, X, activation), y)
 
     print(
         f"{args.data}: {len(y_train)} training and {len(y_test)} test examples, "
@@ -234,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             info()
+        elif args.command == "predict":
+            model_cli.predict(args)
         else:
             train(args)
         sys.stdout.flush()  # here, so that a closed pipe is seen below, not at exit

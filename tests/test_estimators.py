@@ -1,0 +1,351 @@
+"""MLPClassifier and MLPRegressor: scikit-learn's own checks, its meanings, saving, predicting."""
+
+# ruff: noqa: N806 - X is a data matrix
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import gradcore as gc
+from gradcore import datafiles
+from gradcore.estimators import MLPClassifier, MLPRegressor, ModelFileError, load
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def blobs(classes: int, n: int = 120):
+    X, y = make_blobs(n, centers=classes, n_features=4, random_state=0)
+    return X, y
+
+
+def test_reachable_from_gradcore_without_importing_scikit_learn_first():
+    code = (
+        "import sys, gradcore as gc\n"
+        "assert 'sklearn' not in sys.modules, 'import gradcore imported scikit-learn'\n"
+        "from gradcore.estimators import MLPClassifier, MLPRegressor\n"
+        "assert gc.MLPClassifier is MLPClassifier and gc.MLPRegressor is MLPRegressor\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_binary_is_one_sigmoid_output_and_multiclass_softmax():
+    X, y = blobs(2)
+    binary = MLPClassifier((8,), max_iter=20, random_state=0).fit(X, y)
+    assert binary.coefs_[-1].shape == (8, 1) and binary.out_activation_ == "logistic"
+    X3, y3 = blobs(3)
+    multi = MLPClassifier((8,), max_iter=20, random_state=0).fit(X3, y3)
+    assert multi.coefs_[-1].shape == (8, 3) and multi.out_activation_ == "softmax"
+    for model, data in ((binary, X), (multi, X3)):
+        proba = model.predict_proba(data)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        np.testing.assert_array_equal(model.predict(data), model.classes_[proba.argmax(axis=1)])
+        assert all(isinstance(c, np.ndarray) for c in model.coefs_ + model.intercepts_)
+
+
+def test_alpha_is_scikit_learns_l2_term_in_the_loss():
+    """loss += alpha / 2 * sum(W**2) / batch_rows, over the weights only, in loss_curve_."""
+    X, y = blobs(3)
+    kwargs = dict(hidden_layer_sizes=(6,), max_iter=1, batch_size=len(X), shuffle=False)
+    kwargs.update(learning_rate_init=1e-12, random_state=0)  # the weights barely move
+    plain = MLPClassifier(alpha=0.0, **kwargs).fit(X, y)
+    decayed = MLPClassifier(alpha=0.5, **kwargs).fit(X, y)
+    squares = sum(float(np.sum(W.astype(np.float64) ** 2)) for W in decayed.coefs_)
+    penalty = decayed.loss_curve_[0] - plain.loss_curve_[0]
+    np.testing.assert_allclose(penalty, 0.5 * 0.5 * squares / len(X), rtol=1e-4)
+
+
+def test_sigmoid_is_an_alias_of_logistic():
+    X, y = blobs(2)
+    a = MLPClassifier((5,), activation="sigmoid", max_iter=5, random_state=1).fit(X, y)
+    b = MLPClassifier((5,), activation="logistic", max_iter=5, random_state=1).fit(X, y)
+    np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+
+
+def test_partial_fit_continues_weights_and_momentum_as_fit_does():
+    X, y = blobs(3)
+    whole = MLPClassifier((7,), max_iter=3, n_iter_no_change=99, random_state=0).fit(X, y)
+    parts = MLPClassifier((7,), random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        parts.partial_fit(X, y)
+    for _ in range(3):
+        parts.partial_fit(X, y, classes=[0, 1, 2])
+    assert parts.n_iter_ == 3 and len(parts.loss_curve_) == 3
+    for a, b in zip(whole.coefs_ + whole.intercepts_, parts.coefs_ + parts.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, y.astype(float))
+
+
+def test_stopping_rules_are_scikit_learns():
+    X, y = blobs(2, n=300)
+    stopped = MLPClassifier((8,), learning_rate_init=0.1, random_state=0).fit(X, y)
+    assert stopped.n_iter_ < stopped.max_iter  # the training loss stopped improving by tol
+    assert np.isfinite(stopped.best_loss_) and stopped.validation_scores_ is None
+    early = MLPClassifier(
+        (8,), learning_rate_init=0.1, early_stopping=True, n_iter_no_change=3, random_state=0
+    ).fit(X, y)
+    assert early.n_iter_ == len(early.validation_scores_) < early.max_iter
+    assert early.best_validation_score_ == max(early.validation_scores_)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        MLPClassifier((4,), max_iter=2, random_state=0).fit(X, y)
+
+
+def test_learning_rate_schedule_and_bad_parameters():
+    X, y = blobs(2)
+    schedule = gc.optim.linear_decay(0.1, 0.01, 20)
+    model = MLPClassifier((4,), learning_rate_schedule=schedule, max_iter=10, random_state=0)
+    assert model.fit(X, y).score(X, y) > 0.9
+    for params, message in [
+        ({"activation": "softsign"}, "activation must be one of"),
+        ({"solver": "adam"}, "solver='sgd'"),
+        ({"hidden_layer_sizes": (4, 0)}, "hidden_layer_sizes must be positive"),
+        ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            MLPClassifier(**params).fit(X, y)
+
+
+def test_regressor_one_and_several_outputs_with_standardize():
+    X, y = make_regression(200, 5, n_targets=2, noise=0.1, random_state=0)
+    X = X * 100 + 50  # far from standardised: standardize=True must take care of it
+    model = MLPRegressor((16,), learning_rate_init=0.01, max_iter=300, standardize=True)
+    model.set_params(random_state=0).fit(X, y / 100)
+    assert model.predict(X).shape == (200, 2) and model.score(X, y / 100) > 0.9
+    np.testing.assert_allclose(model.mean_, X.mean(axis=0))
+    single = MLPRegressor((4,), max_iter=5, random_state=0, early_stopping=True)
+    single.fit(X[:, :2] / 100, y[:, 0] / 100)
+    assert single.predict(X[:3, :2]).shape == (3,) and len(single.validation_scores_) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# saving and loading
+
+
+@pytest.mark.parametrize("labels", ["int", "str", "object"])
+def test_save_load_roundtrip_gives_the_same_predictions(tmp_path, labels):
+    X, y = blobs(3)
+    y = {"int": y, "str": np.array(["a", "b", "c"])[y]}.get(labels)
+    y = np.array(["a", "b", "c"], dtype=object)[blobs(3)[1]] if labels == "object" else y
+    model = MLPClassifier((6,), max_iter=10, random_state=0, standardize=True).fit(X, y)
+    path = model.save(tmp_path / "model.npz", metadata={"note": "kept"})
+    loaded = load(path)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert loaded.classes_.dtype == model.classes_.dtype
+    assert loaded.get_params() == model.get_params()
+    assert loaded.metadata_ == {"note": "kept"} and loaded.loss_curve_ == model.loss_curve_
+    loaded.partial_fit(X, y)  # a loaded model goes on training
+    assert loaded.n_iter_ == model.n_iter_ + 1
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+    assert meta["format_version"] == 1 and meta["gradcore_version"] == gc.__version__
+    assert meta["architecture"] == {"layer_sizes": [4, 6, 3], "activation": "relu",
+                                    "output": "softmax"}  # fmt: skip
+
+
+def test_regressor_saves_and_estimators_still_pickle(tmp_path):
+    X, y = make_regression(50, 3, n_targets=2, random_state=0)
+    model = MLPRegressor((5,), max_iter=5, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(load(model.save(tmp_path / "r.npz")).predict(X), model.predict(X))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(X), model.predict(X))
+    assert load(tmp_path / "r.npz", device="cpu").device == "cpu"
+
+
+def write_model(tmp_path, meta_change=None, drop=None):
+    X, y = blobs(2)
+    path = MLPClassifier((3,), max_iter=2, random_state=0).fit(X, y).save(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta.update(meta_change or {})
+    arrays["meta"] = np.array(json.dumps(meta))
+    arrays.pop(drop, None)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_newer_format_is_refused_naming_the_path(tmp_path):
+    path = write_model(tmp_path, {"format_version": 2})
+    with pytest.raises(ModelFileError, match=f"{path}: model format version 2 is newer"):
+        load(path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("garbage", "not a readable gradcore model file"),
+        ("truncated", "not a readable gradcore model file"),
+        ("no meta", "not a readable gradcore model file"),
+        ("not ours", "not a gradcore model file"),
+        ("missing layer", "damaged gradcore model file"),
+        ("wrong shape", "damaged gradcore model file"),
+    ],
+)
+def test_a_damaged_file_is_refused_naming_the_path(tmp_path, damage, message):
+    path = write_model(tmp_path)
+    if damage == "garbage":
+        path.write_bytes(b"this is not a model")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif damage == "no meta":
+        write_model(tmp_path, drop="meta")
+    elif damage == "not ours":
+        write_model(tmp_path, {"format": "something-else"})
+    elif damage == "missing layer":
+        write_model(tmp_path, drop="coef/1")
+    else:
+        write_model(tmp_path, {"architecture": {"layer_sizes": [4, 5, 1], "activation": "relu",
+                                                "output": "logistic"}})  # fmt: skip
+    with pytest.raises(ModelFileError, match=message) as error:
+        load(path)
+    assert str(error.value).startswith(str(path))
+    assert isinstance(error.value, ValueError)
+
+
+def test_a_missing_model_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        load(tmp_path / "nothing.npz")
+    assert zipfile  # the model file is a zip archive (an .npz)
+
+
+# ---------------------------------------------------------------------------------------------
+# training on a CSV and scoring it in a fresh process
+
+
+def gradcore_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gradcore", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def species_csv(tmp_path_factory):
+    """2,000 rows, 10 features (columns f0..f9), 3 string classes in the last column."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(2000, 10))
+    y = np.array(["setosa", "versicolor", "virginica"])[(Z @ rng.normal(size=(10, 3))).argmax(1)]
+    X = Z * [1, 2, 3, 1, 1, 5, 1, 1, 1, 10] + 3  # scales and offsets: standardize has work
+    path = tmp_path_factory.mktemp("data") / "species.csv"
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([f"f{i}" for i in range(10)] + ["species"])
+        writer.writerows([*(f"{v:.6f}" for v in row), label] for row, label in zip(X, y))
+    return path
+
+
+def read_csv(text: str) -> list[list[str]]:
+    return list(csv.reader(text.splitlines()))
+
+
+def test_csv_train_save_and_predict_in_a_fresh_process(tmp_path, species_csv):
+    data = datafiles.read_dataset(species_csv)
+    assert data.task == "classification" and data.features == [f"f{i}" for i in range(10)]
+    model = MLPClassifier((16,), activation="logistic", learning_rate_init=0.1, max_iter=15)
+    model.set_params(batch_size=32, random_state=0, standardize=True).fit(data.X, data.y)
+    assert model.score(data.X, data.y) > 0.9
+    path = model.save(tmp_path / "species.npz", metadata={"features": data.features})
+
+    result = gradcore_cli("predict", str(path), str(species_csv))
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(result.stdout)
+    assert rows[0] == ["prediction"] and len(rows) == 2001
+    np.testing.assert_array_equal([r[0] for r in rows[1:]], model.predict(data.X))
+
+    out = tmp_path / "proba.csv"
+    result = gradcore_cli("predict", str(path), str(species_csv), "--proba", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2000 predictions written" in result.stdout
+    rows = read_csv(out.read_text())
+    assert rows[0] == ["setosa", "versicolor", "virginica"]
+    proba = np.array(rows[1:], dtype=np.float64)
+    np.testing.assert_array_equal(proba, model.predict_proba(data.X))  # round-trip floats
+
+
+def test_cli_trains_on_a_csv_and_predicts_reordered_columns(tmp_path, species_csv):
+    result = gradcore_cli(
+        "train", "--data", str(species_csv), "--hidden", "16,8", "--epochs", "8", "--patience",
+        "3", "--history", "history.csv", "--save", "model.npz", "--no-progress", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "1600 training and 400 test examples, 10 features, 3 classes" in result.stdout
+    accuracy = float(result.stdout.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.85
+    history = read_csv((tmp_path / "history.csv").read_text())
+    assert history[0] == ["epoch", "loss", "validation_score"] and len(history) >= 2
+
+    model = load(tmp_path / "model.npz")
+    assert model.hidden_layer_sizes == (16, 8) and model.mean_ is not None
+    assert model.metadata_["target"] == "species"
+    data = datafiles.read_dataset(species_csv)
+    # the same rows with the columns reversed and the target dropped: picked by name
+    reordered = tmp_path / "new.csv"
+    with open(reordered, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(data.features[::-1])
+        writer.writerows(row[::-1].tolist() for row in data.X[:50])
+    result = gradcore_cli("predict", "model.npz", "new.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(result.stdout)
+    assert rows[0] == ["species"]
+    np.testing.assert_array_equal([r[0] for r in rows[1:]], model.predict(data.X[:50]))
+
+
+def test_cli_regression_on_an_npz(tmp_path):
+    X, y = make_regression(300, 4, noise=1.0, random_state=0)
+    np.savez(tmp_path / "r.npz", X=X, y=y)
+    result = gradcore_cli(
+        "train", "--data", "r.npz", "--hidden", "8", "--epochs", "30", "--lr", "0.01",
+        "--activation", "tanh", "--save", "m.npz", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "regression on 'y'" in result.stdout and "test R^2" in result.stdout
+    result = gradcore_cli("predict", "m.npz", "r.npz", "--proba", cwd=tmp_path)
+    assert result.returncode == 1 and "is a regression model" in result.stderr
+    result = gradcore_cli("predict", "m.npz", "r.npz", cwd=tmp_path)
+    predicted = np.array(read_csv(result.stdout)[1:], dtype=np.float64)[:, 0]
+    np.testing.assert_array_equal(predicted, load(tmp_path / "m.npz").predict(X))
+
+
+def test_cli_flags_of_the_other_trainer_are_refused(tmp_path, species_csv):
+    result = gradcore_cli("train", "--save", "m.npz", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "--save works with a data file (--data FILE)" in result.stderr
+    result = gradcore_cli("train", "--data", str(species_csv), "--checkpoint", "c.npz")
+    assert result.returncode == 1 and "--checkpoint works with the bundled" in result.stderr
+    result = gradcore_cli("train", "--hidden", "16,x")
+    assert result.returncode == 2 and "expected positive layer sizes" in result.stderr
+
+
+@pytest.mark.cuda
+def test_cuda_training_matches_the_cpu(tmp_path):
+    X, y = blobs(3)
+    kwargs = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0, shuffle=False)
+    cpu = MLPClassifier(**kwargs).fit(X, y)
+    cuda = MLPClassifier(device="cuda", **kwargs).fit(X, y)
+    for a, b in zip(cpu.coefs_, cuda.coefs_):
+        assert isinstance(b, np.ndarray)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(
+        load(cuda.save(tmp_path / "m.npz"), "cpu").predict(X), cuda.predict(X)
+    )
