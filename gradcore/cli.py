@@ -10,6 +10,8 @@ scikit-learn (no download). ``--data digits`` trains a softmax classifier on han
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import platform
 import sys
 import time
@@ -20,6 +22,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import gradcore as gc
+from gradcore import distributed as gd
 
 # Per data set: the defaults of the flags that differ, and how the test split is drawn.
 DATASETS = {
@@ -54,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="PATH", help="save the state after every epoch")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data parallel: mpiexec -n K python -m mpi4py -m gradcore train --distributed",
+    )
     commands.add_parser("info", help="devices, backend versions and the BLAS in use")
     return parser
 
@@ -87,6 +95,8 @@ def _device(requested: str) -> str:
 def train(args: argparse.Namespace) -> None:
     defaults = DATASETS[args.data]
     device = _device(args.device)
+    if args.distributed:  # this rank's GPU, before the params are made
+        device = gd.init(device)
     X_train, X_test, y_train, y_test = _load(args.data)
     classes = int(y_train.max()) + 1
     binary = classes == 2
@@ -130,6 +140,7 @@ def train(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        distributed=args.distributed,
     )
     seconds = time.perf_counter() - started
     X_test = gc.array(X_test, dtype="float32", device=device)
@@ -137,7 +148,7 @@ def train(args: argparse.Namespace) -> None:
     final_loss = f"{history.loss[-1]:.4f}" if history.loss else "n/a"
     print(f"trained {history.epochs} epochs in {seconds:.2f} s; final training loss {final_loss}")
     print(f"test accuracy: {test_accuracy:.4f}")
-    if args.plot:
+    if args.plot and (not args.distributed or gd.is_root()):
         print(f"curves written to {history.plot(args.plot)}")
 
 
@@ -173,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             info()
+        elif args.distributed and not gd.is_root():  # rank 0 speaks for all ranks
+            with contextlib.redirect_stdout(io.StringIO()):
+                train(args)
         else:
             train(args)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ progress bar moves and a non-finite loss is noticed.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 import gradcore as gc
+from gradcore import distributed as gd
 from gradcore import nn
 from gradcore.backend import backend_for_device, backend_of
 from gradcore.optim import SGD
@@ -246,6 +248,7 @@ def fit(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    distributed: bool = False,
 ) -> History:
     """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
 
@@ -260,6 +263,11 @@ def fit(
     ``resume=True`` continues from it (or starts afresh if there is none) and ends with
     exactly the parameters of an uninterrupted run. A non-finite loss stops training with a
     ``FloatingPointError`` and leaves the params as they were before that step.
+
+    ``distributed=True`` trains data parallel, one process per rank under ``mpiexec -n K
+    python -m mpi4py``: ``batch_size`` is per rank, each epoch's remainder of ``n mod (K
+    batch_size)`` rows is dropped, and only rank 0 shows progress and writes the checkpoint
+    (see ``gradcore.distributed``).
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
@@ -267,6 +275,10 @@ def fit(
         raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs a checkpoint path")
+    if distributed:  # gradcore.distributed: this rank's device; rank 0 speaks for all
+        device = gd.init(device)
+        progress = progress and gd.is_root()
+    root = not distributed or gd.is_root()
     backend = backend_for_device(device)
     xp = backend.xp
     optimizer = SGD() if optimizer is None else optimizer
@@ -298,7 +310,8 @@ def fit(
     if validation_data is not None:
         _evaluate(loss_fn, params, X_val, y_val)
 
-    batches = [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    rows = gd.local_rows(n, batch_size) if distributed else n  # this rank's rows per epoch
+    batches = [slice(lo, min(lo + batch_size, rows)) for lo in range(0, rows, batch_size)]
     steps = len(batches)
     sizes = np.array([b.stop - b.start for b in batches], np.float64)
     history = History(params=params)
@@ -308,6 +321,10 @@ def fit(
         start_epoch, start_step, done_losses = _restore(
             checkpoint, params, optimizer, rng, history, n, batch_size
         )
+    evaluate, metric_items = functools.partial(_evaluate, loss_fn), _metric_items(metrics)
+    if distributed:  # same place, params and optimizer state as rank 0; evaluation sharded
+        gd.start(params, optimizer, rng, rows=n, epoch=start_epoch, step=start_step)
+        evaluate, metric_items = gd.sharded(evaluate), [(k, gd.sharded(m)) for k, m in metric_items]
 
     value_and_grad = gc.value_and_grad(loss_fn)
     losses = xp.zeros((steps,), dtype=dtype, device=backend.array_device(X))
@@ -317,6 +334,8 @@ def fit(
         for step in range(first, stop):
             rows = batches[step]
             loss, grads = value_and_grad(params, Xe[rows, ...], ye[rows, ...])
+            if distributed:
+                gd.allreduce_mean(grads)
             optimizer.step(params, grads)
             losses[step] = loss
             if interrupt is not None and interrupt.requested:
@@ -348,8 +367,9 @@ def fit(
             started = time.perf_counter()
             bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            if shuffle:
-                order = backend.asarray(rng.permutation(n))
+            if shuffle or distributed:
+                order = rng.permutation(n) if shuffle else np.arange(n)
+                order = backend.asarray(gd.shard(order, batch_size) if distributed else order)
                 Xe, ye = xp.take(X, order, axis=0), xp.take(y, order, axis=0)
             else:
                 Xe, ye = X, y
@@ -362,6 +382,8 @@ def fit(
                 reached = run(Xe, ye, position, stop, interrupt)
                 read = backend.to_numpy(losses[position:reached]).tolist()
                 bad = next((i for i, v in enumerate(read) if not math.isfinite(v)), None)
+                if distributed:  # every rank rolls back to the same step
+                    bad = gd.earliest(bad)
                 if bad is not None:
                     # Back to the last read, then replay the finite steps: no step waited.
                     for p, before in zip(tree_leaves(params), params_before):
@@ -380,25 +402,26 @@ def fit(
                 shown["loss"] = f"{np.dot(step_losses, done) / done.sum():.4f}"  # epoch so far
                 bar.set_postfix(shown, refresh=False)
                 if interrupt.requested:
-                    if checkpoint is not None:
+                    if checkpoint is not None and root:
                         save_checkpoint(
                             checkpoint, params, state(epoch, position, epoch_rng, step_losses)
                         )
                     raise KeyboardInterrupt
 
-            history.loss.append(float(np.dot(step_losses, sizes)) / n)
+            epoch_loss = float(np.dot(step_losses, sizes)) / float(sizes.sum())
+            history.loss.append(gd.mean(epoch_loss) if distributed else epoch_loss)
             shown["loss"] = f"{history.loss[-1]:.4f}"
             if validation_data is not None:
-                history.val_loss.append(_evaluate(loss_fn, params, X_val, y_val))
+                history.val_loss.append(evaluate(params, X_val, y_val))
                 shown["val_loss"] = f"{history.val_loss[-1]:.4f}"
-            for name, metric in _metric_items(metrics):
+            for name, metric in metric_items:
                 history.metrics.setdefault(name, []).append(float(metric(params, X, y)))
                 if validation_data is not None:
                     value = float(metric(params, X_val, y_val))
                     history.metrics.setdefault(f"val_{name}", []).append(value)
             history.time.append(time.perf_counter() - started)
             bar.set_postfix(shown, refresh=False)
-            if checkpoint is not None:
+            if checkpoint is not None and root:
                 next_rng = copy.deepcopy(rng.bit_generator.state)
                 save_checkpoint(checkpoint, params, state(epoch + 1, 0, next_rng, []))
             if interrupt.requested:
