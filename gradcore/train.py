@@ -426,6 +426,8 @@ def fit(
                 save_checkpoint(checkpoint, params, state(epoch + 1, 0, next_rng, []))
             if interrupt.requested:
                 raise KeyboardInterrupt
+    if distributed and checkpoint is not None:  # rank 0's checkpoint is written when fit returns
+        gd.barrier()
     return history
 
 
