@@ -1,6 +1,6 @@
 """gradcore.distributed and fit(distributed=True) on the CPU, over MPI."""
 
-# ruff: noqa: N806 - X is a data matrix
+# ruff: noqa: N803, N806 - X is a data matrix
 
 from __future__ import annotations
 
