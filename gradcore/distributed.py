@@ -87,8 +87,8 @@ def _join() -> _World:
 def init(device: str = "cpu") -> str:
     """Join the MPI job (once; later calls return at once) and return this rank's device.
 
-    ``"cpu"`` comes back as is. ``"cuda"`` binds this rank to local GPU ``local_rank % GPUs``
-    (local: among the ranks on its node) and comes back as ``"cuda:N"``; an explicit
+    ``"cpu"`` comes back as is. ``"cuda"`` binds this rank to GPU ``local_rank`` (its rank
+    among the ranks on its node, one GPU each) and comes back as ``"cuda:N"``; an explicit
     ``"cuda:N"`` is kept. A CUDA device also sets up NCCL, one GPU per rank, its id passed
     around by MPI. Create the params on the device this returns.
     """
@@ -98,8 +98,14 @@ def init(device: str = "cpu") -> str:
     cupy = importlib.import_module("cupy")
     if device == "cuda":
         node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)
-        gpu = node.Get_rank() % cupy.cuda.runtime.getDeviceCount()
+        local, ranks, gpus = node.Get_rank(), node.Get_size(), cupy.cuda.runtime.getDeviceCount()
         node.Free()
+        if ranks > gpus:
+            raise ValueError(
+                f"gradcore.distributed: {ranks} ranks on this node share {gpus} GPUs; NCCL needs "
+                f"one GPU per rank: mpiexec -n {gpus} per node, or device='cpu'"
+            )
+        gpu = local
     else:
         gpu = int(device.partition(":")[2])
     if world.nccl is None:

@@ -1,4 +1,5 @@
-"""gradcore.distributed and fit(distributed=True) on the CPU, over MPI."""
+"""gradcore.distributed and fit(distributed=True): on the CPU over MPI, on GPUs over NCCL (the
+``cuda`` tests; with one GPU a one-rank NCCL communicator still runs every collective)."""
 
 # ruff: noqa: N803, N806 - X is a data matrix
 
@@ -35,6 +36,7 @@ def _accuracy(params: Any, X: Any, y: Any) -> float:
 
 
 def _train(dtype: str, batch_size: int, distributed: bool, **options: Any) -> tuple:
+    """Four epochs of a small softmax classifier; the params as host arrays and the history."""
     X, y = _data(dtype)
     seed = 1 + gd.rank() if distributed else 1  # fit broadcasts rank 0's params
     params = gc.nn.init_mlp([FEATURES, 8, CLASSES], seed=seed, dtype=dtype)
@@ -51,7 +53,7 @@ def _train(dtype: str, batch_size: int, distributed: bool, **options: Any) -> tu
         distributed=distributed,
         **{"epochs": 4, **options},
     )
-    return [a for layer in params for a in layer.values()], history
+    return gc.to_numpy([a for layer in params for a in layer.values()]), history
 
 
 def test_allreduce_mean_averages_every_dtype_in_place() -> None:
@@ -156,3 +158,41 @@ def test_a_failing_rank_ends_the_job(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "rank 1 fails on purpose" in done.stderr
+
+
+def _gpu(device: str = "cuda") -> str:
+    """This rank's GPU, or a skip that says why there is none to use."""
+    try:
+        device = gd.init(device)
+        gc.backend.backend_for_device(device)
+    except (ImportError, ValueError, gc.DeviceError) as error:
+        pytest.skip(f"no GPU for this rank: {error}")
+    return device
+
+
+@pytest.mark.cuda
+def test_nccl_allreduce_mean_and_broadcast() -> None:
+    cupy = pytest.importorskip("cupy")
+    _gpu()
+    r, k = gd.rank(), gd.size()
+    kept = cupy.full((3, 4), r + 1.0, cupy.float32)
+    tree = {"a": kept, "b": [cupy.arange(5.0) * (r + 1)]}
+    gd.allreduce_mean(tree)
+    params = {"W": cupy.full((2, 3), float(r)), "b": cupy.full((3,), r, cupy.float32)}
+    gd.broadcast(params)
+    mean = (k + 1) / 2
+    assert tree["a"] is kept
+    np.testing.assert_array_equal(kept.get(), np.full((3, 4), mean, np.float32))
+    np.testing.assert_array_equal(tree["b"][0].get(), np.arange(5.0) * mean)
+    assert not params["W"].any() and not params["b"].any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float64", 1e-12), ("float32", 2e-6)])
+def test_k_gpus_follow_one_process_with_k_times_the_batch(dtype: str, tolerance: float) -> None:
+    device = _gpu()
+    parallel, history = _train(dtype, BATCH, distributed=True, device=device)
+    single, expected = _train(dtype, BATCH * gd.size(), distributed=False, device=device)
+    for got, want in zip(parallel, single):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(history.loss, expected.loss, rtol=tolerance * 10)
