@@ -4,8 +4,9 @@ For two MLPs, the 784-256-256-10 one (1.08 MB of float32 gradients) and a wide 7
 one (50.7 MB), it times a training step (forward, backward, ``allreduce_mean`` of the gradients
 on 2 ranks, SGD update) at 32 rows per rank: steps per second, rows per second, and the share
 of the step spent in the allreduce (which includes waiting for the slower rank). Each rank count
-runs as its own ``mpiexec -n K python -m mpi4py -m bench.scaling --worker`` job, with the BLAS
-threads set to cores / K so that every job uses the whole machine.
+runs as its own ``mpiexec -n K python -m mpi4py -m bench.scaling --worker`` job with one BLAS
+thread per rank: K ranks on K cores, the data-parallel layout, and a baseline that other
+processes on a shared machine disturb less than a multithreaded one.
 
 Then it times one in-place ``Allreduce`` of 4 KB to 64 MB against the ring bound
 ``2 (K - 1) / K x bytes / bandwidth``: the bytes each rank must send and receive, over a link
@@ -144,8 +145,9 @@ def worker(device: str, quick: bool) -> None:
 
 
 def _launch(ranks: int, device: str, quick: bool) -> dict[str, Any]:
-    threads = str(max(1, (os.cpu_count() or 1) // ranks))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    """Run one job of ``ranks`` ranks, one BLAS thread each (one rank per core), and read its
+    JSON line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bench.scaling"]
     command += ["--worker", "--device", device] + ["--quick"] * quick
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -195,7 +197,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         return suite
     ranks, job = 2, jobs[2]
     bandwidth = job["memcpy_bytes_per_s"]
-    for nbytes, timing in job["allreduce"].items():
+    for nbytes, timing in sorted(job["allreduce"].items(), key=lambda item: int(item[0])):
         bound = 2 * (ranks - 1) / ranks * int(nbytes) / bandwidth
         suite["rows"].append(
             {
@@ -208,7 +210,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
             }
         )
     suite["notes"] = [
-        f"one `mpiexec -n K python -m mpi4py` job per K, BLAS threads = cores / K; step = "
+        f"one `mpiexec -n K python -m mpi4py` job per K, one BLAS thread per rank; step = "
         f"{BATCH} rows per rank, forward + backward + allreduce_mean of the gradients (K > 1) "
         "+ SGD update, float32",
         "ratio: time per step to 1 rank's (each rank's step also covers K times the rows); "
