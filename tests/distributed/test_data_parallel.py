@@ -135,6 +135,18 @@ def test_ranks_that_disagree_fail_together() -> None:
         gc.train.fit(_loss, params, X[:rows], y[:rows], batch_size=4, distributed=True)
 
 
+def test_importing_is_free_and_a_missing_mpi4py_says_what_to_install() -> None:
+    code = (
+        "import sys; import gradcore.distributed as gd; "
+        "assert not {'mpi4py', 'cupy'} & set(sys.modules), 'imported on import'; "
+        "sys.modules['mpi4py'] = None; gd.init()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "ImportError: gradcore.distributed needs mpi4py" in done.stderr
+    assert "pip install 'gradcore[mpi]'" in done.stderr
+
+
 def test_a_failing_rank_ends_the_job(tmp_path: Path) -> None:
     if gd.size() > 1:
         pytest.skip("launches mpiexec itself: runs in the one-rank python -m pytest run")
