@@ -310,8 +310,10 @@ def fit(
     if validation_data is not None:
         _evaluate(loss_fn, params, X_val, y_val)
 
-    rows = gd.local_rows(n, batch_size) if distributed else n  # this rank's rows per epoch
-    batches = [slice(lo, min(lo + batch_size, rows)) for lo in range(0, rows, batch_size)]
+    epoch_rows = gd.local_rows(n, batch_size) if distributed else n  # this rank's, per epoch
+    batches = [
+        slice(lo, min(lo + batch_size, epoch_rows)) for lo in range(0, epoch_rows, batch_size)
+    ]
     steps = len(batches)
     sizes = np.array([b.stop - b.start for b in batches], np.float64)
     history = History(params=params)

@@ -1,5 +1,11 @@
 """gradcore.distributed and fit(distributed=True): on the CPU over MPI, on GPUs over NCCL (the
-``cuda`` tests; with one GPU a one-rank NCCL communicator still runs every collective)."""
+``cuda`` tests; with one GPU a one-rank NCCL communicator still runs every collective).
+
+These tests run twice: as one rank in the plain ``python -m pytest`` run, and as two under
+``mpiexec -n 2 python -m mpi4py -m pytest tests/distributed`` (.ci/run). Every rank runs every
+test, so each test makes the same collective calls on every rank, and asserts only after its
+last one: a failure then cannot leave another rank waiting.
+"""
 
 # ruff: noqa: N803, N806 - X is a data matrix
 
@@ -17,6 +23,30 @@ import pytest
 
 import gradcore as gc
 import gradcore.distributed as gd
+
+
+@pytest.fixture(autouse=True)
+def _mpi() -> None:
+    """Skip, with init()'s install hint as the reason, where mpi4py or MPI is missing."""
+    try:
+        gd.init()
+    except ImportError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture
+def comm() -> Any:
+    """MPI.COMM_WORLD, for the tests' own gathers (pickling is fine for a few results)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+@pytest.fixture
+def shared_path(tmp_path: Path, comm: Any) -> Path:
+    """Rank 0's tmp_path on every rank: the checkpoint folder all ranks read."""
+    return Path(comm.bcast(str(tmp_path), root=0))
+
 
 ROWS, FEATURES, CLASSES, BATCH = 96, 5, 3, 8  # 96 rows fill whole global batches for K <= 4
 
