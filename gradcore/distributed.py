@@ -95,6 +95,13 @@ def init(device: str = "cpu") -> str:
     world = _join()
     if not device.startswith("cuda"):
         return device
+    if world.nccl is not None:
+        if device not in ("cuda", f"cuda:{world.gpu}"):
+            raise ValueError(
+                f"gradcore.distributed: rank {world.rank} is bound to cuda:{world.gpu}, not "
+                f"{device!r}: one GPU per rank"
+            )
+        return f"cuda:{world.gpu}"
     cupy = importlib.import_module("cupy")
     if device == "cuda":
         node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)
@@ -108,21 +115,15 @@ def init(device: str = "cpu") -> str:
         gpu = local
     else:
         gpu = int(device.partition(":")[2])
-    if world.nccl is None:
-        from cupy.cuda import nccl
+    from cupy.cuda import nccl
 
-        if not nccl.available:
-            raise ImportError(f"gradcore.distributed on CUDA needs NCCL: {NCCL_HINT}")
-        cupy.cuda.Device(gpu).use()
-        world.nccl = importlib.import_module("cupyx.distributed").NCCLBackend(
-            world.size, world.rank, use_mpi=True
-        )
-        world.gpu = gpu
-    elif gpu != world.gpu:
-        raise ValueError(
-            f"gradcore.distributed: rank {world.rank} is bound to cuda:{world.gpu}, not "
-            f"{device!r}: one GPU per rank"
-        )
+    if not nccl.available:
+        raise ImportError(f"gradcore.distributed on CUDA needs NCCL: {NCCL_HINT}")
+    cupy.cuda.Device(gpu).use()
+    world.nccl = importlib.import_module("cupyx.distributed").NCCLBackend(
+        world.size, world.rank, use_mpi=True
+    )
+    world.gpu = gpu
     return f"cuda:{gpu}"
 
 
