@@ -13,6 +13,8 @@ model (both in ``model_cli``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import sys
@@ -25,6 +27,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import gradcore as gc
+from gradcore import distributed as gd
 from gradcore import model_cli
 
 # Per bundled data set: the defaults of the flags that differ between them.
@@ -104,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
         help="resume although the learning rate, momentum, batch size or seed changed",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data parallel: mpiexec -n K python -m mpi4py -m gradcore train --distributed",
+    )
     # --data FILE only: the model trainer of model_cli
     train.add_argument("--target", help="the target column (default: the last) or .npz array")
     train.add_argument("--task", choices=("classification", "regression"))
@@ -170,10 +178,14 @@ def _check_paths(args: argparse.Namespace) -> bool:
 
 def train(args: argparse.Namespace) -> None:
     if args.data not in DATASETS:
+        if args.distributed:
+            raise ValueError("--distributed trains the bundled data sets; --data FILE does not")
         return model_cli.train_file(args)
     model_cli.refuse_flags(args, bundled=True)
     defaults = DATASETS[args.data]
     device = _device(args.device)
+    if args.distributed:  # this rank's GPU, before the params are made
+        device = gd.init(device)
     resume = _check_paths(args)
     X_train, X_test, y_train, y_test = _load(args.data)
     from gradcore.estimators import ACTIVATIONS  # after _load: it says how to get scikit-learn
@@ -225,6 +237,7 @@ def train(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
         resume=resume,
+        distributed=args.distributed,
         allow_changes=args.allow_changes,
     )
     seconds = time.perf_counter() - started
@@ -241,7 +254,7 @@ def train(args: argparse.Namespace) -> None:
         what = f"trained {ran} more epoch{'s' * (ran != 1)} (epochs {first}-{last})"
     print(f"{what} in {seconds:.2f} s; final training loss {final_loss}")
     print(f"test accuracy: {test_accuracy:.4f}")
-    if args.plot:
+    if args.plot and (not args.distributed or gd.is_root()):
         print(f"curves written to {history.plot(args.plot)}")
 
 
@@ -279,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             info()
         elif args.command == "predict":
             model_cli.predict(args)
+        elif args.distributed and not gd.is_root():  # rank 0 speaks for all ranks
+            with contextlib.redirect_stdout(io.StringIO()):
+                train(args)
         else:
             train(args)
         sys.stdout.flush()  # here, so that a closed pipe is seen below, not at exit

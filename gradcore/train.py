@@ -8,6 +8,9 @@ progress bar moves and the divergence guard looks at the loss.
 The loop in ``fit`` is short on purpose; what happens around it lives in small pieces of its
 own: ``_Guard`` (divergence), ``_Evaluation`` (validation loss and metrics), ``_Progress``
 (the bar), ``_Checkpoints`` (files) and ``_make_step`` (the one place a training step is built).
+Data-parallel training (``distributed=True``, ``gradcore.distributed``) changes each piece by
+a line: the step averages gradients, the data is sharded, numbers are averaged over the ranks
+and only rank 0 writes.
 """
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and the public API's
@@ -35,9 +38,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-import gradcore as gc
+from gradcore import distributed as gd
 from gradcore import nn
-from gradcore.backend import backend_for_device, backend_of
+from gradcore.backend import DeviceError, backend_for_device, backend_of
+from gradcore.devices import array, device_of, to_device, to_numpy
+from gradcore.differential_operators import value_and_grad
 from gradcore.optim import SGD
 from gradcore.pytree import tree_leaves
 
@@ -181,11 +186,11 @@ def save_checkpoint(path: str | os.PathLike, params: Any, meta: Mapping[str, Any
     which replaces ``path`` once complete and is removed if anything fails. The file's mode
     follows the umask, like any file the user writes.
     """
-    arrays = {f"param/{i}": a for i, a in enumerate(gc.to_numpy(tree_leaves(params)))}
+    arrays = {f"param/{i}": a for i, a in enumerate(to_numpy(tree_leaves(params)))}
     scalars = {}
     for key, value in meta.items():
         if isinstance(value, list) and value and hasattr(value[0], "shape"):
-            for i, a in enumerate(gc.to_numpy(value)):
+            for i, a in enumerate(to_numpy(value)):
                 arrays[f"{key}/{i}"] = a
             scalars[key] = {"arrays": len(value)}
         else:
@@ -288,18 +293,22 @@ class _Checkpoints:
     each save is recorded, so a resume cuts off whatever a kill left after it.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: dict, leaves: list, rows: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike, settings: dict, leaves: list, rows: int, writes: bool
+    ) -> None:
         self.path = Path(path)
         self.settings = settings
         self.architecture = [[list(p.shape), _dtype_name(p)] for p in leaves]
         self.rows = rows
+        self.writes = writes  # False on the ranks other than 0: they only read, to resume
         self.log: Any = None  # the open history file
         self.saved_at = time.monotonic()
 
     def prepare(self, resume: bool, overwrite: bool) -> bool:
         """Check the paths before any work; True when there is a checkpoint to resume."""
-        check_writable(self.path, "fit: checkpoint")
-        _remove_stale_temporaries(self.path)
+        if self.writes:
+            check_writable(self.path, "fit: checkpoint")
+            _remove_stale_temporaries(self.path)
         exists = self.path.exists()
         if exists and not resume and not overwrite:
             raise FileExistsError(
@@ -341,8 +350,8 @@ class _Checkpoints:
             )
         for entry in self._read_history(meta["history_bytes"]):
             history._append(entry)
-        for param, array in zip(leaves, saved):
-            param[...] = backend_of(param).asarray(array, dtype=param.dtype)
+        for param, values in zip(leaves, saved):
+            param[...] = backend_of(param).asarray(values, dtype=param.dtype)
         prefix = "optimizer/"
         optimizer.load_state_dict(
             {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
@@ -356,9 +365,10 @@ class _Checkpoints:
         have appended an epoch that the checkpoint does not hold)."""
         log = history_path(self.path)
         try:
-            with log.open("r+b") as file:
+            with log.open("r+b" if self.writes else "rb") as file:
                 text = file.read(length)
-                file.truncate(length)
+                if self.writes:
+                    file.truncate(length)
             if len(text) != length:
                 raise ValueError(f"it has {len(text)} bytes, the checkpoint recorded {length}")
             return [json.loads(line) for line in text.decode().splitlines()]
@@ -371,26 +381,30 @@ class _Checkpoints:
             ) from None
 
     def __enter__(self) -> _Checkpoints:
-        self.log = history_path(self.path).open("ab")
+        if self.writes:
+            self.log = history_path(self.path).open("ab")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.log.close()
+        if self.writes:
+            self.log.close()
 
     def start_fresh(self) -> None:
         """A run that does not resume replaces both files: a checkpoint left behind would no
         longer match the history."""
-        self.path.unlink(missing_ok=True)
-        self.log.truncate(0)
+        if self.writes:
+            self.path.unlink(missing_ok=True)
+            self.log.truncate(0)
 
     def append(self, entry: Mapping[str, Any]) -> None:
-        self.log.write(json.dumps(entry).encode() + b"\n")
-        self.log.flush()
+        if self.writes:
+            self.log.write(json.dumps(entry).encode() + b"\n")
+            self.log.flush()
 
     def due(self, force: bool) -> bool:
         """Whether to write now: when ``force``d, or ``CHECKPOINT_EVERY`` seconds after the
         last write (short epochs should train, not write)."""
-        return force or time.monotonic() - self.saved_at >= CHECKPOINT_EVERY
+        return self.writes and (force or time.monotonic() - self.saved_at >= CHECKPOINT_EVERY)
 
     def save(self, params: Any, state: dict) -> None:
         """Write ``state`` (what ``fit`` needs to go on) with the run's settings."""
@@ -435,21 +449,21 @@ def _on_device(what: str, x: Any, device: str) -> tuple[Any, bool]:
         raise TypeError(f"fit: {what} None; pass an array (NumPy, CuPy) or a nested list")
     if not hasattr(x, "shape"):
         try:
-            x = gc.array(x)
+            x = array(x)
         except (TypeError, ValueError) as error:
             raise TypeError(
                 f"fit: {what} a {type(x).__name__} that is not an array ({error}); pass a "
                 "NumPy array or a list of equal-length rows of numbers"
             ) from None
-    where = gc.device_of(x)
+    where = device_of(x)
     if where == device:
         return x, False
     if where != "cpu":
-        raise gc.DeviceError(
+        raise DeviceError(
             f"fit: {what} on device {where!r} but device={device!r}; move them with "
             f"gradcore.to_device(..., {device!r}) or pass device={where!r}"
         )
-    return gc.to_device(x, device), True
+    return to_device(x, device), True
 
 
 def _data(name: str, x: Any, device: str, dtype: Any) -> Any:
@@ -557,44 +571,56 @@ def _evaluate(loss_fn: Callable, params: Any, X: Any, y: Any) -> float:
     return total / n
 
 
-class _Evaluation:
-    """Validation loss and metrics after each epoch; the metrics are tried once up front."""
+def _checked_metric(name: str, metric: Callable) -> Callable[[Any, Any, Any], float]:
+    """``metric`` returning a Python float, or a TypeError naming it if it returns an array."""
 
-    def __init__(self, loss_fn: Callable, validation: tuple | None, metrics: Any) -> None:
-        self.loss_fn = loss_fn
+    def value(params: Any, X: Any, y: Any) -> float:
+        found = metric(params, X, y)
+        if not isinstance(found, (int, float)) and getattr(found, "shape", None) != ():
+            raise TypeError(
+                f"fit: metric {name!r} must return a number, got {type(found).__name__} of "
+                f"shape {getattr(found, 'shape', None)}; reduce it, e.g. with "
+                "float(gradcore.mean(...))"
+            )
+        return float(found)
+
+    return value
+
+
+class _Evaluation:
+    """The loss over a whole data set, and the validation loss and metrics after each epoch;
+    the metrics are tried once up front. Distributed, each rank takes a share of the rows."""
+
+    def __init__(
+        self, loss_fn: Callable, validation: tuple | None, metrics: Any, distributed: bool
+    ) -> None:
         self.validation = validation
         if isinstance(metrics, Mapping):
-            self.metrics = list(metrics.items())
+            named = list(metrics.items())
         else:
-            self.metrics = [
-                (getattr(m, "__name__", f"metric_{i}"), m) for i, m in enumerate(metrics)
-            ]
+            named = [(getattr(m, "__name__", f"metric_{i}"), m) for i, m in enumerate(metrics)]
+        share = gd.sharded if distributed else (lambda fn: fn)
+        self.loss = share(lambda params, X, y: _evaluate(loss_fn, params, X, y))
+        self.metrics = [(name, share(_checked_metric(name, m))) for name, m in named]
 
     def check(self, params: Any, X: Any, y: Any) -> None:
         """Run everything once before training: a mistake shows now, not after an epoch."""
         if self.validation is not None:
-            _evaluate(self.loss_fn, params, *self.validation)
+            self.loss(params, *self.validation)
         self._metrics(params, X, y)
 
     def _metrics(self, params: Any, X: Any, y: Any) -> dict[str, float]:
         values = {}
         for prefix, data in (("", (X, y)), ("val_", self.validation)):
             for name, metric in self.metrics if data is not None else ():
-                value = metric(params, *data)
-                if not isinstance(value, (int, float)) and getattr(value, "shape", None) != ():
-                    raise TypeError(
-                        f"fit: metric {name!r} must return a number, got "
-                        f"{type(value).__name__} of shape {getattr(value, 'shape', None)}; "
-                        "reduce it, e.g. with float(gradcore.mean(...))"
-                    )
-                values[prefix + name] = float(value)
+                values[prefix + name] = metric(params, *data)
         return values
 
     def after_epoch(self, params: Any, X: Any, y: Any) -> dict[str, Any]:
         """The epoch's history entry, less its training loss and time."""
         entry: dict[str, Any] = {"metrics": self._metrics(params, X, y)}
         if self.validation is not None:
-            entry["val_loss"] = _evaluate(self.loss_fn, params, *self.validation)
+            entry["val_loss"] = self.loss(params, *self.validation)
         return entry
 
 
@@ -602,16 +628,20 @@ class _Guard:
     """Divergence: a step loss that is not finite, or above ``factor`` times the starting loss
     (the loss of the initial params over the training data), stops training."""
 
-    def __init__(self, factor: float | None, start_loss: float) -> None:
+    def __init__(self, factor: float | None, start_loss: float, distributed: bool) -> None:
         self.start_loss = start_loss
         positive = factor is not None and start_loss > 0
         self.bound = factor * start_loss if positive else math.inf
         self.factor = factor
+        self.distributed = distributed
 
     def first_bad(self, losses: list[float]) -> int | None:
-        return next(
+        """The first bad step; distributed, the first over all ranks, so that every rank rolls
+        back to the same step (one that stopped alone would leave the others waiting)."""
+        bad = next(
             (i for i, v in enumerate(losses) if not math.isfinite(v) or v > self.bound), None
         )
+        return gd.earliest(bad) if self.distributed else bad
 
     def error(self, loss: float, where: str) -> FloatingPointError:
         if math.isfinite(loss):
@@ -675,16 +705,20 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._previous or signal.SIG_DFL)
 
 
-def _make_step(loss_fn: Callable, optimizer: Any) -> Callable[[Any, Any, Any], Any]:
+def _make_step(
+    loss_fn: Callable, optimizer: Any, distributed: bool
+) -> Callable[[Any, Any, Any], Any]:
     """One training step, ``(params, xb, yb) -> loss`` (a device scalar, never read here).
 
-    The single place a step is built: compiling it or averaging gradients across processes
-    is a change to this function only.
+    The single place a step is built. Distributed, the gradients are averaged over the ranks
+    (one fused collective) before the update, so every rank makes the same update.
     """
-    value_and_grad = gc.value_and_grad(loss_fn)
+    loss_and_grads = value_and_grad(loss_fn)
 
     def step(params: Any, xb: Any, yb: Any) -> Any:
-        loss, grads = value_and_grad(params, xb, yb)
+        loss, grads = loss_and_grads(params, xb, yb)
+        if distributed:
+            gd.allreduce_mean(grads)
         optimizer.step(params, grads)
         return loss
 
@@ -696,10 +730,13 @@ class _Steps:
     device buffer, read back once per call of ``run_and_read``, where the guard sees them."""
 
     def __init__(
-        self, step: Callable, params: Any, optimizer: Any, X: Any, y: Any, batch_size: int
-    ) -> None:
-        n = X.shape[0]
+        self, step: Callable, params: Any, optimizer: Any, X: Any, y: Any, batch_size: int,
+        distributed: bool,
+    ) -> None:  # fmt: skip
         self.step, self.params, self.optimizer, self.X, self.y = step, params, optimizer, X, y
+        self.batch_size, self.distributed = batch_size, distributed
+        # Distributed, each rank trains on its shard: the same number of equal steps everywhere.
+        n = gd.local_rows(X.shape[0], batch_size) if distributed else X.shape[0]
         self.batches = [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
         self.sizes = np.array([b.stop - b.start for b in self.batches], np.float64)
         self.backend = backend_of(X)
@@ -709,9 +746,16 @@ class _Steps:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def shuffled(self, rng: np.random.Generator) -> tuple[Any, Any]:
-        """The data in the next order drawn from ``rng``, permuted on the device."""
-        order = self.backend.asarray(rng.permutation(self.X.shape[0]))
+    def epoch_data(self, rng: np.random.Generator, shuffle: bool) -> tuple[Any, Any]:
+        """The data in this epoch's order (drawn from ``rng``, or as given), permuted on the
+        device; distributed, this rank's shard of it."""
+        if not shuffle and not self.distributed:
+            return self.X, self.y
+        n = self.X.shape[0]
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        if self.distributed:
+            order = gd.shard(order, self.batch_size)
+        order = self.backend.asarray(order)
         xp = self.backend.xp
         return xp.take(self.X, order, axis=0), xp.take(self.y, order, axis=0)
 
@@ -736,7 +780,7 @@ class _Steps:
         """Run steps, then read their losses (the only wait for the device). On a bad loss,
         go back to the state before ``first`` and replay the steps before the bad one."""
         leaves = tree_leaves(self.params)
-        params_before = [gc.array(p) for p in leaves]
+        params_before = [array(p) for p in leaves]
         optimizer_before = self.optimizer.state_dict()
         reached = self.run(Xe, ye, first, stop, interrupt)
         read = self.backend.to_numpy(self.losses[first:reached]).tolist()
@@ -774,6 +818,7 @@ def fit(
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     allow_changes: bool = False,
     overwrite: bool = False,
+    distributed: bool = False,
 ) -> History:
     """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
 
@@ -795,12 +840,22 @@ def fit(
     otherwise refused. A resume whose learning rate, momentum, Nesterov, weight decay, batch
     size or seed differ from the checkpoint's is refused naming them, unless ``allow_changes``.
     ``resume=True`` without a file warns and starts afresh.
+
+    ``distributed=True`` trains data parallel, one process per rank under ``mpiexec -n K
+    python -m mpi4py``: rank 0's initial params and optimizer state go to every rank, each
+    epoch's permutation is sharded by rank, ``batch_size`` is per rank, the remainder of
+    ``n mod (K batch_size)`` rows is dropped each epoch, gradients are averaged every step,
+    losses and metrics over the ranks, and only rank 0 shows progress and writes the
+    checkpoint (see ``gradcore.distributed``).
     """
     epochs = _integer("epochs", epochs, 0)
     batch_size = _integer("batch_size", batch_size, 1)
     seed = _integer("seed", seed, 0)
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs a checkpoint path")
+    if distributed:  # this rank's device; rank 0 speaks for all ranks
+        device = gd.init(device)
+        progress = progress and gd.is_root()
     backend_for_device(device)  # an unknown or unavailable device fails first
     optimizer = SGD() if optimizer is None else optimizer
     leaves = _params_on(params, device)
@@ -808,21 +863,13 @@ def fit(
     if X.shape[0] == 0:
         raise ValueError("fit: no training data (X has 0 rows)")
     validation = _validation(validation_data, device, leaves[0].dtype)
-    evaluation = _Evaluation(loss_fn, validation, metrics)
+    evaluation = _Evaluation(loss_fn, validation, metrics, distributed)
     saver, resuming = None, False
     if checkpoint is not None:
         settings = _settings(optimizer, batch_size, seed)
-        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0])
+        writes = not distributed or gd.is_root()
+        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0], writes)
         resuming = saver.prepare(resume, overwrite)
-
-    # Run the loss once over all the data with the target checks on (a clear error now, not a
-    # wrong number later); inside the training steps they are off, so no step waits.
-    start_loss = _evaluate(loss_fn, params, X, y)
-    if not math.isfinite(start_loss):
-        raise FloatingPointError(
-            f"fit: the loss of the initial params is {start_loss}; check loss_fn and the init"
-        )
-    evaluation.check(params, X, y)
 
     history = History(params=params)
     rng = np.random.default_rng(seed)
@@ -830,9 +877,22 @@ def fit(
     if resuming:
         meta = saver.restore(leaves, optimizer, rng, history, allow_changes)
         first_epoch, position, step_losses = meta["epoch"], meta["step"], meta["step_losses"]
+    if distributed:  # every rank starts where, and with what, rank 0 starts
+        gd.start(params, optimizer, rng, rows=X.shape[0], epoch=first_epoch, step=position)
+
+    # Run the loss once over all the data with the target checks on (a clear error now, not a
+    # wrong number later); inside the training steps they are off, so no step waits.
+    start_loss = evaluation.loss(params, X, y)
+    if not math.isfinite(start_loss):
+        raise FloatingPointError(
+            f"fit: the loss of the initial params is {start_loss}; check loss_fn and the init"
+        )
+    evaluation.check(params, X, y)
+    if resuming:  # the guard's bound stays that of the run's own start
         start_loss = meta["start_loss"]
-    guard = _Guard(divergence_factor, start_loss)
-    steps = _Steps(_make_step(loss_fn, optimizer), params, optimizer, X, y, batch_size)
+    guard = _Guard(divergence_factor, start_loss, distributed)
+    step = _make_step(loss_fn, optimizer, distributed)
+    steps = _Steps(step, params, optimizer, X, y, batch_size, distributed)
     bar = _Progress(progress, epochs, len(steps), first_epoch * len(steps) + position)
 
     def save(epoch: int, position: int, rng_state: dict, step_losses: list, force: bool) -> None:
@@ -856,7 +916,7 @@ def fit(
             started = time.perf_counter()
             bar.epoch(epoch)
             epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            Xe, ye = steps.shuffled(rng) if shuffle else (X, y)
+            Xe, ye = steps.epoch_data(rng, shuffle)
             while position < len(steps):
                 stop = min(position + READ_EVERY, len(steps))
                 read = steps.run_and_read(Xe, ye, position, stop, interrupt, guard, epoch, epochs)
@@ -867,7 +927,8 @@ def fit(
                     save(epoch, position, epoch_rng, step_losses, force=True)
                     raise KeyboardInterrupt
 
-            entry = {"loss": steps.mean(step_losses), **evaluation.after_epoch(params, X, y)}
+            loss = gd.mean(steps.mean(step_losses)) if distributed else steps.mean(step_losses)
+            entry = {"loss": loss, **evaluation.after_epoch(params, X, y)}
             entry["time"] = time.perf_counter() - started
             history._append(entry)
             bar.update(0, **{k: v for k, v in entry.items() if k.endswith("loss")})
@@ -878,4 +939,6 @@ def fit(
             save(epoch + 1, 0, rng.bit_generator.state, [], force=last)
             if interrupt.requested:
                 raise KeyboardInterrupt
+    if distributed and checkpoint is not None:  # no rank reads the file before rank 0 wrote it
+        gd.barrier()
     return history
