@@ -44,7 +44,7 @@ def printed_accuracy(output: str) -> float | None:
 
 def printed_training_seconds(output: str) -> float | None:
     """The training time the command reports (``trained N epochs in S s``), without start-up."""
-    found = re.findall(r"trained \d+ epochs in (\d+(?:\.\d+)?) s", output)
+    found = re.findall(r"trained \d+ epochs? in (\d+(?:\.\d+)?) s", output)
     return float(found[-1]) if found else None
 
 

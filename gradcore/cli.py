@@ -246,7 +246,7 @@ def train(args: argparse.Namespace) -> None:
     final_loss = f"{history.loss[-1]:.4f}" if history.loss else "n/a"
     ran = history.epochs - history.resumed_epochs
     if history.resumed_epochs == 0:
-        what = f"trained {ran} epochs"
+        what = f"trained {ran} epoch{'s' * (ran != 1)}"
     elif ran == 0:
         what = f"nothing to train: the checkpoint holds all {history.epochs} epochs"
     else:
