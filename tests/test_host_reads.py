@@ -3,7 +3,7 @@ for CuPy whose arrays record every host read (tests/counting_backend.py), and no
 inside a step.
 
 A step is one ``value_and_grad`` call and one ``optimizer.step``: both are marked here, by
-wrapping ``gc.value_and_grad`` (which fit calls) and the optimizer's ``step``. Between steps fit
+wrapping the ``value_and_grad`` that ``gradcore.train`` calls and the optimizer's ``step``. Between steps fit
 stores the loss into a device buffer (an index assignment, no read) and reads that buffer every
 ``READ_EVERY`` steps and at the end of each epoch, outside the steps; those reads are expected.
 """
@@ -26,7 +26,7 @@ register()
 def counted(monkeypatch):
     """Resets the counts, and marks fit's value_and_grad calls as inside a step."""
     READS.reset()
-    value_and_grad = gc.value_and_grad
+    value_and_grad = gc.train.value_and_grad
 
     def marked(fun, *args, **kwargs):
         inner = value_and_grad(fun, *args, **kwargs)
@@ -37,7 +37,7 @@ def counted(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(gc, "value_and_grad", marked)
+    monkeypatch.setattr(gc.train, "value_and_grad", marked)
     yield READS
     READS.reset()
 
@@ -49,7 +49,7 @@ class MarkedSGD(gc.optim.SGD):
 
 
 def _loss(params, x, y):
-    """The lecture's loss: clipped BCE on sigmoid outputs (clip), plus an L1 term (sign)."""
+    """The lecture notes' loss: clipped BCE on sigmoid outputs (clip), plus an L1 term (sign)."""
     p = gc.sigmoid(gc.nn.mlp(params, x))[:, 0]
     return gc.nn.binary_cross_entropy(p, y) + 1e-3 * gc.sum(gc.abs(params[0]["W"]))
 
