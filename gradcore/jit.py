@@ -1,0 +1,371 @@
+"""Layer 4: ``jit``. Record a call once as a flat program of primitive calls; replay it.
+
+Eager gradcore pays for a Box, a Node and a dispatch at every op, forward and backward. For a
+training step that runs thousands of times with arrays of one signature, that work gives the
+same answer every time, so ``jit`` does it once. The first call runs the function under a
+*recording*: an outermost trace whose boxes wrap every input array. Nested traces already
+record each op of each trace they see (that is how ``grad(grad(f))`` works), so the
+recording's tape ends up holding every primitive call of the forward pass, of the backward
+pass (VJP rules are gradcore ops) and of in-place updates, in the order they ran. That tape,
+flattened into ``(function, argument slots, output slot)`` steps over one list of slots, is the
+program. Later calls with the same signature put their input arrays into the input slots and
+run the steps: no boxes, no nodes, no backward pass, the same ops in the same order, so the
+same bits on the CPU.
+
+What a program cannot see, it freezes. A Python value read while recording (``float(x)``, an
+``if`` on a traced value, a global, a random draw, a NumPy call on a raw array) would be a
+constant of the program; reading a traced value in Python is therefore refused while
+recording, with an error that says what to do instead. Random numbers drawn inside the
+function and globals read by it are not detectable: they are fixed at their recorded values.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import operator
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gradcore.backend import PY_SCALARS, backend_of
+from gradcore.pytree import tree_flatten, tree_unflatten
+from gradcore.tracer import Box, Node, new_trace, primitive, recordings
+
+__all__ = ["Jitted", "RecordingError", "jit", "update_in_place"]
+
+# Recordings of one function beyond which it warns (once) that a shape keeps changing.
+MAX_RECORDINGS = 8
+
+
+class RecordingError(TypeError):
+    """A traced value was read in Python while ``jit`` was recording."""
+
+
+def jit(
+    fun: Callable, static_argnums: int | Sequence[int] = (), *, fallback: bool = False
+) -> Jitted:
+    """``fun``, recorded once per input signature and replayed without tracing.
+
+    The signature is the pytree structure of the arguments, each array's type, shape, dtype
+    and device, the Python values among the leaves, and the values of ``static_argnums``
+    (which must be hashable). Python numbers are part of the signature, not inputs: pass a
+    0-d array for a number that changes between calls. With ``fallback``, a recording that
+    raises is reported once as a warning and ``fun`` runs eagerly from then on (what
+    ``gradcore.train.fit`` does).
+    """
+    return Jitted(fun, static_argnums, fallback)
+
+
+class Jitted:
+    """A jitted function: its programs by signature; ``describe()`` shows what was recorded."""
+
+    def __init__(self, fun: Callable, static_argnums: int | Sequence[int], fallback: bool):
+        self.fun = fun
+        self.static_argnums = (
+            (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+        )
+        self.fallback = fallback
+        self.eager = False  # set when a recording failed under ``fallback``
+        self.programs: dict[Any, Program] = {}
+        self._warned = False
+        self.__name__ = getattr(fun, "__name__", "fun")
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.eager:
+            return self.fun(*args, **kwargs)
+        static = tuple(args[i] for i in self.static_argnums)
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        leaves, treedef = tree_flatten((dynamic, kwargs))
+        key = [treedef, static]
+        arrays = []
+        for leaf in leaves:
+            if type(leaf) is Box:  # traced by an outer grad: be part of its graph instead
+                return self.fun(*args, **kwargs)
+            if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+                key.append((type(leaf), leaf.shape, leaf.dtype, getattr(leaf, "device", None)))
+                arrays.append(leaf)
+            else:
+                key.append(leaf)
+        key = tuple(key)
+        program = self.programs.get(key)
+        if program is not None:
+            return program.run(arrays)
+        try:
+            out, self.programs[key] = self._record(args, kwargs, leaves, treedef, static)
+        except Exception as error:
+            if not self.fallback:
+                raise
+            out = self.fun(*args, **kwargs)  # a genuine error in fun raises again here
+            self.eager = True
+            warnings.warn(
+                f"gc.jit({self.__name__}): recording failed, running eagerly instead: {error}",
+                stacklevel=2,
+            )
+            return out
+        if len(self.programs) > MAX_RECORDINGS and not self._warned:
+            self._warned = True
+            warnings.warn(self._recompiling_message(args), stacklevel=2)
+        return out
+
+    def _record(self, args, kwargs, leaves, treedef, static) -> tuple[Any, Program]:
+        """Run ``fun`` with every input array boxed in a recording; build its program."""
+        with new_trace(keep_values=True) as (trace, tape):
+            recordings[trace] = functools.partial(_refusal, self.__name__)
+            try:
+                inputs = []
+                for position, leaf in enumerate(leaves):
+                    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+                        leaves[position] = Box(leaf, trace, Node.leaf(leaf))
+                        inputs.append(leaves[position]._node)
+                dynamic, kwargs = tree_unflatten(treedef, leaves)
+                dynamic = iter(dynamic)
+                args = [a if i in self.static_argnums else next(dynamic) for i, a in
+                        enumerate(args)]  # fmt: skip
+                out = self.fun(*args, **kwargs)
+            finally:
+                del recordings[trace]
+        out_leaves, out_treedef = tree_flatten(out)
+        program = Program(self.__name__, inputs, tape, trace, out_leaves, out_treedef, static)
+        program.argument_shapes = {
+            argnum: tuple(tuple(leaf.shape) for leaf in tree_flatten(arg)[0] if type(leaf) is Box)
+            for argnum, arg in enumerate(args)
+            if argnum not in self.static_argnums
+        }
+        values = [leaf._value if _recorded(leaf, trace) else leaf for leaf in out_leaves]
+        return tree_unflatten(out_treedef, values), program
+
+    def _recompiling_message(self, args: tuple) -> str:
+        """Name the argument whose shapes differ between recordings."""
+        shapes = {}  # argnum -> every shape tuple it was recorded with
+        for program in self.programs.values():
+            for argnum, seen in program.argument_shapes.items():
+                shapes.setdefault(argnum, set()).add(seen)
+        changing = [argnum for argnum, seen in shapes.items() if len(seen) > 1]
+        if changing:
+            seen = sorted(shapes[changing[0]])[:4]
+            what = f"argument {changing[0]} keeps changing shape ({', '.join(map(str, seen))}, ...)"
+        else:
+            what = "the signature keeps changing (dtypes, devices or Python values)"
+        return (
+            f"gc.jit({self.__name__}) has recorded {len(self.programs)} programs: {what}. Each "
+            "new signature records again; pad to one shape, mark the argument static, or "
+            "call the function without jit"
+        )
+
+    def describe(self) -> str:
+        """Every recorded program: its steps, slots, constants and fused groups."""
+        if not self.programs:
+            return f"gc.jit({self.__name__}): nothing recorded yet\n"
+        return "\n".join(program.describe() for program in self.programs.values())
+
+
+def _recorded(value: Any, trace: int) -> bool:
+    return type(value) is Box and value._trace == trace
+
+
+def _refusal(name: str, conversion: str) -> RecordingError:
+    return RecordingError(
+        f"gc.jit({name}): {conversion} of a traced value while recording. Its value changes "
+        "from call to call, but a Python value read now would be frozen into the recorded "
+        "program (math functions call float(); if, while, and, or call bool()). Use "
+        "gc.where(condition, x, y) for a choice between values, make it a static argument "
+        "(gc.jit(fun, static_argnums=...)), or call the function without jit"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# in-place updates
+
+
+def _call_in_place(fn: Callable, *args: Any) -> None:
+    fn(*args)
+
+
+_update = primitive(_call_in_place, name="update_in_place")
+
+
+def update_in_place(fn: Callable, *arrays: Any) -> None:
+    """Call ``fn(*arrays)``, which updates some of ``arrays`` in place and returns nothing.
+
+    This is how an optimizer declares its update to ``jit``: while recording, the call is a
+    program step that writes into the slots of its arguments, and every replay calls ``fn``
+    again with that call's arrays. So the Python inside ``fn`` (a learning-rate schedule, an
+    update counter, state loaded from a checkpoint) runs at every step, and is never frozen.
+    """
+    _update(fn, *arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# the program
+
+# Faster stand-ins for a primitive's own function, with the same arithmetic: the checks and
+# dispatch the primitive does (devices, Python numbers) were done while recording.
+_OPERATORS = {
+    "add": operator.add,
+    "subtract": operator.sub,
+    "multiply": operator.mul,
+    "divide": operator.truediv,
+    "true_divide": operator.truediv,
+    "negative": operator.neg,
+    "power": operator.pow,
+}
+_NAMESPACE_FUNCTIONS = ("exp", "log", "sin", "cos", "tanh", "sqrt", "abs")
+
+
+def _lowered(node: Node) -> Callable:
+    """The function a step calls: the primitive's own, or a direct equivalent."""
+    name, fun = node.primitive.name, node.primitive.fun
+    if name in _OPERATORS:
+        return _OPERATORS[name]
+    if name in _NAMESPACE_FUNCTIONS and type(node.args[0]) not in PY_SCALARS:
+        return getattr(backend_of(node.args[0]).xp, name)
+    return fun
+
+
+def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
+    """``slots -> (values...)`` in C: itemgetter of one index returns the item, not a tuple,
+    so one argument is read as a one-element slice."""
+    if len(slots) == 1:
+        return operator.itemgetter(slice(slots[0], slots[0] + 1))
+    if not slots:
+        return operator.itemgetter(slice(0, 0))
+    return operator.itemgetter(*slots)
+
+
+class Step:
+    """One primitive call of the program, as recorded (before lowering to a tuple)."""
+
+    __slots__ = ("name", "fun", "args", "kwargs", "out", "value", "in_place")
+
+    def __init__(self, name, fun, args, kwargs, out, value, in_place=False) -> None:
+        self.name, self.fun, self.args, self.kwargs = name, fun, args, kwargs
+        self.out, self.value, self.in_place = out, value, in_place
+
+
+class Program:
+    """A flat list of steps over numbered slots: inputs first, then constants and results.
+
+    ``template`` holds the constants (everything a step reads that is not computed from the
+    inputs) and None elsewhere; a run copies it, binds the inputs, runs each step and clears
+    each slot after its last reader, so intermediate arrays are freed as early as eagerly.
+    """
+
+    def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
+        self.name = name
+        self.n_inputs = len(inputs)
+        slot_of = {node: i for i, node in enumerate(inputs)}
+        template: list[Any] = [None] * len(inputs)
+        self.input_specs = [_spec(node.ans) for node in inputs]
+        self.static = static
+        steps = []
+
+        def constant(value: Any) -> int:
+            if type(value) is Box:
+                raise RecordingError(
+                    f"gc.jit({name}): the function uses a value traced outside it (a closure "
+                    "over a value an outer grad is differentiating); pass it as an argument"
+                )
+            template.append(value)
+            return len(template) - 1
+
+        for node in tape:
+            parents = dict(node.parents)
+            args = tuple(
+                slot_of[parents[argnum]] if argnum in parents else constant(value)
+                for argnum, value in enumerate(node.args)
+            )
+            template.append(None)
+            slot_of[node] = len(template) - 1
+            in_place = node.primitive is _update
+            name_ = node.args[0].__qualname__ if in_place else node.primitive.name
+            steps.append(
+                Step(name_, _lowered(node), args, node.kwargs, slot_of[node], node.ans, in_place)
+            )
+        self.outputs = tuple(
+            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf)
+            for leaf in out_leaves
+        )
+        self.out_treedef = out_treedef
+        self.template = template
+        self.steps = steps
+        self.groups: list[list[int]] = []  # fused groups, as step indices (CUDA)
+        self.device = backend_of(inputs[0].ans).device if inputs else None
+        if self.device == "cuda":
+            steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
+        self._compile(steps)
+
+    def _compile(self, steps: list[Step]) -> None:
+        """The replay's tuples: ``(function, getter, output slot, slots last read here)``."""
+        last_read = {}
+        for index, step in enumerate(steps):
+            for slot in step.args:
+                last_read[slot] = index
+        keep = set(self.outputs) | {i for i, v in enumerate(self.template) if v is not None}
+        dead: list[list[int]] = [[] for _ in steps]
+        for slot, index in last_read.items():
+            if slot not in keep:
+                dead[index].append(slot)
+        for index, step in enumerate(steps):
+            if step.out not in last_read and step.out not in keep:
+                dead[index].append(step.out)  # never read: dropped at once
+        self.compiled = tuple(
+            (
+                functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun,
+                _getter(step.args),
+                step.out,
+                tuple(dead[index]),
+            )
+            for index, step in enumerate(steps)
+        )
+        self.get_outputs = _getter(self.outputs)
+
+    def run(self, inputs: list[Any]) -> Any:
+        """Replay: bind the inputs, run every step, free each slot after its last reader."""
+        slots = self.template.copy()
+        slots[: self.n_inputs] = inputs
+        for fun, get, out, dead in self.compiled:
+            slots[out] = fun(*get(slots))
+            for slot in dead:
+                slots[slot] = None
+        return tree_unflatten(self.out_treedef, list(self.get_outputs(slots)))
+
+    def describe(self) -> str:
+        """The program as text: one line per step, ``s7 = multiply(s3, 1.001)``."""
+        grouped = {index: g for g, group in enumerate(self.groups) for index in group}
+
+        def show(slot: int) -> str:
+            value = self.template[slot]
+            if slot < self.n_inputs or value is None:
+                return f"s{slot}"
+            if type(value) in PY_SCALARS or value is None:
+                return repr(value)
+            return f"const {_spec(value)}" if hasattr(value, "dtype") else repr(value)
+
+        inputs = ", ".join(f"s{i}: {spec}" for i, spec in enumerate(self.input_specs))
+        static = f", static {self.static}" if self.static else ""
+        lines = [
+            f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps, "
+            f"{len(self.template)} slots{static}",
+            f"  inputs  {inputs}",
+        ]
+        for index, step in enumerate(self.steps):
+            args = ", ".join(show(slot) for slot in step.args[step.in_place :])
+            kwargs = "".join(f", {k}={v!r}" for k, v in step.kwargs.items())
+            if step.in_place:
+                line = f"  {step.name}({args}{kwargs})  # in place"
+            else:
+                line = f"  s{step.out} = {step.name}({args}{kwargs})  # {_spec(step.value)}"
+            if index in grouped:
+                line += f"  [fused {grouped[index]}]"
+            lines.append(line)
+        lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
+        return "\n".join(lines) + "\n"
+
+
+def _spec(value: Any) -> str:
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"{value.dtype}{tuple(value.shape)}"
+    return type(value).__name__
