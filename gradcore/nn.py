@@ -222,7 +222,7 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
             )
         if check and bool(xp.any((getval(labels) < 0) | (getval(labels) >= classes))):
             raise ValueError(f"{name}: integer labels must lie in [0, {classes})")
-        classes_row = xp.arange(classes, device=backend.array_device(labels))
+        classes_row = xp.arange(classes, device=backend.array_device(getval(labels)))
         targets = gc.astype(labels[:, None] == classes_row, logits.dtype)
     else:
         if shape(labels) != (n, classes):
