@@ -89,6 +89,12 @@ class Jitted:
                 arrays.append(leaf)
             else:
                 key.append(leaf)
+        if not arrays:
+            raise RecordingError(
+                f"gc.jit({self.__name__}): no argument is an array, so everything it computes "
+                "would be a constant of the recorded program; pass the arrays it reads "
+                "(parameters, data) as arguments"
+            )
         key = tuple(key)
         program = self.programs.get(key)
         if program is not None:

@@ -207,6 +207,13 @@ def test_random_numbers_drawn_inside_are_frozen_as_documented():
     assert _same(f(x), f(x))
 
 
+def test_a_function_of_no_arrays_is_refused():
+    """Its arrays can only come from closures or globals: all of it would be frozen."""
+    params = gc.array([1.0, 2.0])
+    with pytest.raises(RecordingError, match="no argument is an array"):
+        gc.jit(lambda: gc.sum(params * 2.0))()
+
+
 def test_closure_over_an_outer_traced_value_is_refused():
     def outer(w):
         return gc.jit(lambda x: gc.sum(x * w))(gc.array([1.0, 2.0]))
