@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import operator
 import warnings
 from collections.abc import Callable, Sequence
@@ -242,13 +243,14 @@ def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
 
 
 class Step:
-    """One primitive call of the program, as recorded (before lowering to a tuple)."""
+    """One call of the program, as recorded (``Program._compile`` lowers it to a tuple)."""
 
-    __slots__ = ("name", "fun", "args", "kwargs", "out", "value", "in_place")
+    __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place")
 
-    def __init__(self, name, fun, args, kwargs, out, value, in_place=False) -> None:
-        self.name, self.fun, self.args, self.kwargs = name, fun, args, kwargs
-        self.out, self.value, self.in_place = out, value, in_place
+    def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False) -> None:
+        self.name, self.fun, self.args, self.kwargs, self.out = name, fun, args, kwargs, out
+        self.expression = expression  # CUDA C of an elementwise op, in {0}, {1}...; or None
+        self.in_place = in_place
 
 
 class Program:
@@ -257,16 +259,15 @@ class Program:
     ``template`` holds the constants (everything a step reads that is not computed from the
     inputs) and None elsewhere; a run copies it, binds the inputs, runs each step and clears
     each slot after its last reader, so intermediate arrays are freed as early as eagerly.
+    ``specs`` keeps each array slot's (shape, dtype) as recorded, never the arrays.
     """
 
     def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
-        self.name = name
-        self.n_inputs = len(inputs)
+        self.name, self.static, self.n_inputs = name, static, len(inputs)
         slot_of = {node: i for i, node in enumerate(inputs)}
-        template: list[Any] = [None] * len(inputs)
-        self.input_specs = [_spec(node.ans) for node in inputs]
-        self.static = static
-        steps = []
+        self.template: list[Any] = [None] * len(inputs)
+        self.specs: list[tuple | None] = [_spec(node.ans) for node in inputs]
+        self.steps: list[Step] = []
 
         def constant(value: Any) -> int:
             if type(value) is Box:
@@ -274,8 +275,7 @@ class Program:
                     f"gc.jit({name}): the function uses a value traced outside it (a closure "
                     "over a value an outer grad is differentiating); pass it as an argument"
                 )
-            template.append(value)
-            return len(template) - 1
+            return self._new_slot(value, _spec(value))
 
         for node in tape:
             parents = dict(node.parents)
@@ -283,25 +283,32 @@ class Program:
                 slot_of[parents[argnum]] if argnum in parents else constant(value)
                 for argnum, value in enumerate(node.args)
             )
-            template.append(None)
-            slot_of[node] = len(template) - 1
-            in_place = node.primitive is _update
-            name_ = node.args[0].__qualname__ if in_place else node.primitive.name
-            steps.append(
-                Step(name_, _lowered(node), args, node.kwargs, slot_of[node], node.ans, in_place)
-            )
+            slot_of[node] = self._new_slot(None, _spec(node.ans))
+            prim = node.primitive
+            if prim is _update:
+                step = Step(node.args[0].__qualname__, prim.fun, args, {}, slot_of[node])
+                step.in_place = True
+            else:
+                expression = getattr(prim, "cuda_expression", None) or CUDA_EXPRESSIONS.get(
+                    prim.name
+                )
+                step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node], expression)
+            self.steps.append(step)
         self.outputs = tuple(
-            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf)
-            for leaf in out_leaves
+            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf) for leaf in out_leaves
         )
         self.out_treedef = out_treedef
-        self.template = template
-        self.steps = steps
-        self.groups: list[list[int]] = []  # fused groups, as step indices (CUDA)
         self.device = backend_of(inputs[0].ans).device if inputs else None
-        if self.device == "cuda":
+        self.groups = fusion_groups(self) if self.device == "cuda" else []
+        steps = self.steps
+        if self.groups:
             steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
         self._compile(steps)
+
+    def _new_slot(self, value: Any, spec: tuple | None) -> int:
+        self.template.append(value)
+        self.specs.append(spec)
+        return len(self.template) - 1
 
     def _compile(self, steps: list[Step]) -> None:
         """The replay's tuples: ``(function, getter, output slot, slots last read here)``."""
@@ -346,15 +353,15 @@ class Program:
             value = self.template[slot]
             if slot < self.n_inputs or value is None:
                 return f"s{slot}"
-            if type(value) in PY_SCALARS or value is None:
-                return repr(value)
-            return f"const {_spec(value)}" if hasattr(value, "dtype") else repr(value)
+            if self.specs[slot] is not None:
+                return f"const {_show_spec(self.specs[slot])}"
+            return repr(value)
 
-        inputs = ", ".join(f"s{i}: {spec}" for i, spec in enumerate(self.input_specs))
+        inputs = ", ".join(f"s{i}: {_show_spec(self.specs[i])}" for i in range(self.n_inputs))
         static = f", static {self.static}" if self.static else ""
         lines = [
             f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps, "
-            f"{len(self.template)} slots{static}",
+            f"{len(self.template)} slots, {len(self.groups)} fused groups{static}",
             f"  inputs  {inputs}",
         ]
         for index, step in enumerate(self.steps):
@@ -363,15 +370,95 @@ class Program:
             if step.in_place:
                 line = f"  {step.name}({args}{kwargs})  # in place"
             else:
-                line = f"  s{step.out} = {step.name}({args}{kwargs})  # {_spec(step.value)}"
+                spec = _show_spec(self.specs[step.out])
+                line = f"  s{step.out} = {step.name}({args}{kwargs})  # {spec}"
             if index in grouped:
-                line += f"  [fused {grouped[index]}]"
+                line += f"  [fused group {grouped[index]}]"
             lines.append(line)
         lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
         return "\n".join(lines) + "\n"
 
 
-def _spec(value: Any) -> str:
-    if hasattr(value, "dtype") and hasattr(value, "shape"):
-        return f"{value.dtype}{tuple(value.shape)}"
-    return type(value).__name__
+def _spec(value: Any) -> tuple | None:
+    """(shape, dtype name) of an array; None for anything else."""
+    if hasattr(value, "dtype") and hasattr(value, "shape") and type(value) is not Box:
+        return tuple(value.shape), str(value.dtype)
+    return None
+
+
+def _show_spec(spec: tuple | None) -> str:
+    return "-" if spec is None else f"{spec[1]}{spec[0]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA fusion planning: which consecutive elementwise steps become one generated kernel
+
+# CUDA C for the elementwise primitives, in {0}, {1}... of type T. Ops will carry this as
+# ``prim.cuda_expression`` (issue 8); until they do, this table stands in, by primitive name.
+CUDA_EXPRESSIONS = {
+    "add": "({0} + {1})",
+    "subtract": "({0} - {1})",
+    "multiply": "({0} * {1})",
+    "divide": "({0} / {1})",
+    "true_divide": "({0} / {1})",
+    "negative": "(-{0})",
+    "square": "({0} * {0})",
+    "exp": "exp({0})",
+    "log": "log({0})",
+    "sin": "sin({0})",
+    "cos": "cos({0})",
+    "tanh": "tanh({0})",
+    "sqrt": "sqrt({0})",
+    "abs": "fabs({0})",
+    "maximum": "max({0}, {1})",
+    "minimum": "min({0}, {1})",
+    "sigmoid": "(tanh({0} * (T)0.5) * (T)0.5 + (T)0.5)",
+    "sigmoid_grad": "({1} * {0} * ((T)1 - {0}))",
+}
+FUSED_DTYPES = ("float32", "float64")
+
+
+def fusion_groups(program: Program) -> list[list[int]]:
+    """Runs of two or more consecutive steps that one elementwise kernel can compute.
+
+    A step joins the run when it has a CUDA expression, its result has the run's shape and
+    dtype, and every array it reads has that dtype and broadcasts to that shape (Python
+    numbers are written into the kernel as literals). Anything else ends the run: a
+    reduction, a matmul, an in-place update, a change of shape.
+    """
+    groups: list[list[int]] = []
+    run: list[int] = []
+    shape = dtype = None
+    for index, step in enumerate(program.steps):
+        spec = program.specs[step.out]
+        fits = (
+            step.expression is not None
+            and spec is not None
+            and spec[1] in FUSED_DTYPES
+            and (not run or spec == (shape, dtype))
+            and all(_operand_fits(program, slot, spec) for slot in step.args)
+        )
+        if not fits:
+            if len(run) > 1:
+                groups.append(run)
+            run = []
+            continue
+        if not run:
+            shape, dtype = spec
+        run.append(index)
+    if len(run) > 1:
+        groups.append(run)
+    return groups
+
+
+def _operand_fits(program: Program, slot: int, spec: tuple) -> bool:
+    operand = program.specs[slot]
+    if operand is None:  # a Python number, inlined as a literal
+        value = program.template[slot]
+        return type(value) in (int, float) and math.isfinite(value)
+    shape, dtype = operand
+    return (
+        dtype == spec[1]
+        and len(shape) <= len(spec[0])
+        and all(n in (1, m) for n, m in zip(reversed(shape), reversed(spec[0])))
+    )

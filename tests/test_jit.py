@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
+from gradcore.backends import cuda_fusion
 
 import gradcore as gc
-from gradcore.jit import RecordingError
+from gradcore.jit import RecordingError, fusion_groups
 
 
 def _layers(device, sizes=(6, 5, 3), seed=0):
@@ -284,3 +287,105 @@ def test_describe_shows_steps_slots_and_in_place_updates():
     assert "= affine(s4, s0, s1)  # float32(4, 5)" in text
     assert "SGD._update(s0, s1, s2, s3" in text and "# in place" in text
     assert "outputs s" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA fusion, planned and generated on the CPU
+
+NVCC = shutil.which("nvcc")
+
+
+def _bce(p, y):
+    """The README's hand-written binary cross-entropy."""
+    return -gc.mean(y * gc.log(p) + (1.0 - y) * gc.log(1.0 - p))
+
+
+def _bce_program():
+    p = gc.array([0.2, 0.7, 0.9], dtype="float32")
+    y = gc.array([0.0, 1.0, 1.0], dtype="float32")
+    jitted = gc.jit(gc.value_and_grad(_bce))
+    jitted(p, y)
+    (program,) = jitted.programs.values()
+    return jitted, program, (p, y)
+
+
+def _names(program, group):
+    return [program.steps[index].name for index in group]
+
+
+def test_planner_groups_the_elementwise_chains_of_bce_and_its_backward():
+    _, program, _ = _bce_program()
+    groups = fusion_groups(program)
+    # forward: y*log(p) + (1-y)*log(1-p) is one kernel; mean ends it
+    assert _names(program, groups[0]) == [
+        "log", "multiply", "subtract", "subtract", "log", "multiply", "add",
+    ]  # fmt: skip
+    # backward: the cotangents of both logs and of p, from the broadcast mean cotangent
+    backward = [name for group in groups[1:] for name in _names(program, group)]
+    assert backward.count("divide") == 2 and "negative" in backward
+    reductions = {"mean", "broadcast_to", "reshape", "ones_like"}
+    assert not reductions & {name for group in groups for name in _names(program, group)}
+
+
+def _interpret(kernel):
+    """Run a generated kernel body with NumPy: checks the source computes the right thing."""
+    functions = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
+                 "sqrt": np.sqrt, "fabs": np.abs, "max": np.maximum, "min": np.minimum}  # fmt: skip
+
+    def call(*inputs):
+        scope = dict(functions, **{f"in{k}": np.asarray(v) for k, v in enumerate(inputs)})
+        for line in kernel.body.replace("(T)", "").splitlines():
+            target, expression = line.removeprefix("const T ").rstrip(";").split(" = ")
+            scope[target] = eval(expression, scope)  # noqa: S307 - our own generated source
+        outs = tuple(scope[f"out{k}"] for k in range(kernel.n_outputs))
+        return outs if len(outs) > 1 else outs[0]
+
+    return call
+
+
+def test_fused_program_computes_what_the_unfused_one_does():
+    jitted, program, (p, y) = _bce_program()
+    eager = gc.value_and_grad(_bce)(p, y)
+    program.groups = fusion_groups(program)
+    program._compile(cuda_fusion.fuse(program, build=_interpret))
+    fused = jitted(p, y)
+    for got, expected in zip(fused, eager):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert "[fused group 0]" in program.describe()
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
+def test_generated_kernels_compile_with_nvcc_for_float_and_double(tmp_path):
+    _, program, _ = _bce_program()
+    groups = fusion_groups(program)
+    source = "\n".join(cuda_fusion.generate(program, g)[0].translation_unit() for g in groups)
+    path = tmp_path / "fused.cu"
+    path.write_text(source)
+    command = [NVCC, "--ptx", "-Werror", "all-warnings", str(path), "-o", str(tmp_path / "f.ptx")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "f.ptx").read_text().count(".entry") == 2 * len(groups)
+
+
+def test_cupy_accepts_the_generated_kernels():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+    _, program, _ = _bce_program()
+    for group in fusion_groups(program):
+        kernel = cuda_fusion.generate(program, group)[0]
+        built = cupy.ElementwiseKernel(
+            kernel.in_params, kernel.out_params, kernel.body, kernel.name
+        )
+        assert (built.nin, built.nout) == (kernel.n_inputs, kernel.n_outputs)
+
+
+@pytest.mark.cuda
+def test_fused_training_step_on_cuda_matches_eager():
+    jitted = gc.jit(gc.value_and_grad(_bce))
+    p = gc.array([0.2, 0.7, 0.9], dtype="float32", device="cuda")
+    y = gc.array([0.0, 1.0, 1.0], dtype="float32", device="cuda")
+    for _ in range(2):
+        got, expected = jitted(p, y), gc.value_and_grad(_bce)(p, y)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(gc.to_numpy(a), gc.to_numpy(b), rtol=1e-5)
+    (program,) = jitted.programs.values()
+    assert program.groups
