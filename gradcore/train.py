@@ -246,6 +246,7 @@ def fit(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    jit: bool = True,
 ) -> History:
     """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
 
@@ -260,6 +261,10 @@ def fit(
     ``resume=True`` continues from it (or starts afresh if there is none) and ends with
     exactly the parameters of an uninterrupted run. A non-finite loss stops training with a
     ``FloatingPointError`` and leaves the params as they were before that step.
+
+    With ``jit`` (the default) the loss and gradient are recorded once per batch shape by
+    ``gc.jit`` and replayed; if recording fails, one warning says why and training goes on
+    eagerly. ``jit=False`` traces every step.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
@@ -310,6 +315,8 @@ def fit(
         )
 
     value_and_grad = gc.value_and_grad(loss_fn)
+    if jit:
+        value_and_grad = gc.jit(value_and_grad, fallback=True)
     losses = xp.zeros((steps,), dtype=dtype, device=backend.array_device(X))
 
     def run(Xe: Any, ye: Any, first: int, stop: int, interrupt: _DeferredInterrupt | None) -> int:

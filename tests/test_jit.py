@@ -389,3 +389,40 @@ def test_fused_training_step_on_cuda_matches_eager():
             np.testing.assert_allclose(gc.to_numpy(a), gc.to_numpy(b), rtol=1e-5)
     (program,) = jitted.programs.values()
     assert program.groups
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+def _fit(jit, loss_fn=None, epochs=2):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 6)).astype("float32")
+    y = rng.integers(0, 3, 50)
+    params = _layers("cpu")
+    loss_fn = loss_fn or (lambda p, xb, yb: gc.nn.softmax_cross_entropy(gc.nn.mlp(p, xb), yb))
+    optimizer = gc.optim.SGD(gc.optim.linear_decay(0.5, 0.1, 6), momentum=0.9)
+    history = gc.train.fit(
+        loss_fn, params, x, y, optimizer, epochs=epochs, batch_size=16, progress=False, jit=jit
+    )
+    return params, history
+
+
+def test_fit_with_jit_trains_exactly_as_without():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jitted, jit_history = _fit(jit=True)
+    eager, eager_history = _fit(jit=False)
+    assert _same(jitted, eager)
+    assert jit_history.loss == eager_history.loss
+
+
+def test_fit_falls_back_to_eager_with_one_warning():
+    def loss_fn(p, xb, yb):
+        loss = gc.nn.softmax_cross_entropy(gc.nn.mlp(p, xb), yb)
+        return loss * 2.0 if loss > 100.0 else loss  # Python control flow on a traced value
+
+    with pytest.warns(UserWarning, match="recording failed, running eagerly") as caught:
+        params, _ = _fit(jit=True, loss_fn=loss_fn)
+    assert len([w for w in caught if "gc.jit" in str(w.message)]) == 1
+    assert _same(params, _fit(jit=False, loss_fn=loss_fn)[0])
