@@ -139,8 +139,8 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tmp_path):
                 signal.raise_signal(signal.SIGINT)
         return logistic_loss(params, xb, yb)
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(epochs=3, loss_fn=interrupted_loss, checkpoint=path)
+    with pytest.raises(KeyboardInterrupt):  # jit=False: a replayed step runs no Python
+        fit(epochs=3, loss_fn=interrupted_loss, checkpoint=path, jit=False)
     assert len(steps) == 7
     _, meta = train.load_checkpoint(path)
     assert (meta["epoch"], meta["step"]) == (1, 2)
