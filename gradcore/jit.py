@@ -79,17 +79,12 @@ class Jitted:
             return self.fun(*args, **kwargs)
         static = tuple(args[i] for i in self.static_argnums)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
-        leaves, treedef = tree_flatten((dynamic, kwargs))
-        key = [treedef, static]
-        arrays = []
-        for leaf in leaves:
-            if type(leaf) is Box:  # traced by an outer grad: be part of its graph instead
-                return self.fun(*args, **kwargs)
-            if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-                key.append((type(leaf), leaf.shape, leaf.dtype, getattr(leaf, "device", None)))
-                arrays.append(leaf)
-            else:
-                key.append(leaf)
+        arrays: list[Any] = []
+        key: list[Any] = [static]
+        try:
+            _signature((dynamic, kwargs), arrays, key)
+        except _TracedArgumentError:  # an outer grad traces an argument: join its graph
+            return self.fun(*args, **kwargs)
         if not arrays:
             raise RecordingError(
                 f"gc.jit({self.__name__}): no argument is an array, so everything it computes "
@@ -101,7 +96,7 @@ class Jitted:
         if program is not None:
             return program.run(arrays)
         try:
-            out, self.programs[key] = self._record(args, kwargs, leaves, treedef, static)
+            out, self.programs[key] = self._record(args, kwargs, static)
         except Exception as error:
             if not self.fallback:
                 raise
@@ -117,8 +112,10 @@ class Jitted:
             warnings.warn(self._recompiling_message(args), stacklevel=2)
         return out
 
-    def _record(self, args, kwargs, leaves, treedef, static) -> tuple[Any, Program]:
+    def _record(self, args, kwargs, static) -> tuple[Any, Program]:
         """Run ``fun`` with every input array boxed in a recording; build its program."""
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        leaves, treedef = tree_flatten((dynamic, kwargs))
         with new_trace(keep_values=True) as (trace, tape):
             recordings[trace] = functools.partial(_refusal, self.__name__)
             try:
@@ -167,6 +164,40 @@ class Jitted:
         if not self.programs:
             return f"gc.jit({self.__name__}): nothing recorded yet\n"
         return "\n".join(program.describe() for program in self.programs.values())
+
+
+class _TracedArgumentError(Exception):
+    """Raised by ``_signature`` on meeting a box."""
+
+
+_is_array: dict[type, bool] = {Box: False}
+
+
+def _signature(tree: Any, arrays: list, key: list) -> None:
+    """Collect the arrays of ``tree`` and describe it (structure, array specs, other leaves)
+    in ``key``, in one pass: this runs at every call, so it is ``tree_flatten`` made lean."""
+    kind = type(tree)
+    if kind is dict or (kind not in _is_array and isinstance(tree, dict)):
+        key.append(tuple(tree))
+        for value in tree.values():
+            _signature(value, arrays, key)
+    elif (
+        kind is list or kind is tuple or (kind not in _is_array and isinstance(tree, (list, tuple)))
+    ):
+        key.append((kind, len(tree)))
+        for value in tree:
+            _signature(value, arrays, key)
+    elif kind is Box:
+        raise _TracedArgumentError
+    else:
+        is_array = _is_array.get(kind)
+        if is_array is None:
+            is_array = _is_array[kind] = hasattr(tree, "shape") and hasattr(tree, "dtype")
+        if is_array:
+            arrays.append(tree)
+            key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None)))
+        else:
+            key.append(tree)
 
 
 def _recorded(value: Any, trace: int) -> bool:
