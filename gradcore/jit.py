@@ -233,6 +233,12 @@ def update_in_place(fn: Callable, *arrays: Any) -> None:
     again with that call's arrays. So the Python inside ``fn`` (a learning-rate schedule, an
     update counter, state loaded from a checkpoint) runs at every step, and is never frozen.
     """
+    if recordings and Box not in map(type, arrays):
+        raise RecordingError(
+            f"gc.jit: {getattr(fn, '__qualname__', fn)} updates arrays that are not arguments "
+            "of the jitted function, so a replay could not update them; pass the parameters "
+            "as an argument"
+        )
     _update(fn, *arrays)
 
 
@@ -317,8 +323,8 @@ class Program:
             slot_of[node] = self._new_slot(None, _spec(node.ans))
             prim = node.primitive
             if prim is _update:
-                step = Step(node.args[0].__qualname__, prim.fun, args, {}, slot_of[node])
-                step.in_place = True
+                fn_name = getattr(node.args[0], "__qualname__", repr(node.args[0]))
+                step = Step(fn_name, prim.fun, args, {}, slot_of[node], in_place=True)
             else:
                 expression = getattr(prim, "cuda_expression", None) or CUDA_EXPRESSIONS.get(
                     prim.name

@@ -217,6 +217,18 @@ def test_a_function_of_no_arrays_is_refused():
         gc.jit(lambda: gc.sum(params * 2.0))()
 
 
+def test_an_update_of_arrays_that_are_not_arguments_is_refused():
+    params = [gc.array([1.0, 2.0])]
+    optimizer = gc.optim.SGD(0.1)
+
+    def step(x):
+        optimizer.step(params, [gc.array([0.5, 0.5])])  # nothing here depends on x
+        return x
+
+    with pytest.raises(RecordingError, match="not arguments of the jitted function"):
+        gc.jit(step)(gc.array([1.0, 1.0]))
+
+
 def test_closure_over_an_outer_traced_value_is_refused():
     def outer(w):
         return gc.jit(lambda x: gc.sum(x * w))(gc.array([1.0, 2.0]))
