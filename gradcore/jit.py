@@ -305,6 +305,7 @@ class Program:
         self.template: list[Any] = [None] * len(inputs)
         self.specs: list[tuple | None] = [_spec(node.ans) for node in inputs]
         self.steps: list[Step] = []
+        self.constants: set[int] = set()
 
         def constant(value: Any) -> int:
             if type(value) is Box:
@@ -312,6 +313,7 @@ class Program:
                     f"gc.jit({name}): the function uses a value traced outside it (a closure "
                     "over a value an outer grad is differentiating); pass it as an argument"
                 )
+            self.constants.add(len(self.template))
             return self._new_slot(value, _spec(value))
 
         for node in tape:
@@ -336,7 +338,7 @@ class Program:
         )
         self.out_treedef = out_treedef
         self.device = backend_of(inputs[0].ans).device if inputs else None
-        self.groups = fusion_groups(self) if self.device == "cuda" else []
+        self.groups = fusion_groups(self) if str(self.device).startswith("cuda") else []
         steps = self.steps
         if self.groups:
             steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
@@ -348,33 +350,49 @@ class Program:
         return len(self.template) - 1
 
     def _compile(self, steps: list[Step]) -> None:
-        """The replay's tuples: ``(function, getter, output slot, slots last read here)``."""
+        """The replay's tuples, ``(function, getter, output slot, slots to clear)``.
+
+        Results are given slots like registers: a step writes its result into the slot of
+        an argument it is the last to read, so that one store both keeps the new array and
+        frees the old one. Other slots whose last reader this is are cleared right after it.
+        Inputs, constants and outputs keep their own slots.
+        """
         last_read = {}
         for index, step in enumerate(steps):
             for slot in step.args:
                 last_read[slot] = index
-        keep = set(self.outputs) | {i for i, v in enumerate(self.template) if v is not None}
-        dead: list[list[int]] = [[] for _ in steps]
-        for slot, index in last_read.items():
-            if slot not in keep:
-                dead[index].append(slot)
+        fixed = set(range(self.n_inputs)) | self.constants
+        pinned = fixed | set(self.outputs)
+        where = {slot: slot for slot in fixed}  # recorded slot -> slot of the run
+        self.initial = [
+            value if slot in fixed else None for slot, value in enumerate(self.template)
+        ]
+        free = [slot for slot in reversed(range(len(self.template))) if slot not in fixed]
+        compiled = []
         for index, step in enumerate(steps):
-            if step.out not in last_read and step.out not in keep:
-                dead[index].append(step.out)  # never read: dropped at once
-        self.compiled = tuple(
-            (
-                functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun,
-                _getter(step.args),
-                step.out,
-                tuple(dead[index]),
-            )
-            for index, step in enumerate(steps)
-        )
-        self.get_outputs = _getter(self.outputs)
+            args = tuple(where[slot] for slot in step.args)
+            dying = [where.pop(slot) for slot in set(step.args) if last_read[slot] == index
+                     and slot not in pinned]  # fmt: skip
+            if step.out not in pinned and dying:
+                out = dying.pop()
+            elif free:
+                out = free.pop()
+            else:
+                out = len(self.initial)
+                self.initial.append(None)
+            if step.out not in last_read and step.out not in pinned:
+                dying.append(out)  # never read: dropped at once
+            else:
+                where[step.out] = out
+            free += dying
+            fun = functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun
+            compiled.append((fun, _getter(args), out, tuple(dying)))
+        self.compiled = tuple(compiled)
+        self.get_outputs = _getter(tuple(where[slot] for slot in self.outputs))
 
     def run(self, inputs: list[Any]) -> Any:
         """Replay: bind the inputs, run every step, free each slot after its last reader."""
-        slots = self.template.copy()
+        slots = self.initial.copy()
         slots[: self.n_inputs] = inputs
         for fun, get, out, dead in self.compiled:
             slots[out] = fun(*get(slots))
