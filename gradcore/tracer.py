@@ -128,6 +128,9 @@ class Box:
     def item(self) -> Any:
         return _python_value(self, ".item()").item()
 
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:  # np.asarray(box), np.mean(box)...
+        return _python_value(self, "a NumPy call (np.asarray)").__array__(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"Box({self._value!r}, trace={self._trace})"
 

@@ -195,10 +195,27 @@ def test_python_reads_are_refused_inside_grad_too():
         gc.jit(gc.grad(lambda x: gc.sum(x) * float(gc.sum(x))))(gc.array([1.0]))
 
 
-def test_numpy_call_on_a_traced_value_raises():
-    """NumPy refuses a Box (it defines __array_ufunc__ = None): no silent constant."""
+@pytest.mark.parametrize(
+    "numpy_call", [np.exp, np.mean, np.asarray, lambda x: np.reshape(x, (2, 1))]
+)
+def test_numpy_call_on_a_traced_value_raises(numpy_call):
+    """NumPy's ufuncs refuse a Box (``__array_ufunc__ = None``), and its other functions
+    convert it (``__array__``), which a recording refuses: no silent constant."""
     with pytest.raises(TypeError):
-        gc.jit(lambda x: np.exp(x))(gc.array([1.0]))
+        gc.jit(numpy_call)(gc.array([1.0, 2.0]))
+
+
+def test_globals_read_inside_are_frozen_as_documented():
+    """Not detectable: a global array read while recording is a constant of the program
+    (by reference: updating it in place is seen, rebinding the name is not)."""
+    scale = gc.array([2.0, 2.0])
+    f = gc.jit(lambda x: x * scale)
+    x = gc.array([1.0, 1.0])
+    assert _same(f(x), gc.array([2.0, 2.0]))
+    scale[...] = 3.0
+    assert _same(f(x), gc.array([3.0, 3.0]))
+    scale = gc.array([5.0, 5.0])  # noqa: F841 - the program still holds the old array
+    assert _same(f(x), gc.array([3.0, 3.0]))
 
 
 def test_random_numbers_drawn_inside_are_frozen_as_documented():
