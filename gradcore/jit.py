@@ -92,7 +92,13 @@ class Jitted:
                 "(parameters, data) as arguments"
             )
         key = tuple(key)
-        program = self.programs.get(key)
+        try:
+            program = self.programs.get(key)
+        except TypeError as error:  # a list or an array among static arguments, say
+            raise TypeError(
+                f"gc.jit({self.__name__}): static arguments and non-array leaves are part of "
+                f"the signature and must be hashable: {error}"
+            ) from None
         if program is not None:
             return program.run(arrays)
         try:
@@ -109,7 +115,7 @@ class Jitted:
             return out
         if len(self.programs) > MAX_RECORDINGS and not self._warned:
             self._warned = True
-            warnings.warn(self._recompiling_message(args), stacklevel=2)
+            warnings.warn(self._recompiling_message(), stacklevel=2)
         return out
 
     def _record(self, args, kwargs, static) -> tuple[Any, Program]:
@@ -141,7 +147,7 @@ class Jitted:
         values = [leaf._value if _recorded(leaf, trace) else leaf for leaf in out_leaves]
         return tree_unflatten(out_treedef, values), program
 
-    def _recompiling_message(self, args: tuple) -> str:
+    def _recompiling_message(self) -> str:
         """Name the argument whose shapes differ between recordings."""
         shapes = {}  # argnum -> every shape tuple it was recorded with
         for program in self.programs.values():
@@ -416,7 +422,8 @@ class Program:
         static = f", static {self.static}" if self.static else ""
         lines = [
             f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps, "
-            f"{len(self.template)} slots, {len(self.groups)} fused groups{static}",
+            f"{len(self.template)} slots ({len(self.initial)} at run time), "
+            f"{len(self.groups)} fused groups{static}",
             f"  inputs  {inputs}",
         ]
         for index, step in enumerate(self.steps):

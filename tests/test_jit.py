@@ -147,6 +147,12 @@ def test_new_signature_records_again_and_static_arguments_are_part_of_it():
     assert len(f.programs) == 4  # shapes, static values and dtypes tell programs apart
 
 
+def test_unhashable_static_arguments_are_refused_clearly():
+    f = gc.jit(lambda x, shape: gc.reshape(x, shape), static_argnums=1)
+    with pytest.raises(TypeError, match="must be hashable"):
+        f(gc.array([1.0, 2.0]), [2, 1])
+
+
 def test_python_numbers_are_constants_of_a_signature():
     f = gc.jit(lambda x, lr: x * lr)
     x = gc.array([1.0, 2.0])
