@@ -299,10 +299,12 @@ class Step:
 class Program:
     """A flat list of steps over numbered slots: inputs first, then constants and results.
 
-    ``template`` holds the constants (everything a step reads that is not computed from the
-    inputs) and None elsewhere; a run copies it, binds the inputs, runs each step and clears
-    each slot after its last reader, so intermediate arrays are freed as early as eagerly.
-    ``specs`` keeps each array slot's (shape, dtype) as recorded, never the arrays.
+    ``template`` has one slot per recorded value (what ``describe`` shows) and holds the
+    constants, everything a step reads that is not computed from the inputs; ``specs`` keeps
+    each array slot's (shape, dtype), never the arrays. ``_compile`` maps the slots onto fewer
+    run-time slots (``initial``, reused like registers); a run copies those, binds the
+    inputs, runs each step and frees each slot after its last reader, so intermediate arrays
+    are freed as early as eagerly.
     """
 
     def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
