@@ -77,7 +77,7 @@ class Jitted:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.eager:
             return self.fun(*args, **kwargs)
-        static = tuple(args[i] for i in self.static_argnums)
+        static = tuple((type(args[i]), args[i]) for i in self.static_argnums)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         arrays: list[Any] = []
         key: list[Any] = [static]
@@ -102,7 +102,7 @@ class Jitted:
         if program is not None:
             return program.run(arrays)
         try:
-            out, self.programs[key] = self._record(args, kwargs, static)
+            out, self.programs[key] = self._record(args, kwargs)
         except Exception as error:
             if not self.fallback:
                 raise
@@ -118,7 +118,7 @@ class Jitted:
             warnings.warn(self._recompiling_message(), stacklevel=2)
         return out
 
-    def _record(self, args, kwargs, static) -> tuple[Any, Program]:
+    def _record(self, args: tuple, kwargs: dict) -> tuple[Any, Program]:
         """Run ``fun`` with every input array boxed in a recording; build its program."""
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         leaves, treedef = tree_flatten((dynamic, kwargs))
@@ -138,6 +138,7 @@ class Jitted:
             finally:
                 del recordings[trace]
         out_leaves, out_treedef = tree_flatten(out)
+        static = tuple(args[i] for i in self.static_argnums)
         program = Program(self.__name__, inputs, tape, trace, out_leaves, out_treedef, static)
         program.argument_shapes = {
             argnum: tuple(tuple(leaf.shape) for leaf in tree_flatten(arg)[0] if type(leaf) is Box)
@@ -203,7 +204,7 @@ def _signature(tree: Any, arrays: list, key: list) -> None:
             arrays.append(tree)
             key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None)))
         else:
-            key.append(tree)
+            key.append((kind, tree))  # the type too: 1, 1.0 and True are equal keys
 
 
 def _recorded(value: Any, trace: int) -> bool:

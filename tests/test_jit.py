@@ -159,6 +159,8 @@ def test_python_numbers_are_constants_of_a_signature():
     assert _same(f(x, 0.5), x * 0.5)
     assert _same(f(x, 0.25), x * 0.25)
     assert len(f.programs) == 2
+    n = gc.array([3, 4])
+    assert f(n, 2).dtype == n.dtype and f(n, 2.0).dtype != n.dtype  # 2 == 2.0, other types
 
 
 def test_many_recordings_warn_once_naming_the_argument_whose_shape_changes():
