@@ -370,13 +370,11 @@ class Program:
         for index, step in enumerate(steps):
             for slot in step.args:
                 last_read[slot] = index
-        fixed = set(range(self.n_inputs)) | self.constants
-        pinned = fixed | set(self.outputs)
-        where = {slot: slot for slot in fixed}  # recorded slot -> slot of the run
-        self.initial = [
-            value if slot in fixed else None for slot, value in enumerate(self.template)
-        ]
-        free = [slot for slot in reversed(range(len(self.template))) if slot not in fixed]
+        fixed = sorted(set(range(self.n_inputs)) | self.constants)  # inputs first: 0..n-1
+        pinned = set(fixed) | set(self.outputs)
+        where = {slot: run_slot for run_slot, slot in enumerate(fixed)}  # recorded -> run
+        self.initial = [self.template[slot] for slot in fixed]
+        free: list[int] = []  # run slots that hold nothing
         compiled = []
         for index, step in enumerate(steps):
             args = tuple(where[slot] for slot in step.args)

@@ -297,7 +297,8 @@ def test_intermediates_are_released_after_their_last_use():
         slots[out] = fun(*get(slots))
         for slot in dead:
             slots[slot] = None
-    kept = set(range(program.n_inputs)) | program.constants | set(program.get_outputs(range(999)))
+    fixed = program.n_inputs + len(program.constants)  # inputs, then constants, then results
+    kept = set(range(fixed)) | set(program.get_outputs(range(len(slots))))
     assert {slot for slot, value in enumerate(slots) if value is not None} <= kept
     results = {out for _, _, out, _ in program.compiled}
     assert len(results) < len(program.steps) / 2  # results share slots, like registers
