@@ -342,6 +342,11 @@ class Program:
                 )
                 step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node], expression)
             self.steps.append(step)
+        if any(callable(leaf) for leaf in out_leaves):
+            raise RecordingError(
+                f"gc.jit({name}) returns a function (vjp's, say): a replay would return the one "
+                "made while recording; jit a function that calls it instead"
+            )
         self.outputs = tuple(
             slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf) for leaf in out_leaves
         )

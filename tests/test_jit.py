@@ -235,6 +235,19 @@ def test_random_numbers_drawn_inside_are_frozen_as_documented():
     assert _same(f(x), f(x))
 
 
+def test_returning_a_function_is_refused():
+    with pytest.raises(RecordingError, match="returns a function"):
+        gc.jit(lambda x: gc.vjp(gc.sin, x))(gc.array([1.0]))
+
+
+def test_vjp_inside_jit_is_replayed():
+    f = lambda x: gc.vjp(gc.sin, x)[1](gc.ones_like(x))
+    jitted = gc.jit(f)
+    for k in range(2):
+        x = gc.array([1.0, 2.0 + k])
+        assert _same(jitted(x), f(x))
+
+
 def test_a_function_of_no_arrays_is_refused():
     """Its arrays can only come from closures or globals: all of it would be frozen."""
     params = gc.array([1.0, 2.0])
