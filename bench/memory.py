@@ -104,7 +104,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
                 "peak_bytes": peak,
                 "minimum_bytes": minimum,
             }
-            if name == "gradcore":
+            if name in ("gradcore", "gradcore jit"):
                 mark_target(row, f"<= {TARGET:.2f}x", peak / minimum <= TARGET)
             rows.append(row)
     return {"suite": "memory", "reference": "minimum", "rows": rows, "notes": notes}

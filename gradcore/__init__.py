@@ -15,6 +15,7 @@ from gradcore.differential_operators import (
     value_and_grad,
     vjp,
 )
+from gradcore.jit import jit
 from gradcore.ops import (
     abs,
     add,
@@ -76,7 +77,7 @@ __all__ = [
     "Backend", "Box", "DeviceError", "abs", "add", "argmax", "array", "astype",
     "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos", "defvjp",
     "device_of", "divide", "dot", "elementwise_grad", "equal", "exp", "expand_dims", "grad",
-    "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logsumexp",
+    "greater", "greater_equal", "jit", "less", "less_equal", "log", "log_softmax", "logsumexp",
     "matmul", "max", "maximum", "mean", "minimum", "multiply", "negative", "nn", "not_equal",
     "ones_like", "optim", "power", "primitive", "register_backend", "relu", "reshape", "rules",
     "sigmoid", "sin", "softmax", "sqrt", "square", "squeeze", "stack", "stop_gradient",

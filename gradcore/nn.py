@@ -20,7 +20,7 @@ from gradcore import ops
 from gradcore.backend import backend_of, isdtype
 from gradcore.devices import array
 from gradcore.ops import affine, shape
-from gradcore.tracer import stop_gradient
+from gradcore.tracer import getval, stop_gradient
 
 __all__ = [
     "accuracy",
@@ -107,23 +107,23 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
     """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
     if not hasattr(y, "shape"):
         raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
-    xp = backend_of(y).xp
+    xp = backend_of(getval(y)).xp
     if shape(z) != shape(y):
         if shape(z) != (*shape(y), 1):
             raise ValueError(
                 f"{name}: predictions of shape {shape(z)} and targets of shape {shape(y)}; "
                 "they must match (a single output column (n, 1) may go with targets (n,))"
             )
-        y = xp.reshape(y, shape(z))  # one output unit: reshape the constant, not the traced z
+        y = ops.reshape(y, shape(z))  # one output unit: reshape the targets, not z
     if y.dtype != z.dtype:
-        y = xp.astype(y, z.dtype)
-    if _check_values.get() and bool(xp.any((y < 0.0) | (y > 1.0))):
+        y = ops.astype(y, z.dtype)
+    if _check_values.get() and bool(xp.any((getval(y) < 0.0) | (getval(y) > 1.0))):
         raise ValueError(f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)")
     return y
 
 
 def _check_probabilities(name: str, p: Any) -> None:
-    raw = stop_gradient(p)
+    raw = getval(p)
     if _check_values.get() and bool(backend_of(raw).xp.any((raw < 0.0) | (raw > 1.0))):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
@@ -169,26 +169,26 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
     if len(shape(logits)) != 2:
         raise ValueError(f"{name}: logits must have shape (n, classes), got {shape(logits)}")
     n, classes = shape(logits)
-    backend = backend_of(stop_gradient(labels))  # soft labels may be traced too
+    backend = backend_of(getval(labels))  # soft labels may be traced too
     xp = backend.xp
     check = _check_values.get()
-    if isdtype(stop_gradient(labels), "integral"):
+    if isdtype(getval(labels), "integral"):
         if shape(labels) != (n,):
             raise ValueError(
                 f"{name}: integer labels must have shape ({n},) for logits of shape "
                 f"{shape(logits)}, got {shape(labels)}"
             )
-        if check and bool(xp.any((labels < 0) | (labels >= classes))):
+        if check and bool(xp.any((getval(labels) < 0) | (getval(labels) >= classes))):
             raise ValueError(f"{name}: integer labels must lie in [0, {classes})")
-        classes_row = xp.arange(classes, device=backend.array_device(labels))
-        targets = xp.astype(labels[:, None] == classes_row, logits.dtype)
+        classes_row = xp.arange(classes, device=backend.array_device(getval(labels)))
+        targets = ops.astype(labels[:, None] == classes_row, logits.dtype)
     else:
         if shape(labels) != (n, classes):
             raise ValueError(
                 f"{name}: one-hot labels must have the logits' shape {shape(logits)}, got "
                 f"{shape(labels)} (integer class labels have shape ({n},))"
             )
-        raw = stop_gradient(labels)
+        raw = getval(labels)
         if check and bool(xp.any((raw < 0.0) | (raw > 1.0))):
             raise ValueError(f"{name}: one-hot labels must lie in [0, 1]")
         targets = labels if labels.dtype == logits.dtype else ops.astype(labels, logits.dtype)

@@ -418,7 +418,8 @@ def _sum_vjp(g, ans, x, axis=None, keepdims=False):
 
 
 def _mean_vjp(g, ans, x, axis=None, keepdims=False):
-    return _sum_vjp(g / _count(x, axis), ans, x, axis, keepdims)
+    g = _restore_reduced(g, x, axis, keepdims) / _count(x, axis)
+    return g if type(x) in PY_SCALARS else broadcast_to(g, shape(x))
 
 
 def _max_vjp(g, ans, x, axis=None, keepdims=False):

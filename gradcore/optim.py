@@ -18,6 +18,7 @@ from typing import Any
 
 from gradcore.backend import KernelTable, backend_of
 from gradcore.devices import array, device_of, to_device
+from gradcore.jit import update_in_place
 from gradcore.pytree import tree_leaves
 
 __all__ = [
@@ -160,12 +161,20 @@ class SGD:
         return float(self.learning_rate)
 
     def step(self, params: Any, grads: Any) -> None:
-        """Update the arrays of ``params`` in place from ``grads`` (a pytree of the same shape)."""
-        leaves = tree_leaves(params)
+        """Update the arrays of ``params`` in place from ``grads`` (a pytree of the same shape).
+
+        Declared to ``gc.jit`` as an in-place update, so that a jitted training step runs
+        ``_update`` at every call: the schedule and the update count advance there.
+        """
+        update_in_place(self._update, *tree_leaves(params), *tree_leaves(grads))
+
+    def _update(self, *arrays: Any) -> None:
+        """The update itself, on the parameter arrays followed by their gradients."""
+        leaves, grads = arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]
         if not self._placed:
             self._place_velocity(leaves)
         lr = self.current_learning_rate()
-        for param, grad, velocity in zip(leaves, tree_leaves(grads), self._velocity):
+        for param, grad, velocity in zip(leaves, grads, self._velocity):
             sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay)
         self.iterations += 1
 

@@ -34,6 +34,12 @@ __all__ = [
 _trace_ids = itertools.count(1)
 # trace id -> the nodes recorded in it, in the order they ran
 _tapes: dict[int, Tape] = {}
+# gradcore.jit's hook: the trace id of each jit recording in progress -> a function that builds
+# the error for reading one of its values in Python (``bool()``, ``float()``...). A recording's
+# boxes stand for the inputs of every later call: their values must never become Python
+# constants, and they stay boxed where other traces' boxes are unwrapped (``stop_gradient``,
+# constant-valued ops), so that what is computed from them is recorded too.
+recordings: dict[int, Callable[[str], Exception]] = {}
 
 
 class Tape(list):
@@ -151,10 +157,19 @@ class Box:
         return len(self._value)
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(_python_value(self, "bool()"))
 
     def __float__(self) -> float:
-        return float(self._value)
+        return float(_python_value(self, "float()"))
+
+    def __int__(self) -> int:
+        return int(_python_value(self, "int()"))
+
+    def item(self) -> Any:
+        return _python_value(self, ".item()").item()
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:  # np.asarray(box), np.mean(box)...
+        return _python_value(self, "a NumPy call (np.asarray)").__array__(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"Box({self._value!r}, trace={self._trace})"
@@ -169,6 +184,21 @@ class Box:
 def getval(x: Any) -> Any:
     """The raw value under every level of boxing."""
     while type(x) is Box:
+        x = x._value
+    return x
+
+
+def _python_value(box: Box, conversion: str) -> Any:
+    """The value under ``box`` for a Python conversion; refused while a jit records it."""
+    explain = recordings.get(box._trace)
+    if explain is not None:
+        raise explain(conversion)
+    return box._value
+
+
+def _unbox_unless_recorded(x: Any) -> Any:
+    """The value under every box but a jit recording's, which must stay traced."""
+    while type(x) is Box and x._trace not in recordings:
         x = x._value
     return x
 
@@ -320,9 +350,14 @@ def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
 def nondifferentiable(fun: Callable) -> Callable:
     """An op whose output is constant under tracing (comparisons, argmax): unbox and compute."""
 
+    recorded = primitive(fun)  # while a jit records: the op becomes a step of its program
+
     def unboxed(*args: Any, **kwargs: Any) -> Any:
+        args = [_unbox_unless_recorded(a) for a in args]
+        if recordings and Box in map(type, args):
+            return recorded(*args, **kwargs)
         try:
-            return fun(*[getval(a) for a in args], **kwargs)
+            return fun(*args, **kwargs)
         except (ValueError, TypeError) as error:
             raise _explain(error, fun.__name__, args) from error
 
@@ -336,7 +371,7 @@ def nondifferentiable(fun: Callable) -> Callable:
 
 def stop_gradient(x: Any) -> Any:
     """``x`` as a constant: gradients do not flow through it, at any order."""
-    return getval(x)
+    return _unbox_unless_recorded(x)
 
 
 def backward_pass(

@@ -43,6 +43,7 @@ from gradcore import nn
 from gradcore.backend import DeviceError, backend_for_device, backend_of
 from gradcore.devices import array, device_of, to_device, to_numpy
 from gradcore.differential_operators import value_and_grad
+from gradcore.jit import jit as record_once
 from gradcore.optim import SGD
 from gradcore.pytree import tree_leaves
 
@@ -706,14 +707,18 @@ class _DeferredInterrupt:
 
 
 def _make_step(
-    loss_fn: Callable, optimizer: Any, distributed: bool
+    loss_fn: Callable, optimizer: Any, distributed: bool, jit: bool
 ) -> Callable[[Any, Any, Any], Any]:
     """One training step, ``(params, xb, yb) -> loss`` (a device scalar, never read here).
 
-    The single place a step is built. Distributed, the gradients are averaged over the ranks
-    (one fused collective) before the update, so every rank makes the same update.
+    The single place a step is built. With ``jit`` the loss and gradient are recorded once per
+    batch shape and replayed (eager, with one warning, where recording fails). Distributed,
+    the gradients are averaged over the ranks (one fused collective) before the update, so
+    every rank makes the same update.
     """
     loss_and_grads = value_and_grad(loss_fn)
+    if jit:
+        loss_and_grads = record_once(loss_and_grads, fallback=True)
 
     def step(params: Any, xb: Any, yb: Any) -> Any:
         loss, grads = loss_and_grads(params, xb, yb)
@@ -819,6 +824,7 @@ def fit(
     allow_changes: bool = False,
     overwrite: bool = False,
     distributed: bool = False,
+    jit: bool = True,
 ) -> History:
     """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
 
@@ -847,6 +853,10 @@ def fit(
     ``n mod (K batch_size)`` rows is dropped each epoch, gradients are averaged every step,
     losses and metrics over the ranks, and only rank 0 shows progress and writes the
     checkpoint (see ``gradcore.distributed``).
+
+    With ``jit`` (the default) the loss and gradient are recorded once per batch shape by
+    ``gradcore.jit`` and replayed; if recording fails, one warning says why and training goes
+    on eagerly. ``jit=False`` traces every step.
     """
     epochs = _integer("epochs", epochs, 0)
     batch_size = _integer("batch_size", batch_size, 1)
@@ -891,7 +901,7 @@ def fit(
     if resuming:  # the guard's bound stays that of the run's own start
         start_loss = meta["start_loss"]
     guard = _Guard(divergence_factor, start_loss, distributed)
-    step = _make_step(loss_fn, optimizer, distributed)
+    step = _make_step(loss_fn, optimizer, distributed, jit)
     steps = _Steps(step, params, optimizer, X, y, batch_size, distributed)
     bar = _Progress(progress, epochs, len(steps), first_epoch * len(steps) + position)
 

@@ -75,7 +75,11 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlp, "installed", lambda module: False)
     notes: list[str] = []
-    assert list(mlp.implementations("cpu", notes)) == ["numpy (hand-written)", "gradcore"]
+    assert list(mlp.implementations("cpu", notes)) == [
+        "numpy (hand-written)",
+        "gradcore",
+        "gradcore jit",
+    ]
     assert any("autograd is not installed" in n for n in notes)
     assert any("PyTorch is not installed" in n for n in notes)
 

@@ -2,10 +2,10 @@
 for CuPy whose arrays record every host read (tests/counting_backend.py), and no read may happen
 inside a step.
 
-A step is one ``value_and_grad`` call and one ``optimizer.step``: both are marked here, by
-wrapping the ``value_and_grad`` that ``gradcore.train`` calls and the optimizer's ``step``. Between steps fit
-stores the loss into a device buffer (an index assignment, no read) and reads that buffer every
-``READ_EVERY`` steps and at the end of each epoch, outside the steps; those reads are expected.
+A step is what ``gradcore.train._make_step`` builds: ``value_and_grad`` (replayed by ``gc.jit``,
+or traced) and ``optimizer.step``; each call is marked here. Between steps fit stores the loss
+into a device buffer (an index assignment, no read) and reads that buffer every ``READ_EVERY``
+steps and at the end of each epoch, outside the steps; those reads are expected.
 """
 
 from __future__ import annotations
@@ -24,28 +24,22 @@ register()
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Resets the counts, and marks fit's value_and_grad calls as inside a step."""
+    """Resets the counts, and marks each call of fit's training step as inside a step."""
     READS.reset()
-    value_and_grad = gc.train.value_and_grad
+    make_step = gc.train._make_step
 
-    def marked(fun, *args, **kwargs):
-        inner = value_and_grad(fun, *args, **kwargs)
+    def marked(*args, **kwargs):
+        step = make_step(*args, **kwargs)
 
-        def call(*call_args, **call_kwargs):
+        def call(*call_args):
             with READS.step():
-                return inner(*call_args, **call_kwargs)
+                return step(*call_args)
 
         return call
 
-    monkeypatch.setattr(gc.train, "value_and_grad", marked)
+    monkeypatch.setattr(gc.train, "_make_step", marked)
     yield READS
     READS.reset()
-
-
-class MarkedSGD(gc.optim.SGD):
-    def step(self, params, grads):
-        with READS.step():
-            super().step(params, grads)
 
 
 def _loss(params, x, y):
@@ -54,22 +48,23 @@ def _loss(params, x, y):
     return gc.nn.binary_cross_entropy(p, y) + 1e-3 * gc.sum(gc.abs(params[0]["W"]))
 
 
-def _fit(epochs=2):
+def _fit(epochs=2, jit=True):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("float32")
     params = gc.nn.init_mlp([8, 16, 1], seed=0, device="counting")
-    optimizer = MarkedSGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    optimizer = gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
     history = gc.train.fit(
         _loss, params, x, y, optimizer=optimizer, epochs=epochs, batch_size=16,
-        device="counting", progress=False,
+        device="counting", progress=False, jit=jit,
     )  # fmt: skip
     return params, history
 
 
-def test_fit_steps_never_read_the_device(counted):
-    params, history = _fit()
-    assert counted.steps == 2 * 2 * 4  # value_and_grad and optimizer.step, 4 steps, 2 epochs
+@pytest.mark.parametrize("jit", [True, False], ids=["replayed", "traced"])
+def test_fit_steps_never_read_the_device(counted, jit):
+    params, history = _fit(jit=jit)
+    assert counted.steps == 2 * 4  # 4 steps, 2 epochs
     assert counted.in_step == []
     assert "get" in counted.elsewhere  # the loss buffer, read between steps
     assert all(type(p) is CountingArray for layer in params for p in layer.values())

@@ -146,8 +146,8 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tmp_path):
                 signal.raise_signal(signal.SIGINT)
         return logistic_loss(params, xb, yb)
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(epochs=3, loss_fn=interrupted_loss, checkpoint=path)
+    with pytest.raises(KeyboardInterrupt):  # jit=False: a replayed step runs no Python
+        fit(epochs=3, loss_fn=interrupted_loss, checkpoint=path, jit=False)
     assert len(steps) == 7
     _, meta = train.load_checkpoint(path)
     assert (meta["epoch"], meta["step"]) == (1, 2)
@@ -205,7 +205,7 @@ def test_nan_loss_stops_naming_epoch_and_step_params_from_before_it(monkeypatch,
                 return mse_loss(params, xb, yb) * float("nan")
         return mse_loss(params, xb, yb)
 
-    kwargs = dict(batch_size=1, shuffle=False, epochs=2)
+    kwargs = dict(batch_size=1, shuffle=False, epochs=2, jit=False)  # counts steps in Python
     stopped = nn.init_mlp([3, 4, 1], seed=0)
     with pytest.raises(
         FloatingPointError, match=r"diverged at epoch 1/2, step 7/10: the loss is nan"

@@ -1,0 +1,509 @@
+"""Layer 4: ``jit``. Record a call once as a flat program of primitive calls; replay it.
+
+Eager gradcore pays for a Box, a Node and a dispatch at every op, forward and backward. For a
+training step that runs thousands of times with arrays of one signature, that work gives the
+same answer every time, so ``jit`` does it once. The first call runs the function under a
+*recording*: an outermost trace whose boxes wrap every input array. Nested traces already
+record each op of each trace they see (that is how ``grad(grad(f))`` works), so the
+recording's tape ends up holding every primitive call of the forward pass, of the backward
+pass (VJP rules are gradcore ops) and of in-place updates, in the order they ran. That tape,
+flattened into ``(function, argument slots, output slot)`` steps over one list of slots, is the
+program. Later calls with the same signature put their input arrays into the input slots and
+run the steps: no boxes, no nodes, no backward pass, the same ops in the same order, so the
+same bits on the CPU.
+
+What a program cannot see, it freezes. A Python value read while recording (``float(x)``, an
+``if`` on a traced value, a global, a random draw, a NumPy call on a raw array) would be a
+constant of the program; reading a traced value in Python is therefore refused while
+recording, with an error that says what to do instead. Random numbers drawn inside the
+function and globals read by it are not detectable: they are fixed at their recorded values.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import operator
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gradcore.backend import PY_SCALARS, backend_of
+from gradcore.pytree import tree_flatten, tree_unflatten
+from gradcore.tracer import Box, Node, new_trace, primitive, recordings
+
+__all__ = ["Jitted", "RecordingError", "jit", "update_in_place"]
+
+# Recordings of one function beyond which it warns (once) that a shape keeps changing.
+MAX_RECORDINGS = 8
+
+
+class RecordingError(TypeError):
+    """A traced value was read in Python while ``jit`` was recording."""
+
+
+def jit(
+    fun: Callable, static_argnums: int | Sequence[int] = (), *, fallback: bool = False
+) -> Jitted:
+    """``fun``, recorded once per input signature and replayed without tracing.
+
+    The signature is the pytree structure of the arguments, each array's type, shape, dtype
+    and device, the Python values among the leaves, and the values of ``static_argnums``
+    (which must be hashable). Python numbers are part of the signature, not inputs: pass a
+    0-d array for a number that changes between calls. With ``fallback``, a recording that
+    raises is reported once as a warning and ``fun`` runs eagerly from then on (what
+    ``gradcore.train.fit`` does).
+    """
+    return Jitted(fun, static_argnums, fallback)
+
+
+class Jitted:
+    """A jitted function: its programs by signature; ``describe()`` shows what was recorded."""
+
+    def __init__(self, fun: Callable, static_argnums: int | Sequence[int], fallback: bool):
+        self.fun = fun
+        self.static_argnums = (
+            (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+        )
+        self.fallback = fallback
+        self.eager = False  # set when a recording failed under ``fallback``
+        self.programs: dict[Any, Program] = {}
+        self._warned = False
+        self.__name__ = getattr(fun, "__name__", "fun")
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.eager:
+            return self.fun(*args, **kwargs)
+        static = tuple((type(args[i]), args[i]) for i in self.static_argnums)
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        arrays: list[Any] = []
+        key: list[Any] = [static]
+        try:
+            _signature((dynamic, kwargs), arrays, key)
+        except _TracedArgumentError:  # an outer grad traces an argument: join its graph
+            return self.fun(*args, **kwargs)
+        if not arrays:
+            raise RecordingError(
+                f"gc.jit({self.__name__}): no argument is an array, so everything it computes "
+                "would be a constant of the recorded program; pass the arrays it reads "
+                "(parameters, data) as arguments"
+            )
+        key = tuple(key)
+        try:
+            program = self.programs.get(key)
+        except TypeError as error:  # a list or an array among static arguments, say
+            raise TypeError(
+                f"gc.jit({self.__name__}): static arguments and non-array leaves are part of "
+                f"the signature and must be hashable: {error}"
+            ) from None
+        if program is not None:
+            return program.run(arrays)
+        try:
+            out, self.programs[key] = self._record(args, kwargs)
+        except Exception as error:
+            if not self.fallback:
+                raise
+            out = self.fun(*args, **kwargs)  # a genuine error in fun raises again here
+            self.eager = True
+            warnings.warn(
+                f"gc.jit({self.__name__}): recording failed, running eagerly instead: {error}",
+                stacklevel=2,
+            )
+            return out
+        if len(self.programs) > MAX_RECORDINGS and not self._warned:
+            self._warned = True
+            warnings.warn(self._recompiling_message(), stacklevel=2)
+        return out
+
+    def _record(self, args: tuple, kwargs: dict) -> tuple[Any, Program]:
+        """Run ``fun`` with every input array boxed in a recording; build its program."""
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        leaves, treedef = tree_flatten((dynamic, kwargs))
+        with new_trace(keep_values=True) as (trace, tape):
+            recordings[trace] = functools.partial(_refusal, self.__name__)
+            try:
+                inputs = []
+                for position, leaf in enumerate(leaves):
+                    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+                        leaves[position] = Box(leaf, trace, Node.leaf(leaf))
+                        inputs.append(leaves[position]._node)
+                dynamic, kwargs = tree_unflatten(treedef, leaves)
+                dynamic = iter(dynamic)
+                args = [a if i in self.static_argnums else next(dynamic) for i, a in
+                        enumerate(args)]  # fmt: skip
+                out = self.fun(*args, **kwargs)
+            finally:
+                del recordings[trace]
+        out_leaves, out_treedef = tree_flatten(out)
+        static = tuple(args[i] for i in self.static_argnums)
+        program = Program(self.__name__, inputs, tape, trace, out_leaves, out_treedef, static)
+        program.argument_shapes = {
+            argnum: tuple(tuple(leaf.shape) for leaf in tree_flatten(arg)[0] if type(leaf) is Box)
+            for argnum, arg in enumerate(args)
+            if argnum not in self.static_argnums
+        }
+        values = [leaf._value if _recorded(leaf, trace) else leaf for leaf in out_leaves]
+        return tree_unflatten(out_treedef, values), program
+
+    def _recompiling_message(self) -> str:
+        """Name the argument whose shapes differ between recordings."""
+        shapes = {}  # argnum -> every shape tuple it was recorded with
+        for program in self.programs.values():
+            for argnum, seen in program.argument_shapes.items():
+                shapes.setdefault(argnum, set()).add(seen)
+        changing = [argnum for argnum, seen in shapes.items() if len(seen) > 1]
+        if changing:
+            seen = sorted(shapes[changing[0]])[:4]
+            what = f"argument {changing[0]} keeps changing shape ({', '.join(map(str, seen))}, ...)"
+        else:
+            what = "the signature keeps changing (dtypes, devices or Python values)"
+        return (
+            f"gc.jit({self.__name__}) has recorded {len(self.programs)} programs: {what}. Each "
+            "new signature records again; pad to one shape, mark the argument static, or "
+            "call the function without jit"
+        )
+
+    def describe(self) -> str:
+        """Every recorded program: its steps, slots, constants and fused groups."""
+        if not self.programs:
+            return f"gc.jit({self.__name__}): nothing recorded yet\n"
+        return "\n".join(program.describe() for program in self.programs.values())
+
+
+class _TracedArgumentError(Exception):
+    """Raised by ``_signature`` on meeting a box."""
+
+
+_is_array: dict[type, bool] = {Box: False}
+
+
+def _signature(tree: Any, arrays: list, key: list) -> None:
+    """Collect the arrays of ``tree`` and describe it (structure, array specs, other leaves)
+    in ``key``, in one pass: this runs at every call, so it is ``tree_flatten`` made lean."""
+    kind = type(tree)
+    if kind is dict or (kind not in _is_array and isinstance(tree, dict)):
+        key.append(tuple(tree))
+        for value in tree.values():
+            _signature(value, arrays, key)
+    elif (
+        kind is list or kind is tuple or (kind not in _is_array and isinstance(tree, (list, tuple)))
+    ):
+        key.append((kind, len(tree)))
+        for value in tree:
+            _signature(value, arrays, key)
+    elif kind is Box:
+        raise _TracedArgumentError
+    else:
+        is_array = _is_array.get(kind)
+        if is_array is None:
+            is_array = _is_array[kind] = hasattr(tree, "shape") and hasattr(tree, "dtype")
+        if is_array:
+            arrays.append(tree)
+            key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None)))
+        else:
+            key.append((kind, tree))  # the type too: 1, 1.0 and True are equal keys
+
+
+def _recorded(value: Any, trace: int) -> bool:
+    return type(value) is Box and value._trace == trace
+
+
+def _refusal(name: str, conversion: str) -> RecordingError:
+    return RecordingError(
+        f"gc.jit({name}): {conversion} of a traced value while recording. Its value changes "
+        "from call to call, but a Python value read now would be frozen into the recorded "
+        "program (math functions call float(); if, while, and, or call bool()). Use "
+        "gc.where(condition, x, y) for a choice between values, make it a static argument "
+        "(gc.jit(fun, static_argnums=...)), or call the function without jit"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# in-place updates
+
+
+def _call_in_place(fn: Callable, *args: Any) -> None:
+    fn(*args)
+
+
+_update = primitive(_call_in_place, name="update_in_place")
+
+
+def update_in_place(fn: Callable, *arrays: Any) -> None:
+    """Call ``fn(*arrays)``, which updates some of ``arrays`` in place and returns nothing.
+
+    This is how an optimizer declares its update to ``jit``: while recording, the call is a
+    program step that writes into the slots of its arguments, and every replay calls ``fn``
+    again with that call's arrays. So the Python inside ``fn`` (a learning-rate schedule, an
+    update counter, state loaded from a checkpoint) runs at every step, and is never frozen.
+    """
+    if recordings and Box not in map(type, arrays):
+        raise RecordingError(
+            f"gc.jit: {getattr(fn, '__qualname__', fn)} updates arrays that are not arguments "
+            "of the jitted function, so a replay could not update them; pass the parameters "
+            "as an argument"
+        )
+    _update(fn, *arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# the program
+
+# Faster stand-ins for a primitive's own function, with the same arithmetic: the checks and
+# dispatch the primitive does (devices, Python numbers) were done while recording.
+_OPERATORS = {
+    "add": operator.add,
+    "subtract": operator.sub,
+    "multiply": operator.mul,
+    "divide": operator.truediv,
+    "negative": operator.neg,
+    "power": operator.pow,
+}
+_NAMESPACE_FUNCTIONS = ("exp", "log", "sin", "cos", "tanh", "sqrt", "abs")
+
+
+def _lowered(node: Node) -> Callable:
+    """The function a step calls: the primitive's own, or a direct equivalent."""
+    name, fun = node.primitive.name, node.primitive.fun
+    if name in _OPERATORS:
+        return _OPERATORS[name]
+    if name in _NAMESPACE_FUNCTIONS and type(node.args[0]) not in PY_SCALARS:
+        return getattr(backend_of(node.args[0]).xp, name)
+    return fun
+
+
+def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
+    """``slots -> (values...)`` in C: itemgetter of one index returns the item, not a tuple,
+    so one argument is read as a one-element slice."""
+    if len(slots) == 1:
+        return operator.itemgetter(slice(slots[0], slots[0] + 1))
+    if not slots:
+        return operator.itemgetter(slice(0, 0))
+    return operator.itemgetter(*slots)
+
+
+class Step:
+    """One call of the program, as recorded (``Program._compile`` lowers it to a tuple)."""
+
+    __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place")
+
+    def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False) -> None:
+        self.name, self.fun, self.args, self.kwargs, self.out = name, fun, args, kwargs, out
+        self.expression = expression  # CUDA C of an elementwise op, in {0}, {1}...; or None
+        self.in_place = in_place
+
+
+class Program:
+    """A flat list of steps over numbered slots: inputs first, then constants and results.
+
+    ``template`` has one slot per recorded value (what ``describe`` shows) and holds the
+    constants, everything a step reads that is not computed from the inputs; ``specs`` keeps
+    each array slot's (shape, dtype), never the arrays. ``_compile`` maps the slots onto fewer
+    run-time slots (``initial``, reused like registers); a run copies those, binds the
+    inputs, runs each step and frees each slot after its last reader, so intermediate arrays
+    are freed as early as eagerly.
+    """
+
+    def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
+        self.name, self.static, self.n_inputs = name, static, len(inputs)
+        slot_of = {node: i for i, node in enumerate(inputs)}
+        self.template: list[Any] = [None] * len(inputs)
+        self.specs: list[tuple | None] = [_spec(node.ans) for node in inputs]
+        self.steps: list[Step] = []
+        self.constants: set[int] = set()
+
+        def constant(value: Any) -> int:
+            if type(value) is Box:
+                raise RecordingError(
+                    f"gc.jit({name}): the function uses a value traced outside it (a closure "
+                    "over a value an outer grad is differentiating); pass it as an argument"
+                )
+            self.constants.add(len(self.template))
+            return self._new_slot(value, _spec(value))
+
+        for node in tape:
+            parents = dict(node.parents)
+            args = tuple(
+                slot_of[parents[argnum]] if argnum in parents else constant(value)
+                for argnum, value in enumerate(node.args)
+            )
+            slot_of[node] = self._new_slot(None, _spec(node.ans))
+            prim = node.primitive
+            if prim is _update:
+                fn_name = getattr(node.args[0], "__qualname__", repr(node.args[0]))
+                step = Step(fn_name, prim.fun, args, {}, slot_of[node], in_place=True)
+            else:
+                expression = getattr(prim, "cuda_expression", None)
+                step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node], expression)
+            self.steps.append(step)
+        if any(callable(leaf) for leaf in out_leaves):
+            raise RecordingError(
+                f"gc.jit({name}) returns a function (vjp's, say): a replay would return the one "
+                "made while recording; jit a function that calls it instead"
+            )
+        self.outputs = tuple(
+            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf) for leaf in out_leaves
+        )
+        self.out_treedef = out_treedef
+        self.device = backend_of(inputs[0].ans).device if inputs else None
+        self.groups = fusion_groups(self) if str(self.device).startswith("cuda") else []
+        steps = self.steps
+        if self.groups:
+            steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
+        self._compile(steps)
+
+    def _new_slot(self, value: Any, spec: tuple | None) -> int:
+        self.template.append(value)
+        self.specs.append(spec)
+        return len(self.template) - 1
+
+    def _compile(self, steps: list[Step]) -> None:
+        """The replay's tuples, ``(function, getter, output slot, slots to clear)``.
+
+        Results are given slots like registers: a step writes its result into the slot of
+        an argument it is the last to read, so that one store both keeps the new array and
+        frees the old one. Other slots whose last reader this is are cleared right after it.
+        Inputs, constants and outputs keep their own slots.
+        """
+        last_read = {}
+        for index, step in enumerate(steps):
+            for slot in step.args:
+                last_read[slot] = index
+        fixed = sorted(set(range(self.n_inputs)) | self.constants)  # inputs first: 0..n-1
+        pinned = set(fixed) | set(self.outputs)
+        where = {slot: run_slot for run_slot, slot in enumerate(fixed)}  # recorded -> run
+        self.initial = [self.template[slot] for slot in fixed]
+        free: list[int] = []  # run slots that hold nothing
+        compiled = []
+        for index, step in enumerate(steps):
+            args = tuple(where[slot] for slot in step.args)
+            dying = [where.pop(slot) for slot in set(step.args) if last_read[slot] == index
+                     and slot not in pinned]  # fmt: skip
+            if step.out not in pinned and dying:
+                out = dying.pop()
+            elif free:
+                out = free.pop()
+            else:
+                out = len(self.initial)
+                self.initial.append(None)
+            if step.out not in last_read and step.out not in pinned:
+                dying.append(out)  # never read: dropped at once
+            else:
+                where[step.out] = out
+            free += dying
+            fun = functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun
+            compiled.append((fun, _getter(args), out, tuple(dying)))
+        self.compiled = tuple(compiled)
+        self.get_outputs = _getter(tuple(where[slot] for slot in self.outputs))
+
+    def run(self, inputs: list[Any]) -> Any:
+        """Replay: bind the inputs, run every step, free each slot after its last reader."""
+        slots = self.initial.copy()
+        slots[: self.n_inputs] = inputs
+        for fun, get, out, dead in self.compiled:
+            slots[out] = fun(*get(slots))
+            for slot in dead:
+                slots[slot] = None
+        return tree_unflatten(self.out_treedef, list(self.get_outputs(slots)))
+
+    def describe(self) -> str:
+        """The program as text: one line per step, ``s7 = multiply(s3, 1.001)``."""
+        grouped = {index: g for g, group in enumerate(self.groups) for index in group}
+
+        def show(slot: int) -> str:
+            value = self.template[slot]
+            if slot < self.n_inputs or value is None:
+                return f"s{slot}"
+            if self.specs[slot] is not None:
+                return f"const {_show_spec(self.specs[slot])}"
+            return repr(value)
+
+        inputs = ", ".join(f"s{i}: {_show_spec(self.specs[i])}" for i in range(self.n_inputs))
+        static = f", static {self.static}" if self.static else ""
+        lines = [
+            f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps, "
+            f"{len(self.template)} slots ({len(self.initial)} at run time), "
+            f"{len(self.groups)} fused groups{static}",
+            f"  inputs  {inputs}",
+        ]
+        for index, step in enumerate(self.steps):
+            args = ", ".join(show(slot) for slot in step.args[step.in_place :])
+            kwargs = "".join(f", {k}={v!r}" for k, v in step.kwargs.items())
+            if step.in_place:
+                line = f"  {step.name}({args}{kwargs})  # in place"
+            else:
+                spec = _show_spec(self.specs[step.out])
+                line = f"  s{step.out} = {step.name}({args}{kwargs})  # {spec}"
+            if index in grouped:
+                line += f"  [fused group {grouped[index]}]"
+            lines.append(line)
+        lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
+        return "\n".join(lines) + "\n"
+
+
+def _spec(value: Any) -> tuple | None:
+    """(shape, dtype name) of an array; None for anything else."""
+    if hasattr(value, "dtype") and hasattr(value, "shape") and type(value) is not Box:
+        return tuple(value.shape), str(value.dtype)
+    return None
+
+
+def _show_spec(spec: tuple | None) -> str:
+    return "-" if spec is None else f"{spec[1]}{spec[0]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA fusion planning: which consecutive elementwise steps become one generated kernel
+
+# Elementwise ops carry their CUDA C as ``op.cuda_expression`` (gradcore/ops.py), in {0},
+# {1}... of element type T; the planner joins runs of them into one kernel.
+FUSED_DTYPES = ("float32", "float64")
+
+
+def fusion_groups(program: Program) -> list[list[int]]:
+    """Runs of two or more consecutive steps that one elementwise kernel can compute.
+
+    A step joins the run when it has a CUDA expression, its result has the run's shape and
+    dtype, and every array it reads has that dtype and broadcasts to that shape (Python
+    numbers are written into the kernel as literals). Anything else ends the run: a
+    reduction, a matmul, an in-place update, a change of shape.
+    """
+    groups: list[list[int]] = []
+    run: list[int] = []
+    shape = dtype = None
+    for index, step in enumerate(program.steps):
+        spec = program.specs[step.out]
+        fits = (
+            step.expression is not None
+            and spec is not None
+            and spec[1] in FUSED_DTYPES
+            and (not run or spec == (shape, dtype))
+            and all(_operand_fits(program, slot, spec) for slot in step.args)
+        )
+        if not fits:
+            if len(run) > 1:
+                groups.append(run)
+            run = []
+            continue
+        if not run:
+            shape, dtype = spec
+        run.append(index)
+    if len(run) > 1:
+        groups.append(run)
+    return groups
+
+
+def _operand_fits(program: Program, slot: int, spec: tuple) -> bool:
+    operand = program.specs[slot]
+    if operand is None:  # a Python number, inlined as a literal
+        value = program.template[slot]
+        return type(value) in (int, float) and math.isfinite(value)
+    shape, dtype = operand
+    return (
+        dtype == spec[1]
+        and len(shape) <= len(spec[0])
+        and all(n in (1, m) for n, m in zip(reversed(shape), reversed(spec[0])))
+    )
