@@ -91,28 +91,26 @@ class _NotKept:
     """Stands in for a value backward did not keep; any use of it raises ``NotKeptError``.
 
     Arithmetic, indexing and conversions all fail loudly, so a rule that reads more than its
-    ``saves`` declares fails in the op tests instead of computing with something else.
+    ``saves`` declares fails in the op tests instead of computing with something else. (The
+    backward pass adds the op's name to the message.)
     """
 
-    __slots__ = ("_op", "_what")
+    __slots__ = ()
+    _what = "a value"
     __array_ufunc__ = None  # NumPy and CuPy defer to our operators, which raise
     __hash__ = None
 
-    def __init__(self, op: str, what: str) -> None:
-        self._op = op
-        self._what = what
-
     def _refuse(self, *_: Any, **__: Any) -> Any:
         raise NotKeptError(
-            f"{self._op}: a VJP rule read {self._what}, which backward did not keep; declare "
-            f"it in defvjp({self._op}, ..., saves=...): 'args', 'ans' or 'both'"
+            f"a VJP rule read {self._what}, which backward did not keep; declare what the "
+            "rules read in defvjp(..., saves=...): 'args', 'ans' or 'both'"
         )
 
     def __getattr__(self, attribute: str) -> Any:
         self._refuse()
 
     def __repr__(self) -> str:
-        return f"<{self._what} of {self._op}, not kept>"
+        return f"<{self._what}, not kept>"
 
 
 for _dunder in (
@@ -122,13 +120,21 @@ for _dunder in (
     setattr(_NotKept, f"__{_dunder}__", _NotKept._refuse)
 
 
+class _OutputNotKept(_NotKept):
+    __slots__ = ()
+    _what = "the output (ans)"
+
+
+OUTPUT_NOT_KEPT = _OutputNotKept()  # what the nodes of ops whose rules never read ans hold
+
+
 class ArraySpec(_NotKept):
     """What backward keeps of an argument whose rules read only its shape and dtype."""
 
     __slots__ = ("shape", "dtype", "ndim")
+    _what = "an argument's values"
 
-    def __init__(self, value: Any, op: str) -> None:
-        super().__init__(op, "an argument's values")
+    def __init__(self, value: Any) -> None:
         self.shape, self.dtype, self.ndim = value.shape, value.dtype, value.ndim
 
 
@@ -212,7 +218,6 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     lets it serve directly as a Box method (``Box.__mul__ = multiply``).
     """
     name = name or fun.__name__
-    ans_not_kept = _NotKept(name, "the output (ans)")  # one stand-in for every node of this op
 
     def traced(*args: Any, **kwargs: Any) -> Any:
         top = 0
@@ -249,10 +254,13 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
             # Keep for backward only what the rules read: memory is activations.
             if not traced.saves_args:
                 for argnum, _ in parents:
-                    if type(getval(raw[argnum])) not in PY_SCALARS:  # numbers cost nothing
-                        raw[argnum] = ArraySpec(raw[argnum], name)
+                    value = raw[argnum]
+                    if type(value) not in PY_SCALARS and (  # a traced number costs nothing
+                        type(value) is not Box or type(getval(value)) not in PY_SCALARS
+                    ):
+                        raw[argnum] = ArraySpec(value)
             if not traced.saves_ans:
-                saved_ans = ans_not_kept
+                saved_ans = OUTPUT_NOT_KEPT
         node = Node(traced, raw, kwargs, saved_ans, parents)
         if tape is not None:  # None: a box that outlived its trace, nothing will read this
             tape.append(node)
@@ -404,17 +412,20 @@ def backward_pass(
         if g is None:  # the outputs do not depend on this node
             continue
         prim = node.primitive
+        rules, one_rule = prim.vjps, prim.vjp_argnum
         for argnum, parent in node.parents:
-            if prim.vjp_argnum is not None:
-                parent_g = prim.vjp_argnum(argnum, g, node.ans, node.args, node.kwargs)
-            else:
-                try:
-                    rule = prim.vjps[argnum]
-                except IndexError:
-                    raise _missing_vjp(prim.name, argnum) from None
-                if rule is None:  # declared as having no gradient
-                    continue
-                parent_g = rule(g, node.ans, *node.args, **node.kwargs)
+            try:
+                if one_rule is not None:
+                    parent_g = one_rule(argnum, g, node.ans, node.args, node.kwargs)
+                else:
+                    if argnum >= len(rules):
+                        raise _missing_vjp(prim.name, argnum)
+                    rule = rules[argnum]
+                    if rule is None:  # declared as having no gradient
+                        continue
+                    parent_g = rule(g, node.ans, *node.args, **node.kwargs)
+            except NotKeptError as error:
+                raise NotKeptError(f"{prim.name}: {error}") from None
             if parent_g is None:
                 continue
             if parent in cotangents:
