@@ -275,6 +275,10 @@ def _lowered(node: Node) -> Callable:
     return fun
 
 
+def _nothing() -> None:
+    """The step that clears a slot after its last reader: ``slots[s] = _nothing()``."""
+
+
 def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
     """``slots -> (values...)`` in C: itemgetter of one index returns the item, not a tuple,
     so one argument is read as a one-element slice."""
@@ -283,6 +287,9 @@ def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
     if not slots:
         return operator.itemgetter(slice(0, 0))
     return operator.itemgetter(*slots)
+
+
+_NO_ARGUMENTS = _getter(())
 
 
 class Step:
@@ -361,12 +368,13 @@ class Program:
         return len(self.template) - 1
 
     def _compile(self, steps: list[Step]) -> None:
-        """The replay's tuples, ``(function, getter, output slot, slots to clear)``.
+        """The replay's tuples, ``(function, getter, output slot)``.
 
         Results are given slots like registers: a step writes its result into the slot of
         an argument it is the last to read, so that one store both keeps the new array and
-        frees the old one. Other slots whose last reader this is are cleared right after it.
-        Inputs, constants and outputs keep their own slots.
+        frees the old one. Other slots whose last reader this is are cleared right after it
+        by a step of their own that stores None (rare, and cheaper than checking every step
+        for slots to clear). Inputs, constants and outputs keep their own slots.
         """
         last_read = {}
         for index, step in enumerate(steps):
@@ -395,7 +403,8 @@ class Program:
                 where[step.out] = out
             free += dying
             fun = functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun
-            compiled.append((fun, _getter(args), out, tuple(dying)))
+            compiled.append((fun, _getter(args), out))
+            compiled += [(_nothing, _NO_ARGUMENTS, slot) for slot in dying]
         self.compiled = tuple(compiled)
         self.get_outputs = _getter(tuple(where[slot] for slot in self.outputs))
 
@@ -403,10 +412,8 @@ class Program:
         """Replay: bind the inputs, run every step, free each slot after its last reader."""
         slots = self.initial.copy()
         slots[: self.n_inputs] = inputs
-        for fun, get, out, dead in self.compiled:
+        for fun, get, out in self.compiled:
             slots[out] = fun(*get(slots))
-            for slot in dead:
-                slots[slot] = None
         return tree_unflatten(self.out_treedef, list(self.get_outputs(slots)))
 
     def describe(self) -> str:

@@ -306,14 +306,12 @@ def test_intermediates_are_released_after_their_last_use():
     (program,) = jitted.programs.values()
     slots = program.initial.copy()
     slots[: program.n_inputs] = [*gc.pytree.tree_leaves(params), x, y]
-    for fun, get, out, dead in program.compiled:  # Program.run, keeping the slots to look at
+    for fun, get, out in program.compiled:  # Program.run, keeping the slots to look at
         slots[out] = fun(*get(slots))
-        for slot in dead:
-            slots[slot] = None
     fixed = program.n_inputs + len(program.constants)  # inputs, then constants, then results
     kept = set(range(fixed)) | set(program.get_outputs(range(len(slots))))
     assert {slot for slot, value in enumerate(slots) if value is not None} <= kept
-    results = {out for _, _, out, _ in program.compiled}
+    results = {out for _, _, out in program.compiled}
     assert len(results) < len(program.steps) / 2  # results share slots, like registers
 
 
