@@ -80,16 +80,21 @@ def _sigmoid_grad_kernel(out: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """``1 / (1 + e^-x)``, chunked and in place in the output."""
-    x = np.asarray(x, order="C")
     out = np.empty(x.shape, np.result_type(x, 0.5))
     with np.errstate(over="ignore"):
-        _parallel(_sigmoid_kernel, out.reshape(-1), x.reshape(-1))
+        if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
+            _sigmoid_kernel(out, x)
+        else:
+            _parallel(_sigmoid_kernel, out.reshape(-1), np.asarray(x, order="C").reshape(-1))
     return out
 
 
 def sigmoid_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks)."""
-    y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
     out = np.empty(y.shape, y.dtype)
-    _parallel(_sigmoid_grad_kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
+    if y.size <= CHUNK:
+        _sigmoid_grad_kernel(out, y, g)
+    else:
+        y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
+        _parallel(_sigmoid_grad_kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
     return out
