@@ -1,5 +1,6 @@
-"""The lecture's network on the Wisconsin breast-cancer data: 30 features -> 16 sigmoid units ->
-1 sigmoid output, binary cross-entropy, minibatch SGD with momentum.
+"""The network of Geena Kim's lecture notes "Math behind Neural Network Training" on the
+Wisconsin breast-cancer data: 30 features -> 16 sigmoid units -> 1 sigmoid output, binary
+cross-entropy, minibatch SGD with momentum.
 
     python examples/breast_cancer.py --device cpu      # or --device cuda
 """

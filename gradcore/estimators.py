@@ -55,7 +55,7 @@ def _identity(x: Any) -> Any:
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "identity": _identity,
     "logistic": gc.sigmoid,
-    "sigmoid": gc.sigmoid,  # the lecture's name for scikit-learn's "logistic"
+    "sigmoid": gc.sigmoid,  # the lecture notes' name for scikit-learn's "logistic"
     "tanh": gc.tanh,
     "relu": gc.relu,
 }
@@ -424,9 +424,9 @@ class _MLP(BaseEstimator):
 class MLPClassifier(ClassifierMixin, _MLP):
     """scikit-learn's ``MLPClassifier`` trained by gradcore, on the CPU or a GPU (``device``).
 
-    Two classes: one sigmoid output and binary cross-entropy (the lecture's network); more:
-    softmax outputs and cross-entropy. The parameters are scikit-learn's (its ``solver="sgd"``
-    defaults), plus ``device`` ("cpu", "cuda", "auto"), ``learning_rate_schedule`` (a gradcore
+    Two classes: one sigmoid output and binary cross-entropy (the network of Geena Kim's
+    lecture notes); more: softmax outputs and cross-entropy. The parameters are scikit-learn's
+    (its ``solver="sgd"`` defaults), plus ``device`` ("cpu", "cuda", "auto"), ``learning_rate_schedule`` (a gradcore
     schedule, which replaces ``learning_rate_init``; ``save`` leaves it out, and the estimator
     pickles only if the schedule does) and ``standardize`` (centre and scale the features with
     the training statistics, kept in the model and in its saved file).

@@ -1,8 +1,8 @@
 """``gradcore train --data FILE`` and ``gradcore predict``: models on a user's own data.
 
-Kept apart from ``cli.py`` (which parses the flags and trains the lecture's network on the
+Kept apart from ``cli.py`` (which parses the flags and trains the lecture notes' network on the
 bundled data sets) so that the command line's own logic stays small. Training is
-``MLPClassifier`` or ``MLPRegressor`` with the command's defaults: the lecture's network (one
+``MLPClassifier`` or ``MLPRegressor`` with the command's defaults: the lecture notes' network (one
 sigmoid hidden layer of 16 units, SGD with momentum 0.9 at rate 0.1, 50 epochs) on
 standardised features. The saved model holds the standardisation and the column names, so that
 ``gradcore predict`` scores a file whose columns come in any order.
