@@ -427,9 +427,10 @@ class MLPClassifier(ClassifierMixin, _MLP):
     Two classes: one sigmoid output and binary cross-entropy (the network of Geena Kim's
     lecture notes); more: softmax outputs and cross-entropy. The parameters are scikit-learn's
     (its ``solver="sgd"`` defaults), plus ``device`` ("cpu", "cuda", "auto"),
-    ``learning_rate_schedule`` (a gradcore schedule, which replaces ``learning_rate_init``; ``save`` leaves it out, and the estimator
-    pickles only if the schedule does) and ``standardize`` (centre and scale the features with
-    the training statistics, kept in the model and in its saved file).
+    ``learning_rate_schedule`` (a gradcore schedule, which replaces ``learning_rate_init``;
+    ``save`` leaves it out, and the estimator pickles only if the schedule does) and
+    ``standardize`` (centre and scale the features with the training statistics, kept in the
+    model and in its saved file).
     """
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
