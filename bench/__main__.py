@@ -32,6 +32,7 @@ SUITES = {
     "overhead": "bench.overhead",
     "sigmoid": "bench.sigmoid",
     "train": "bench.train_time",
+    "checkpoint": "bench.checkpoint_cost",
     "scaling": "bench.scaling",  # launches its own mpiexec jobs
 }
 

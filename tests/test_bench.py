@@ -38,7 +38,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
     path, run = quick_run
     suites = {suite["suite"]: suite for suite in run["suites"]}
-    assert list(suites) == ["mlp", "memory", "overhead", "sigmoid", "train", "scaling"]
+    assert list(suites) == [
+        "mlp",
+        "memory",
+        "overhead",
+        "sigmoid",
+        "train",
+        "checkpoint",
+        "scaling",
+    ]
     for suite in suites.values():
         assert suite["rows"] or suite["notes"], suite["suite"]
         for row in suite["rows"]:
