@@ -5,6 +5,7 @@ answers). NumPy in float64 is the oracle.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,14 @@ ALL_DEVICES = ["cpu", "strict", pytest.param("cuda", marks=pytest.mark.cuda)]
 def on(device: str, value, dtype: str = "float64"):
     """A host value as a gradcore array of ``dtype`` on ``device``."""
     return gc.array(np.asarray(value), dtype=dtype, device=device)
+
+
+def run_gradcore(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The ``gradcore`` command, run as a user runs it: in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "gradcore", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )  # fmt: skip
 
 
 def host(x):

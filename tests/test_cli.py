@@ -7,22 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_gradcore
 
 import gradcore as gc
 
 
-def gradcore(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradcore", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-
-
 def test_default_train_is_the_lecture_network_on_breast_cancer():
-    result = gradcore("train", "--epochs", "5", "--no-progress")
+    result = run_gradcore("train", "--epochs", "5", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "breast-cancer: 455 training and 114 test examples" in result.stdout
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", result.stdout).group(1))
@@ -32,11 +23,11 @@ def test_default_train_is_the_lecture_network_on_breast_cancer():
 
 def test_digits_with_plot_checkpoint_and_resume(tmp_path):
     flags = ["--data", "digits", "--no-progress", "--checkpoint", "run.npz", "--nesterov"]
-    first = gradcore("train", *flags, "--epochs", "2", "--plot", "curves.png", cwd=tmp_path)
+    first = run_gradcore("train", *flags, "--epochs", "2", "--plot", "curves.png", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "10 classes" in first.stdout and "trained 2 epochs" in first.stdout
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    resumed = gradcore("train", *flags, "--epochs", "3", "--resume", cwd=tmp_path)
+    resumed = run_gradcore("train", *flags, "--epochs", "3", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"trained 1 more epoch \(epochs 3-3\) in \d", resumed.stdout)
 
@@ -49,7 +40,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_unknown_dataset_is_one_line_and_exit_2():
-    result = gradcore("train", "--data", "mnist")
+    result = run_gradcore("train", "--data", "mnist")
     assert result.returncode == 2
     assert "invalid choice: 'mnist'" in one_line_error(result)
 
@@ -64,16 +55,16 @@ def test_unknown_dataset_is_one_line_and_exit_2():
     ],
 )
 def test_bad_numbers_are_one_line_and_never_replaced_by_a_default(flag, value, message):
-    assert message in one_line_error(gradcore("train", flag, value, "--no-progress"))
+    assert message in one_line_error(run_gradcore("train", flag, value, "--no-progress"))
 
 
 def test_version():
-    result = gradcore("--version")
+    result = run_gradcore("--version")
     assert result.returncode == 0 and result.stdout == f"gradcore {gc.__version__}\n"
 
 
 def test_a_diverging_run_exits_non_zero_with_one_line():
-    result = gradcore("train", "--lr", "1e6", "--no-progress")
+    result = run_gradcore("train", "--lr", "1e6", "--no-progress")
     assert result.returncode == 1
     assert re.match(
         r"gradcore: error: fit: diverged at epoch 1/50, step \d+/15: the loss is .* more than "
@@ -84,27 +75,27 @@ def test_a_diverging_run_exits_non_zero_with_one_line():
 
 def test_checkpoint_paths_are_checked_before_training(tmp_path):
     flags = ["train", "--epochs", "1", "--no-progress", "--checkpoint", "run.npz"]
-    fresh = gradcore(*flags, "--resume", cwd=tmp_path)
+    fresh = run_gradcore(*flags, "--resume", cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     assert "no checkpoint at run.npz yet: starting afresh" in fresh.stdout
     assert (
         "gradcore: error: --checkpoint run.npz exists: add --resume to continue from it, or "
-        "give another --checkpoint path" in one_line_error(gradcore(*flags, cwd=tmp_path))
+        "give another --checkpoint path" in one_line_error(run_gradcore(*flags, cwd=tmp_path))
     )
-    changed = gradcore(*flags, "--resume", "--epochs", "2", "--lr", "0.2", cwd=tmp_path)
+    changed = run_gradcore(*flags, "--resume", "--epochs", "2", "--lr", "0.2", cwd=tmp_path)
     assert (
         "written with learning_rate=0.1 but this run has learning_rate=0.2; pass "
         "allow_changes=True (--allow-changes)" in one_line_error(changed)
     )
-    allowed = gradcore(*flags, "--resume", "--epochs", "2", "--lr", "0.2", "--allow-changes",
+    allowed = run_gradcore(*flags, "--resume", "--epochs", "2", "--lr", "0.2", "--allow-changes",
                        cwd=tmp_path)  # fmt: skip
     assert "trained 1 more epoch (epochs 2-2)" in allowed.stdout
     (tmp_path / "run.npz").write_bytes(b"PK\x03\x04 cut short")
-    corrupt = one_line_error(gradcore(*flags, "--resume", cwd=tmp_path))
+    corrupt = one_line_error(run_gradcore(*flags, "--resume", cwd=tmp_path))
     assert (
         "gradcore: error: checkpoint run.npz cannot be read: it is truncated or corrupt" in corrupt
     )
-    plot = one_line_error(gradcore(*flags[:-2], "--plot", "no/such/dir/curves.png"))
+    plot = one_line_error(run_gradcore(*flags[:-2], "--plot", "no/such/dir/curves.png"))
     assert "gradcore: error: --plot no/such/dir/curves.png cannot be written" in plot
     assert "test accuracy" not in plot
 
@@ -121,13 +112,13 @@ def test_output_into_a_closed_pipe_ends_quietly():
 
 @pytest.mark.skipif("cuda" in gc.available_devices(), reason="a GPU answers here")
 def test_cuda_unavailable_is_one_line():
-    result = gradcore("train", "--device", "cuda")
+    result = run_gradcore("train", "--device", "cuda")
     assert result.returncode == 1
     assert "gradcore: error: device 'cuda' is unavailable" in one_line_error(result)
 
 
 def test_info_names_devices_versions_and_blas():
-    result = gradcore("info")
+    result = run_gradcore("info")
     assert result.returncode == 0, result.stderr
     assert "device cpu: available" in result.stdout
     assert re.search(r"^numpy \d", result.stdout, re.MULTILINE)

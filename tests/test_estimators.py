@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import run_gradcore
 from sklearn.datasets import make_blobs, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -229,16 +230,6 @@ def test_a_missing_model_file_is_file_not_found(tmp_path):
 # training on a CSV and scoring it in a fresh process
 
 
-def gradcore_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradcore", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-
-
 @pytest.fixture(scope="module")
 def species_csv(tmp_path_factory):
     """2,000 rows, 10 features (columns f0..f9), 3 string classes in the last column."""
@@ -266,14 +257,14 @@ def test_csv_train_save_and_predict_in_a_fresh_process(tmp_path, species_csv):
     assert model.score(data.X, data.y) > 0.9
     path = model.save(tmp_path / "species.npz", metadata={"features": data.features})
 
-    result = gradcore_cli("predict", str(path), str(species_csv))
+    result = run_gradcore("predict", str(path), str(species_csv))
     assert result.returncode == 0, result.stderr
     rows = read_csv(result.stdout)
     assert rows[0] == ["prediction"] and len(rows) == 2001
     np.testing.assert_array_equal([r[0] for r in rows[1:]], model.predict(data.X))
 
     out = tmp_path / "proba.csv"
-    result = gradcore_cli("predict", str(path), str(species_csv), "--proba", "--output", str(out))
+    result = run_gradcore("predict", str(path), str(species_csv), "--proba", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert "2000 predictions written" in result.stdout
     rows = read_csv(out.read_text())
@@ -283,7 +274,7 @@ def test_csv_train_save_and_predict_in_a_fresh_process(tmp_path, species_csv):
 
 
 def test_cli_trains_on_a_csv_and_predicts_reordered_columns(tmp_path, species_csv):
-    result = gradcore_cli(
+    result = run_gradcore(
         "train", "--data", str(species_csv), "--hidden", "16,8", "--epochs", "8", "--patience",
         "3", "--history", "history.csv", "--save", "model.npz", "--no-progress", cwd=tmp_path,
     )  # fmt: skip
@@ -304,7 +295,7 @@ def test_cli_trains_on_a_csv_and_predicts_reordered_columns(tmp_path, species_cs
         writer = csv.writer(file)
         writer.writerow(data.features[::-1])
         writer.writerows(row[::-1].tolist() for row in data.X[:50])
-    result = gradcore_cli("predict", "model.npz", "new.csv", cwd=tmp_path)
+    result = run_gradcore("predict", "model.npz", "new.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = read_csv(result.stdout)
     assert rows[0] == ["species"]
@@ -314,26 +305,26 @@ def test_cli_trains_on_a_csv_and_predicts_reordered_columns(tmp_path, species_cs
 def test_cli_regression_on_an_npz(tmp_path):
     X, y = make_regression(300, 4, noise=1.0, random_state=0)
     np.savez(tmp_path / "r.npz", X=X, y=y)
-    result = gradcore_cli(
+    result = run_gradcore(
         "train", "--data", "r.npz", "--hidden", "8", "--epochs", "30", "--lr", "0.01",
         "--activation", "tanh", "--save", "m.npz", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "regression on 'y'" in result.stdout and "test R^2" in result.stdout
-    result = gradcore_cli("predict", "m.npz", "r.npz", "--proba", cwd=tmp_path)
+    result = run_gradcore("predict", "m.npz", "r.npz", "--proba", cwd=tmp_path)
     assert result.returncode == 1 and "is a regression model" in result.stderr
-    result = gradcore_cli("predict", "m.npz", "r.npz", cwd=tmp_path)
+    result = run_gradcore("predict", "m.npz", "r.npz", cwd=tmp_path)
     predicted = np.array(read_csv(result.stdout)[1:], dtype=np.float64)[:, 0]
     np.testing.assert_array_equal(predicted, load(tmp_path / "m.npz").predict(X))
 
 
 def test_cli_flags_of_the_other_trainer_are_refused(tmp_path, species_csv):
-    result = gradcore_cli("train", "--save", "m.npz", "--epochs", "1", cwd=tmp_path)
+    result = run_gradcore("train", "--save", "m.npz", "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 1
     assert "--save works with a data file (--data FILE)" in result.stderr
-    result = gradcore_cli("train", "--data", str(species_csv), "--checkpoint", "c.npz")
+    result = run_gradcore("train", "--data", str(species_csv), "--checkpoint", "c.npz")
     assert result.returncode == 1 and "--checkpoint works with the bundled" in result.stderr
-    result = gradcore_cli("train", "--hidden", "16,x")
+    result = run_gradcore("train", "--hidden", "16,x")
     assert result.returncode == 2 and "expected positive layer sizes" in result.stderr
 
 
