@@ -5,6 +5,9 @@
 array([1.       , 0.4199743], dtype=float32)
 """
 
+# The application modules import the modules they use, never this package face, so they may
+# come first: nothing here depends on the order of these lines.
+from gradcore import nn, optim, rules, train
 from gradcore.backend import Backend, DeviceError, register_backend
 from gradcore.devices import array, available_devices, device_of, to_device, to_numpy
 from gradcore.differential_operators import (
@@ -66,15 +69,11 @@ from gradcore.ops import (
     zeros_like,
 )
 from gradcore.tracer import Box, defvjp, primitive, stop_gradient
-
-__version__ = "0.1.0"
-
-# The applications import the modules they use, never this package face, so this order is free.
-from gradcore import nn, optim, rules, train  # noqa: E402
-from gradcore.train import CheckpointError as CheckpointError  # noqa: E402
+from gradcore.train import CheckpointError
+from gradcore.version import __version__ as __version__
 
 __all__ = [
-    "Backend", "Box", "DeviceError", "abs", "add", "argmax", "array", "astype",
+    "Backend", "Box", "CheckpointError", "DeviceError", "abs", "add", "argmax", "array", "astype",
     "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos", "defvjp",
     "device_of", "divide", "dot", "elementwise_grad", "equal", "exp", "expand_dims", "grad",
     "greater", "greater_equal", "jit", "less", "less_equal", "log", "log_softmax", "logsumexp",

@@ -32,7 +32,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-import gradcore as gc
+from gradcore import nn, ops, optim, train
+from gradcore.devices import array, available_devices, to_numpy
+from gradcore.version import __version__
 
 __all__ = [
     "ACTIVATIONS",
@@ -54,10 +56,10 @@ def _identity(x: Any) -> Any:
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "identity": _identity,
-    "logistic": gc.sigmoid,
-    "sigmoid": gc.sigmoid,  # the lecture notes' name for scikit-learn's "logistic"
-    "tanh": gc.tanh,
-    "relu": gc.relu,
+    "logistic": ops.sigmoid,
+    "sigmoid": ops.sigmoid,  # the lecture notes' name for scikit-learn's "logistic"
+    "tanh": ops.tanh,
+    "relu": ops.relu,
 }
 
 
@@ -69,7 +71,7 @@ class ModelFileError(ValueError):
 def resolve_device(device: str) -> str:
     """``"auto"`` is the GPU when one answers, else the CPU; other names are kept as given."""
     if device == "auto":
-        return "cuda" if "cuda" in gc.available_devices() else "cpu"
+        return "cuda" if "cuda" in available_devices() else "cpu"
     return device
 
 
@@ -207,10 +209,10 @@ class _MLP(BaseEstimator):
                     "The validation set is too small. Increase 'validation_fraction' or the "
                     "size of your dataset."
                 )
-            X_val = gc.array(X_val, dtype="float32", device=device)
-            y_val = gc.array(y_val, device=device)
-        X = gc.array(X, dtype="float32", device=device)
-        y_device = gc.array(targets, device=device)
+            X_val = array(X_val, dtype="float32", device=device)
+            y_val = array(y_val, device=device)
+        X = array(X, dtype="float32", device=device)
+        y_device = array(targets, device=device)
 
         n = X.shape[0]
         batch_size = min(200, n) if self.batch_size == "auto" else self.batch_size
@@ -222,7 +224,7 @@ class _MLP(BaseEstimator):
             )
             batch_size = n
 
-        optimizer = gc.optim.SGD(
+        optimizer = optim.SGD(
             self.learning_rate_schedule or self.learning_rate_init,
             momentum=self.momentum,
             nesterov=self.nesterovs_momentum,
@@ -234,7 +236,7 @@ class _MLP(BaseEstimator):
 
         best = None
         for _ in range(1 if incremental else self.max_iter):
-            history = gc.train.fit(
+            history = train.fit(
                 loss,
                 params,
                 X,
@@ -252,14 +254,14 @@ class _MLP(BaseEstimator):
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_curve_[-1]:.8f}")
             if X_val is not None:
-                score = self._validation_score(gc.nn.mlp(params, X_val, self._act()), y_val)
+                score = self._validation_score(nn.mlp(params, X_val, self._act()), y_val)
                 self.validation_scores_.append(score)
                 if self.verbose:
                     print(f"Validation score: {score:f}")
                 improved = score >= self.best_validation_score_ + self.tol
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
-                    best = [{key: gc.array(a) for key, a in layer.items()} for layer in params]
+                    best = [{key: array(a) for key, a in layer.items()} for layer in params]
             else:
                 improved = self.loss_curve_[-1] <= self.best_loss_ - self.tol
                 self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
@@ -281,22 +283,22 @@ class _MLP(BaseEstimator):
                     stacklevel=3,
                 )
         final = best if best is not None else params
-        self.coefs_ = [gc.to_numpy(layer["W"]) for layer in final]
-        self.intercepts_ = [gc.to_numpy(layer["b"]) for layer in final]
-        self._optimizer_state = gc.to_numpy(optimizer.state_dict())
+        self.coefs_ = [to_numpy(layer["W"]) for layer in final]
+        self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
+        self._optimizer_state = to_numpy(optimizer.state_dict())
         return self
 
     def _start(self, X: np.ndarray, outputs: int) -> None:
         """Fresh weights, statistics and counters for a first ``fit``/``partial_fit``."""
         self._reset_counters()
         sizes = [X.shape[1], *self._hidden_sizes(), outputs]
-        layers = gc.nn.init_mlp(
+        layers = nn.init_mlp(
             sizes,
             seed=int(self._rng.randint(np.iinfo(np.int32).max)),
             init="he" if self.activation == "relu" else "glorot",
         )
-        self.coefs_ = [gc.to_numpy(layer["W"]) for layer in layers]
-        self.intercepts_ = [gc.to_numpy(layer["b"]) for layer in layers]
+        self.coefs_ = [to_numpy(layer["W"]) for layer in layers]
+        self.intercepts_ = [to_numpy(layer["b"]) for layer in layers]
         self.n_outputs_ = outputs
         self.out_activation_ = self._out_activation(outputs)
         self.n_iter_ = 0
@@ -330,9 +332,9 @@ class _MLP(BaseEstimator):
         activation, alpha, data_loss = self._act(), float(self.alpha), self._data_loss
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            value = data_loss(gc.nn.mlp(params, xb, activation), yb)
+            value = data_loss(nn.mlp(params, xb, activation), yb)
             if alpha:
-                squares = sum(gc.sum(gc.square(layer["W"])) for layer in params)
+                squares = sum(ops.sum(ops.square(layer["W"])) for layer in params)
                 value = value + squares * (0.5 * alpha / xb.shape[0])
             return value
 
@@ -346,7 +348,7 @@ class _MLP(BaseEstimator):
 
     def _device_params(self, device: str, dtype: str = "float32") -> list[dict[str, Any]]:
         return [
-            {"W": gc.array(W, dtype, device), "b": gc.array(b, dtype, device)}
+            {"W": array(W, dtype, device), "b": array(b, dtype, device)}
             for W, b in zip(self.coefs_, self.intercepts_)
         ]
 
@@ -364,9 +366,7 @@ class _MLP(BaseEstimator):
         device = resolve_device(self.device)
         params, activation = self._device_params(device, "float64"), self._act()
         chunks = [
-            gc.to_numpy(
-                gc.nn.mlp(params, gc.array(X[lo : lo + _PREDICT_CHUNK], device=device), activation)
-            )
+            to_numpy(nn.mlp(params, array(X[lo : lo + _PREDICT_CHUNK], device=device), activation))
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
         ]
         return np.concatenate(chunks)
@@ -392,7 +392,7 @@ class _MLP(BaseEstimator):
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "gradcore_version": gc.__version__,
+            "gradcore_version": __version__,
             "estimator": type(self).__name__,
             "params": params,
             "architecture": {
@@ -446,9 +446,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
         """Class probabilities, one column per entry of ``classes_``."""
         logits = self._forward(X)
         if self.n_outputs_ == 1:
-            p = gc.sigmoid(logits)
+            p = ops.sigmoid(logits)
             return np.hstack([1.0 - p, p])
-        return gc.softmax(logits, axis=1)
+        return ops.softmax(logits, axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
@@ -490,11 +490,11 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     def _data_loss(self, logits: Any, targets: Any) -> Any:
         if self.n_outputs_ == 1:
-            return gc.nn.binary_cross_entropy_with_logits(logits, targets)
-        return gc.nn.softmax_cross_entropy(logits, targets)
+            return nn.binary_cross_entropy_with_logits(logits, targets)
+        return nn.softmax_cross_entropy(logits, targets)
 
     def _validation_score(self, logits: Any, targets: Any) -> float:
-        return gc.nn.accuracy(logits, targets)
+        return nn.accuracy(logits, targets)
 
 
 class MLPRegressor(RegressorMixin, _MLP):
@@ -535,10 +535,10 @@ class MLPRegressor(RegressorMixin, _MLP):
         return y.astype(np.float32)
 
     def _data_loss(self, outputs: Any, targets: Any) -> Any:
-        return gc.nn.mse(outputs, targets)
+        return nn.mse(outputs, targets)
 
     def _validation_score(self, outputs: Any, targets: np.ndarray) -> float:
-        return float(r2_score(gc.to_numpy(targets), gc.to_numpy(outputs)))
+        return float(r2_score(to_numpy(targets), to_numpy(outputs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,7 +570,7 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {version} is newer than this gradcore "
-            f"({gc.__version__}) reads (up to {FORMAT_VERSION}); upgrade gradcore to load it"
+            f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade gradcore to load it"
         )
     try:
         model = _restore(meta, arrays)
