@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=count, default=0, help="seeds the init and the shuffling")
     train.add_argument("--plot", metavar="PNG", help="write the training curves to this file")
     train.add_argument("--checkpoint", metavar="PATH", help="save the state as it trains")
-    train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    train.add_argument(  # None when not given, as every flag that only one trainer reads
+        "--resume", action="store_true", default=None, help="continue from --checkpoint"
+    )
     train.add_argument(
         "--allow-changes",
         action="store_true",
@@ -173,7 +175,7 @@ def _check_paths(args: argparse.Namespace) -> bool:
     if args.resume and not path.exists():
         print(f"no checkpoint at {path} yet: starting afresh")
         return False
-    return args.resume
+    return bool(args.resume)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -304,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
-        saved = f"; state saved to {args.checkpoint}" if getattr(args, "checkpoint", None) else ""
+    except KeyboardInterrupt as interrupt:  # fit says where it saved the state, if it did
+        saved = f"; {interrupt}" if str(interrupt) else ""
         print(f"gradcore: interrupted{saved}", file=sys.stderr)
         return 130
     except (gc.DeviceError, ImportError, OSError, ValueError, FloatingPointError) as error:

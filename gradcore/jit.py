@@ -70,6 +70,7 @@ class Jitted:
         self.eager = False  # set when a recording failed under ``fallback``
         self.programs: dict[Any, Program] = {}
         self._warned = False
+        self._updated_while_recording = False  # by the last recording, even one that failed
         self.__name__ = getattr(fun, "__name__", "fun")
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
@@ -104,7 +105,8 @@ class Jitted:
         try:
             out, self.programs[key] = self._record(args, kwargs)
         except Exception as error:
-            if not self.fallback:
+            # Running fun again eagerly would apply an in-place update a second time.
+            if not self.fallback or self._updated_while_recording:
                 raise
             out = self.fun(*args, **kwargs)  # a genuine error in fun raises again here
             self.eager = True
@@ -122,6 +124,7 @@ class Jitted:
         """Run ``fun`` with every input array boxed in a recording; build its program."""
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         leaves, treedef = tree_flatten((dynamic, kwargs))
+        self._updated_while_recording = False
         with new_trace(keep_values=True) as (trace, tape):
             recordings[trace] = functools.partial(_refusal, self.__name__)
             try:
@@ -137,6 +140,7 @@ class Jitted:
                 out = self.fun(*args, **kwargs)
             finally:
                 del recordings[trace]
+                self._updated_while_recording = any(node.primitive is _update for node in tape)
         out_leaves, out_treedef = tree_flatten(out)
         static = tuple(args[i] for i in self.static_argnums)
         program = Program(self.__name__, inputs, tape, trace, out_leaves, out_treedef, static)
@@ -351,8 +355,16 @@ class Program:
                 f"gc.jit({name}) returns a function (vjp's, say): a replay would return the one "
                 "made while recording; jit a function that calls it instead"
             )
-        self.outputs = tuple(
-            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf) for leaf in out_leaves
+        self.outputs = tuple(  # a constant output is kept as a copy: the caller gets leaf
+            slot_of[leaf._node] if _recorded(leaf, trace) else constant(_fresh(leaf))
+            for leaf in out_leaves
+        )
+        # Outputs that are constants of the program (the zero gradient of an unused argument):
+        # each call returns its own copy, as an eager call would, so writing into one is safe.
+        self.copied_outputs = tuple(
+            position
+            for position, slot in enumerate(self.outputs)
+            if slot in self.constants and self.specs[slot] is not None
         )
         self.out_treedef = out_treedef
         self.device = backend_of(inputs[0].ans).device if inputs else None
@@ -414,7 +426,10 @@ class Program:
         slots[: self.n_inputs] = inputs
         for fun, get, out in self.compiled:
             slots[out] = fun(*get(slots))
-        return tree_unflatten(self.out_treedef, list(self.get_outputs(slots)))
+        outputs = list(self.get_outputs(slots))
+        for position in self.copied_outputs:
+            outputs[position] = _fresh(outputs[position])
+        return tree_unflatten(self.out_treedef, outputs)
 
     def describe(self) -> str:
         """The program as text: one line per step, ``s7 = multiply(s3, 1.001)``."""
@@ -422,7 +437,7 @@ class Program:
 
         def show(slot: int) -> str:
             value = self.template[slot]
-            if slot < self.n_inputs or value is None:
+            if slot not in self.constants:
                 return f"s{slot}"
             if self.specs[slot] is not None:
                 return f"const {_show_spec(self.specs[slot])}"
@@ -449,6 +464,13 @@ class Program:
             lines.append(line)
         lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
         return "\n".join(lines) + "\n"
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of an array (a Python value as it is)."""
+    if _spec(value) is None:
+        return value
+    return backend_of(value).xp.asarray(value, copy=True)
 
 
 def _spec(value: Any) -> tuple | None:

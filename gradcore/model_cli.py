@@ -48,7 +48,7 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
 def refuse_flags(args: argparse.Namespace, bundled: bool) -> None:
     """Flags that only one of the two trainers reads are an error with the other, not ignored."""
     names = FILE_ONLY if bundled else BUNDLED_ONLY
-    given = [name for name in names if getattr(args, name) not in (None, False)]
+    given = [name for name in names if getattr(args, name) is not None]  # unset flags: None
     if given:
         flag = "--" + given[0].replace("_", "-")
         needs = "a data file (--data FILE)" if bundled else "the bundled data sets"

@@ -181,18 +181,19 @@ maximum = _elementwise(_extremum("maximum", builtins.max), "max({0}, {1})")
 minimum = _elementwise(_extremum("minimum", builtins.min), "min({0}, {1})")
 
 
-def _tie_share(x, ans, y):
-    """1 where x alone attains the max/min, 1/2 on ties, else 0 (autograd's balanced_eq)."""
-    return astype(equal(x, ans), ans.dtype) / (1.0 + astype(equal(x, y), ans.dtype))
+def _share(g, x, ans, y):
+    """``g`` where x alone attains the max/min, half of it on ties, else 0 (autograd's
+    balanced_eq), written with ``where`` so that it keeps ``g``'s dtype, or its Python float."""
+    return where(equal(x, ans), where(equal(x, y), 0.5 * g, g), 0.0)
 
 
 # maximum and minimum share one rule: the cotangent goes to whichever argument won.
 def _extremum_vjp_x(g, ans, x, y):
-    return unbroadcast(x, g * _tie_share(x, ans, y))
+    return unbroadcast(x, _share(g, x, ans, y))
 
 
 def _extremum_vjp_y(g, ans, x, y):
-    return unbroadcast(y, g * _tie_share(y, ans, x))
+    return unbroadcast(y, _share(g, y, ans, x))
 
 
 defvjp(maximum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
@@ -231,7 +232,7 @@ defvjp(cos, lambda g, ans, x: -g * sin(x), saves="args")
 defvjp(tanh, lambda g, ans, x: g * (1.0 - square(ans)), saves="ans")
 defvjp(abs, lambda g, ans, x: g * sign(x), saves="args")
 # d sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0; we take 0 there, so that the gradient of a
-# norm at the zero vector is 0 rather than NaN (autograd's most reported bug).
+# norm at the zero vector is 0 rather than NaN.
 defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zero(ans, 1.0)),
        saves="ans")  # fmt: skip
 
@@ -241,14 +242,7 @@ def sign(x):
     """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
     if type(x) in PY_SCALARS:
         return float((x > 0) - (x < 0))
-    backend = backend_of(x)
-    kernel = sign.kernels.lookup(backend, x.dtype)
-    return kernel(x) if kernel is not None else backend.xp.sign(x)
-
-
-# array-api-compat's CuPy sign and clip write through boolean masks, and CuPy reads every
-# mask's size back to the host: CuPy's own ufuncs never wait for the GPU.
-sign.kernel("cuda", "gradcore.backends.cuda_kernels:sign")
+    return backend_of(x).xp.sign(x)
 
 
 @primitive
@@ -323,14 +317,9 @@ def clip(x, min=None, max=None):  # noqa: A002 - NumPy's names
     if type(x) in PY_SCALARS:
         low = x if min is None else builtins.max(x, min)
         return low if max is None else (low if low <= max else max)
-    backend = backend_of(x)
-    kernel = clip.kernels.lookup(backend, x.dtype)
-    if kernel is not None:
-        return kernel(x, min, max)
-    return backend.xp.clip(x, min, max)
+    return backend_of(x).xp.clip(x, min, max)
 
 
-clip.kernel("cuda", "gradcore.backends.cuda_kernels:clip")
 defvjp(clip, lambda g, ans, x, min=None, max=None: where(equal(ans, x), g, 0.0), saves="both")
 
 
@@ -345,7 +334,8 @@ def where(condition, x, y):
 defvjp(where,
        None,
        lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
-       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)), saves="args")  # fmt: skip
+       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
+       saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
 _elementwise(where, "({0} ? {1} : {2})")
 
 
@@ -356,7 +346,19 @@ def astype(x, dtype):
     return backend_of(x).xp.astype(x, dtype)
 
 
-defvjp(astype, lambda g, ans, x, dtype: unbroadcast(x, g), saves="shapes")
+def _is_floating(dtype: Any) -> bool:
+    return "float" in str(dtype)  # NumPy's, CuPy's and array-api-strict's dtype names
+
+
+def _astype_vjp(g, ans, x, dtype):
+    """A cast between floating types passes the gradient on; to integers or bool, the result
+    is a constant (as for comparisons), so the argument gets no gradient through it."""
+    if type(x) in PY_SCALARS or (_is_floating(x.dtype) and _is_floating(dtype)):
+        return unbroadcast(x, g)
+    return None
+
+
+defvjp(astype, _astype_vjp, saves="shapes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +367,8 @@ defvjp(astype, lambda g, ans, x, dtype: unbroadcast(x, g), saves="shapes")
 
 def _restore_reduced(g, x, axis, keepdims):
     """Reshape a reduction's cotangent so that it broadcasts against the input ``x``."""
+    if ndim(x) == 0:  # a 0-d array or a Python number: nothing was reduced away
+        return g
     if keepdims or axis is None:
         return g if keepdims else reshape(g, (1,) * ndim(x))
     return expand_dims(g, _normalize_axis(axis, ndim(x)))
@@ -424,6 +428,8 @@ def _mean_vjp(g, ans, x, axis=None, keepdims=False):
 
 def _max_vjp(g, ans, x, axis=None, keepdims=False):
     """The cotangent goes to the maxima, shared equally among ties."""
+    if ndim(x) == 0:  # a 0-d array or a Python number is its own maximum
+        return g
     g = _restore_reduced(g, x, axis, keepdims)
     winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
     return g * winners / sum(winners, axis=axis, keepdims=True)
@@ -620,8 +626,11 @@ def dot(x: Any, y: Any) -> Any:
 
 @primitive
 def affine(x, w, b):
-    """``x @ w + b`` as one op, the bias added in place into the product."""
+    """``x @ w + b`` as one op; a layer's bias (a vector of the product's dtype) is added in
+    place into the product, saving a temporary the size of the layer's output."""
     out = common_backend("affine", x, w, b).xp.matmul(x, w)
+    if type(b) in PY_SCALARS or b.ndim > 1 or b.dtype != out.dtype:
+        return out + b
     out += b
     return out
 

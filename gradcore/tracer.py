@@ -305,8 +305,8 @@ def _explain(error: Exception, name: str, args: Any) -> Exception:
     except TypeError:  # something that is not an array: the original error says more
         pass
     message = str(error)
-    if message.startswith(name + "("):
-        return error
+    if message.startswith(name + "(") or type(error).__module__.startswith("gradcore"):
+        return error  # it names the op already, or is gradcore's own (a jit refusal, say)
     described = ", ".join(_describe(a) for a in args)
     kind = TypeError if isinstance(error, TypeError) else ValueError
     return kind(f"{name}({described}): {message}")

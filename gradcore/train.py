@@ -122,11 +122,17 @@ class History:
         return Path(path)
 
     def _append(self, entry: Mapping[str, Any]) -> None:
+        """One epoch. Every list that has values keeps one per epoch, NaN where an epoch did
+        not measure it (a resume that added validation data or a metric, say)."""
+        done = len(self.loss)
         self.loss.append(entry["loss"])
-        if "val_loss" in entry:
-            self.val_loss.append(entry["val_loss"])
-        for name, value in entry["metrics"].items():
-            self.metrics.setdefault(name, []).append(value)
+        if "val_loss" in entry or self.val_loss:
+            self.val_loss += [math.nan] * (done - len(self.val_loss))
+            self.val_loss.append(entry.get("val_loss", math.nan))
+        for name in {*self.metrics, *entry["metrics"]}:
+            values = self.metrics.setdefault(name, [])
+            values += [math.nan] * (done - len(values))
+            values.append(entry["metrics"].get(name, math.nan))
         self.time.append(entry["time"])
 
 
@@ -295,12 +301,14 @@ class _Checkpoints:
     """
 
     def __init__(
-        self, path: str | os.PathLike, settings: dict, leaves: list, rows: int, writes: bool
-    ) -> None:
+        self, path: str | os.PathLike, settings: dict, leaves: list, rows: int, writes: bool,
+        ranks: int,
+    ) -> None:  # fmt: skip
         self.path = Path(path)
         self.settings = settings
         self.architecture = [[list(p.shape), _dtype_name(p)] for p in leaves]
         self.rows = rows
+        self.ranks = ranks  # distributed: an epoch's steps depend on how many ranks share it
         self.writes = writes  # False on the ranks other than 0: they only read, to resume
         self.log: Any = None  # the open history file
         self.saved_at = time.monotonic()
@@ -343,11 +351,12 @@ class _Checkpoints:
                 "pass allow_changes=True (--allow-changes) to continue with the new values"
             )
         batch_size = self.settings["batch_size"]
-        if meta["step"] and (meta["rows"], then["batch_size"]) != (self.rows, batch_size):
+        was = (meta["rows"], then["batch_size"], meta.get("ranks", 1))
+        if meta["step"] and was != (self.rows, batch_size, self.ranks):
             raise ValueError(
-                f"fit: checkpoint {self.path} stopped inside an epoch of {meta['rows']} rows "
-                f"in batches of {then['batch_size']}; this run has {self.rows} rows in batches "
-                f"of {batch_size}, so it cannot continue that epoch"
+                f"fit: checkpoint {self.path} stopped inside an epoch of {was[0]} rows in "
+                f"batches of {was[1]} on {was[2]} rank(s); this run has {self.rows} rows in "
+                f"batches of {batch_size} on {self.ranks}, so it cannot continue that epoch"
             )
         for entry in self._read_history(meta["history_bytes"]):
             history._append(entry)
@@ -645,7 +654,9 @@ class _Guard:
         return gd.earliest(bad) if self.distributed else bad
 
     def error(self, loss: float, where: str) -> FloatingPointError:
-        if math.isfinite(loss):
+        if math.isfinite(loss) and loss <= self.bound:  # distributed: this rank's was fine
+            why = "the loss diverged on another rank"
+        elif math.isfinite(loss):
             why = (
                 f"the loss is {loss:.4g}, more than divergence_factor={self.factor:g} times "
                 f"the starting loss {self.start_loss:.4g}"
@@ -746,7 +757,8 @@ class _Steps:
         self.sizes = np.array([b.stop - b.start for b in self.batches], np.float64)
         self.backend = backend_of(X)
         xp = self.backend.xp
-        self.losses = xp.zeros((len(self),), dtype=X.dtype, device=self.backend.array_device(X))
+        dtype = tree_leaves(params)[0].dtype  # the loss's dtype, whatever the data's
+        self.losses = xp.zeros((len(self),), dtype=dtype, device=self.backend.array_device(X))
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -878,7 +890,8 @@ def fit(
     if checkpoint is not None:
         settings = _settings(optimizer, batch_size, seed)
         writes = not distributed or gd.is_root()
-        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0], writes)
+        ranks = gd.size() if distributed else 1
+        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0], writes, ranks)
         resuming = saver.prepare(resume, overwrite)
 
     history = History(params=params)
@@ -905,14 +918,28 @@ def fit(
     steps = _Steps(step, params, optimizer, X, y, batch_size, distributed)
     bar = _Progress(progress, epochs, len(steps), first_epoch * len(steps) + position)
 
-    def save(epoch: int, position: int, rng_state: dict, step_losses: list, force: bool) -> None:
+    def interrupted() -> bool:
+        """Ctrl-C; distributed, on any rank (every rank stops at the same step)."""
+        if distributed:
+            interrupt.requested = gd.mean(float(interrupt.requested)) > 0.0
+        return interrupt.requested
+
+    def save(epoch: int, position: int, rng_state: dict, step_losses: list, force: bool) -> bool:
+        """Write the checkpoint if one is due; whether it was written."""
         if saver is not None and saver.due(force):
             state = {
                 "epoch": epoch, "step": position, "rows": X.shape[0], "rng": rng_state,
+                "ranks": saver.ranks,
                 "step_losses": step_losses, "start_loss": start_loss,
                 **{f"optimizer/{k}": v for k, v in optimizer.state_dict().items()},
             }  # fmt: skip
             saver.save(params, state)
+            return True
+        return False
+
+    def stop_on_interrupt(*where: Any) -> None:
+        saved = save(*where, force=True)
+        raise KeyboardInterrupt(f"state saved to {checkpoint}" if saved else "")
 
     with (
         saver or contextlib.nullcontext(),
@@ -929,26 +956,27 @@ def fit(
             Xe, ye = steps.epoch_data(rng, shuffle)
             while position < len(steps):
                 stop = min(position + READ_EVERY, len(steps))
-                read = steps.run_and_read(Xe, ye, position, stop, interrupt, guard, epoch, epochs)
+                # Distributed, a rank never stops alone between reads: the others would wait.
+                alone = None if distributed else interrupt
+                read = steps.run_and_read(Xe, ye, position, stop, alone, guard, epoch, epochs)
+                if distributed:  # every rank holds (and a checkpoint keeps) the ranks' mean
+                    read = gd.allreduce_mean(np.array(read, np.float64)).tolist()
                 step_losses += read
                 position += len(read)
                 bar.update(len(read), loss=steps.mean(step_losses))
-                if interrupt.requested:
-                    save(epoch, position, epoch_rng, step_losses, force=True)
-                    raise KeyboardInterrupt
+                if interrupted():
+                    stop_on_interrupt(epoch, position, epoch_rng, step_losses)
 
-            loss = gd.mean(steps.mean(step_losses)) if distributed else steps.mean(step_losses)
-            entry = {"loss": loss, **evaluation.after_epoch(params, X, y)}
+            entry = {"loss": steps.mean(step_losses), **evaluation.after_epoch(params, X, y)}
             entry["time"] = time.perf_counter() - started
             history._append(entry)
             bar.update(0, **{k: v for k, v in entry.items() if k.endswith("loss")})
             position, step_losses = 0, []
             if saver is not None:
                 saver.append(entry)
-            last = epoch == epochs - 1 or interrupt.requested
-            save(epoch + 1, 0, rng.bit_generator.state, [], force=last)
-            if interrupt.requested:
-                raise KeyboardInterrupt
+            if interrupted():
+                stop_on_interrupt(epoch + 1, 0, rng.bit_generator.state, [])
+            save(epoch + 1, 0, rng.bit_generator.state, [], force=epoch == epochs - 1)
     if distributed and checkpoint is not None:  # no rank reads the file before rank 0 wrote it
         gd.barrier()
     return history

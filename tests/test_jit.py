@@ -483,3 +483,36 @@ def test_fit_falls_back_to_eager_with_one_warning():
         params, _ = _fit(jit=True, loss_fn=loss_fn)
     assert len([w for w in caught if "gc.jit" in str(w.message)]) == 1
     assert _same(params, _fit(jit=False, loss_fn=loss_fn)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+
+
+def test_fallback_never_runs_an_update_twice():
+    """A recording that fails after the optimizer's update raises: running the function
+    again eagerly would update the parameters a second time."""
+    params = {"w": np.array([1.0, 2.0])}
+    optimizer = gc.optim.SGD(0.1)
+
+    def step(params):
+        loss, grads = gc.value_and_grad(lambda p: gc.sum(p["w"]))(params)
+        optimizer.step(params, grads)
+        return float(loss)  # refused while recording, after the update ran
+
+    with pytest.raises(RecordingError, match=r"float\(\) of a traced value"):
+        gc.jit(step, fallback=True)(params)
+    np.testing.assert_array_equal(params["w"], [0.9, 1.9])
+    assert optimizer.iterations == 1
+
+
+def test_constant_outputs_are_fresh_arrays_at_every_call():
+    """The zero gradient of an unused argument is a constant of the program; each call gets
+    its own copy, so writing into one changes no later call."""
+    grad = gc.jit(gc.grad(lambda p, x: gc.sum(p["w"] * x)))
+    params, x = {"w": np.ones(2), "b": np.zeros(2)}, np.array([3.0, 4.0])
+    first = grad(params, x)
+    first["b"] += 5.0
+    second = grad(params, x)
+    np.testing.assert_array_equal(second["b"], [0.0, 0.0])
+    np.testing.assert_array_equal(second["w"], [3.0, 4.0])

@@ -244,3 +244,40 @@ def test_an_application_module_imports_first_in_a_fresh_interpreter(module):
         [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+
+
+def test_a_cast_to_integers_or_bool_carries_no_gradient():
+    x = np.array([1.7, 2.2, -0.4])
+    g = gc.grad(lambda x: gc.sum(gc.astype(gc.astype(x, np.int64), np.float64) * x))(x)
+    np.testing.assert_array_equal(g, np.trunc(x))  # d/dx [trunc(x) x] = trunc(x)
+    g = gc.grad(lambda x: gc.sum(gc.astype(gc.astype(x, bool), np.float64)))(x)
+    np.testing.assert_array_equal(g, np.zeros(3))
+    np.testing.assert_array_equal(gc.grad(lambda x: gc.sum(gc.astype(x, np.float32)))(x), 1.0)
+
+
+@pytest.mark.parametrize(
+    "fun, expected",
+    [(lambda s: gc.sum(s * s), 4.0), (lambda s: gc.mean(s * s), 4.0), (gc.max, 1.0),
+     (gc.logsumexp, 1.0), (lambda s: gc.maximum(s, 0.1), 1.0), (lambda s: gc.minimum(s, 0.1), 0.0),
+     (lambda s: gc.maximum(s, 2.0), 0.5)],
+)  # fmt: skip
+def test_reductions_and_extrema_of_a_python_float(fun, expected):
+    g = gc.grad(fun)(2.0)
+    assert type(g) is float and g == expected
+
+
+def test_affine_with_a_bias_of_another_dtype_is_x_at_w_plus_b():
+    x, w = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    b = np.full(4, 0.5, np.float64)
+    np.testing.assert_array_equal(ops.affine(x, w, b), x @ w + b)
+    assert ops.affine(x, w, b).dtype == (x @ w + b).dtype == np.float64
+
+
+def test_float16_sigmoid_keeps_its_small_outputs():
+    x = np.array([-12.0, -8.0, 0.0, 8.0], np.float16)
+    expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(gc.sigmoid(x), expected, rtol=2e-3)

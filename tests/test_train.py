@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tmp_path):
                 signal.raise_signal(signal.SIGINT)
         return logistic_loss(params, xb, yb)
 
-    with pytest.raises(KeyboardInterrupt):  # jit=False: a replayed step runs no Python
+    # jit=False: a replayed step runs no Python
+    with pytest.raises(KeyboardInterrupt, match=f"state saved to {re.escape(str(path))}"):
         fit(epochs=3, loss_fn=interrupted_loss, checkpoint=path, jit=False)
     assert len(steps) == 7
     _, meta = train.load_checkpoint(path)
@@ -335,6 +337,7 @@ def test_checkpoint_records_format_settings_and_architecture(tmp_path):
     fit(epochs=1, checkpoint=path, seed=5, optimizer=optim.SGD(0.1, momentum=0.9, nesterov=True))
     _, meta = train.load_checkpoint(path)
     assert meta["format"] == train.FORMAT == 2
+    assert (meta["ranks"], meta["rows"]) == (1, 40)  # what an epoch's steps depend on
     assert meta["settings"] == {
         "optimizer": "SGD", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
         "weight_decay": 0.0, "batch_size": 8, "seed": 5,
@@ -591,3 +594,32 @@ def test_nan_or_inf_in_the_data_is_named_as_bad_data_with_the_row(which):
         "remove or impute",
     ):
         fit(data=(X, y), validation_data=(X_val, y_val))
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+
+
+def test_integer_data_still_records_the_losses():
+    """The loss buffer has the params' dtype: integer data once truncated every loss to 0."""
+    X, y = problem()
+    _, history = fit(data=(np.round(X * 10).astype(np.int64), y))
+    assert all(loss > 0.1 for loss in history.loss)
+
+
+def test_a_resume_that_adds_validation_keeps_every_history_list_one_per_epoch(tmp_path):
+    path = tmp_path / "run.npz"
+    fit(epochs=2, checkpoint=path)
+    _, history = fit(
+        epochs=4, checkpoint=path, resume=True, validation_data=problem(20, seed=1),
+        metrics=[accuracy],
+    )  # fmt: skip
+    assert len(history.loss) == len(history.val_loss) == len(history.metrics["accuracy"]) == 4
+    assert np.isnan(history.val_loss[:2]).all() and np.isfinite(history.val_loss[2:]).all()
+    history.plot(tmp_path / "curves.png")
+
+
+def test_the_guard_on_a_rank_whose_own_loss_was_fine_blames_another_rank():
+    guard = train._Guard(factor=None, start_loss=0.7, distributed=False)
+    message = str(guard.error(0.5, "epoch 1/1, step 3/4"))
+    assert "diverged at epoch 1/1, step 3/4: the loss diverged on another rank" in message
