@@ -123,3 +123,16 @@ def test_info_names_devices_versions_and_blas():
     assert "device cpu: available" in result.stdout
     assert re.search(r"^numpy \d", result.stdout, re.MULTILINE)
     assert "BLAS" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags", [["--patience", "0"], ["--test-split", "0"], ["--no-standardize"]]
+)
+def test_a_file_only_flag_is_refused_with_bundled_data_even_when_zero(flags, capsys):
+    from gradcore.cli import main
+
+    assert main(["train", *flags, "--no-progress"]) == 1
+    flag = flags[0].replace("no-", "")
+    assert (
+        f"gradcore: error: {flag} works with a data file (--data FILE)" in capsys.readouterr().err
+    )
