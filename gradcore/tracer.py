@@ -18,9 +18,9 @@ from gradcore.backend import PY_SCALARS, KernelTable, common_backend
 
 __all__ = [
     "ArraySpec",
-    "NotKeptError",
     "Box",
     "Node",
+    "NotKeptError",
     "backward_pass",
     "defvjp",
     "defvjp_argnum",
