@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -410,15 +409,7 @@ class _MLP(BaseEstimator):
             )
             meta["classes_dtype"] = "object" if self.classes_.dtype == object else None
         arrays["meta"] = np.array(json.dumps(meta, default=_json_scalar))
-        path = Path(path)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, delete=False) as file:
-            try:
-                np.savez(file, **arrays)
-            except BaseException:
-                os.unlink(file.name)
-                raise
-        os.replace(file.name, path)
-        return path
+        return train.write_npz(path, arrays)
 
 
 class MLPClassifier(ClassifierMixin, _MLP):

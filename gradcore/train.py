@@ -59,6 +59,7 @@ __all__ = [
     "history_path",
     "load_checkpoint",
     "save_checkpoint",
+    "write_npz",
 ]
 
 READ_EVERY = 50  # steps between reads of the loss buffer: progress display and the guard
@@ -189,9 +190,7 @@ def save_checkpoint(path: str | os.PathLike, params: Any, meta: Mapping[str, Any
     """Atomically write the arrays of ``params`` and JSON-able ``meta`` to an ``.npz`` file.
 
     Lists of arrays in ``meta`` (optimizer velocities) are stored as arrays too. A reader
-    never sees a half-written file: the data goes to ``.<name>.tmp-<pid>`` beside ``path``,
-    which replaces ``path`` once complete and is removed if anything fails. The file's mode
-    follows the umask, like any file the user writes.
+    never sees a half-written file (``write_npz``).
     """
     arrays = {f"param/{i}": a for i, a in enumerate(to_numpy(tree_leaves(params)))}
     scalars = {}
@@ -203,6 +202,15 @@ def save_checkpoint(path: str | os.PathLike, params: Any, meta: Mapping[str, Any
         else:
             scalars[key] = value
     arrays["meta"] = np.array(json.dumps(scalars))
+    write_npz(path, arrays)
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
+    """Write host ``arrays`` to an ``.npz`` at ``path`` so that no reader sees half a file.
+
+    The data goes to ``.<name>.tmp-<pid>`` beside ``path``, reaches the disk, then replaces
+    ``path``; the temporary file is removed if anything fails. The mode follows the umask.
+    """
     path = Path(path)
     temporary = _temporary(path)
     try:
@@ -214,6 +222,7 @@ def save_checkpoint(path: str | os.PathLike, params: Any, meta: Mapping[str, Any
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return path
 
 
 def _unreadable(path: Any, why: str) -> CheckpointError:
