@@ -126,25 +126,5 @@ def sgd_update(
         )
 
 
-def clip(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 - the Array API's names
-    """CuPy's own clip ufunc: array-api-compat's writes through boolean masks, and CuPy reads
-    each mask's size back to the host, so every call would wait for the GPU."""
-    with x.device:
-        return x.copy() if min is None and max is None else x.clip(min, max)
-
-
-def sign(x: Any) -> Any:
-    """CuPy's own sign ufunc (CuPy 14's keeps NaN), without array-api-compat's NaN mask."""
-    with x.device:
-        return _cupy().sign(x)
-
-
-@cache
-def _cupy() -> Any:
-    import cupy
-
-    return cupy
-
-
-for _launch in (sigmoid, sigmoid_grad, sgd_update, clip, sign):
+for _launch in (sigmoid, sigmoid_grad, sgd_update):
     _launch.dtypes = FLOAT_DTYPES

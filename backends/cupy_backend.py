@@ -25,8 +25,6 @@ import numpy as np
 
 from gradcore.backend import DeviceError, backend_for_device
 
-from . import cuda_kernels
-
 INSTALL_HINT = (
     "install the CuPy wheel that matches your driver's CUDA version (the 'CUDA Version' that "
     "nvidia-smi prints): pip install 'gradcore[cuda12]' or 'gradcore[cuda13]'"
@@ -77,6 +75,13 @@ def _on_device(create: Callable, gpu: Any) -> Callable:
     return on_device
 
 
+def _clip(x: Any, min: Any = None, max: Any = None) -> Any:  # noqa: A002 - the Array API's names
+    """CuPy's own clip ufunc: array-api-compat's writes through boolean masks, and CuPy reads
+    each mask's size back to the host, so every call would wait for the GPU."""
+    with x.device:
+        return x.copy() if min is None and max is None else x.clip(min, max)
+
+
 def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
     """array-api-compat's CuPy namespace ``compat``, bound to ``gpu`` (a ``cupy.cuda.Device``).
 
@@ -90,7 +95,7 @@ def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
     )
     for name in CREATION_FUNCTIONS:
         setattr(namespace, name, _on_device(getattr(compat, name), gpu))
-    namespace.clip = cuda_kernels.clip
+    namespace.clip = _clip
     namespace.sign = cupy.sign
     return namespace
 

@@ -372,8 +372,6 @@ def nondifferentiable(fun: Callable) -> Callable:
     unboxed.__name__ = unboxed.name = fun.__name__
     unboxed.__doc__ = fun.__doc__
     unboxed.__wrapped__ = unboxed.fun = fun
-    unboxed.kernels = KernelTable(fun.__name__)
-    unboxed.kernel = unboxed.kernels.register
     return unboxed
 
 
