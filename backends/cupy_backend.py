@@ -169,6 +169,14 @@ class CupyBackend:
         with self.gpu:
             self.cupy.add.at(target, index, values)
 
+    def may_overwrite(self, x: Any, others: list[Any]) -> bool:
+        ndarray = self.cupy.ndarray
+        return (
+            type(x) is ndarray
+            and x.base is None
+            and not any(self.cupy.may_share_memory(x, o) for o in others if type(o) is ndarray)
+        )
+
     def rng(self, seed: int) -> CupyRng:
         try:
             philox = self.cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10

@@ -56,6 +56,14 @@ class NumpyBackend:
     def scatter_add(self, target: np.ndarray, index: Any, values: Any) -> None:
         np.add.at(target, index, values)
 
+    def may_overwrite(self, x: Any, others: list[Any]) -> bool:
+        return (
+            type(x) is np.ndarray
+            and x.flags.owndata
+            and x.flags.writeable
+            and not any(np.may_share_memory(x, o) for o in others if type(o) is np.ndarray)
+        )
+
     def rng(self, seed: int) -> NumpyRng:
         return NumpyRng(seed)
 

@@ -72,15 +72,22 @@ def _sigmoid_kernel(out: np.ndarray, x: np.ndarray) -> None:
 
 
 def _sigmoid_grad_kernel(out: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
+    # (1 - y) y g, in that order whichever array ``out`` is: the product is the same bits.
+    aliased = np.may_share_memory(out, y) or np.may_share_memory(out, g)
     for o, yc, gc in _chunks(out, y, g):
-        np.subtract(1.0, yc, out=o)
-        o *= yc
-        o *= gc
+        slope = np.empty_like(o) if aliased else o  # a chunk: stays in cache
+        np.subtract(1.0, yc, out=slope)
+        slope *= yc
+        np.multiply(slope, gc, out=o)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + e^-x)``, chunked and in place in the output."""
-    out = np.empty(x.shape, np.result_type(x, 0.5))
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``1 / (1 + e^-x)``, chunked and in place in the output (which may be ``x`` itself)."""
+    if out is None:
+        out = np.empty(x.shape, np.result_type(x, 0.5))
+    elif not out.flags.c_contiguous:  # the chunks below are views of a contiguous array
+        out[...] = sigmoid(x)
+        return out
     with np.errstate(over="ignore"):
         if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
             _sigmoid_kernel(out, x)
@@ -91,14 +98,23 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 # float16's exp overflows at 11, where its sigmoid still has digits: the op's generic form then.
 sigmoid.dtypes = ("float32", "float64")
+sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
 
 
-def sigmoid_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks)."""
-    out = np.empty(y.shape, y.dtype)
+def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
+    may be either of them."""
+    if out is None:
+        out = np.empty(y.shape, y.dtype)
+    elif not out.flags.c_contiguous:
+        out[...] = sigmoid_grad(y, g)
+        return out
     if y.size <= CHUNK:
         _sigmoid_grad_kernel(out, y, g)
     else:
         y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
         _parallel(_sigmoid_grad_kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
     return out
+
+
+sigmoid_grad.takes_out = True

@@ -60,6 +60,10 @@ class Backend(Protocol):
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         """In place ``target[index] += values``, adding (not overwriting) at repeated indices."""
 
+    def may_overwrite(self, x: Any, others: list[Any]) -> bool:
+        """Whether ``x`` is a writeable array owning its memory, none of it shared with any of
+        ``others``: ``gc.jit`` then writes a later result over ``x`` once ``x`` is dead."""
+
     def rng(self, seed: int) -> Any:
         """A seeded generator with ``normal``, ``uniform`` and ``permutation`` on this device."""
 

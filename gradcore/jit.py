@@ -266,7 +266,12 @@ _OPERATORS = {
     "negative": operator.neg,
     "power": operator.pow,
 }
-_NAMESPACE_FUNCTIONS = ("exp", "log", "sin", "cos", "tanh", "sqrt", "abs")
+# Ops that, given an array first, call the namespace function of their name with their own
+# arguments: the step calls that function of the recorded array's namespace.
+_NAMESPACE_FUNCTIONS = frozenset(
+    ("exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "sum", "mean", "max", "astype", "equal",
+     "not_equal", "less", "less_equal", "greater", "greater_equal")
+)  # fmt: skip
 
 
 def _lowered(node: Node) -> Callable:
@@ -276,7 +281,12 @@ def _lowered(node: Node) -> Callable:
         return _OPERATORS[name]
     if name in _NAMESPACE_FUNCTIONS and type(node.args[0]) not in PY_SCALARS:
         return getattr(backend_of(node.args[0]).xp, name)
+    if name == "transpose" and len(node.args) == 1 and getattr(node.args[0], "ndim", 0) == 2:
+        return _matrix_transpose
     return fun
+
+
+_matrix_transpose = operator.attrgetter("T")  # a view, as permute_dims makes, minus the calls
 
 
 def _nothing() -> None:
@@ -295,16 +305,28 @@ def _getter(slots: tuple[int, ...]) -> Callable[[list], Sequence]:
 
 _NO_ARGUMENTS = _getter(())
 
+# A dead slot is cleared by a step of its own only if its array has more elements than this;
+# a small one waits until its run-time slot is reused (or the run ends).
+SMALL = 4096
+
+# Constants computed while recording are kept up to this many elements: a larger one (the
+# ones_like of a big array, say) is recomputed at each call rather than held for good.
+FOLDED_SIZE_LIMIT = 1 << 16
+
 
 class Step:
     """One call of the program, as recorded (``Program._compile`` lowers it to a tuple)."""
 
-    __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place")
+    __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place", "primitive",
+                 "over")  # fmt: skip
 
-    def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False) -> None:
+    def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False,
+                 primitive=None) -> None:  # fmt: skip
         self.name, self.fun, self.args, self.kwargs, self.out = name, fun, args, kwargs, out
         self.expression = expression  # CUDA C of an elementwise op, in {0}, {1}...; or None
-        self.in_place = in_place
+        self.in_place = in_place  # an update_in_place call: writes into its arguments
+        self.primitive = primitive  # the op it calls (None for a fused kernel)
+        self.over = None  # the argument slot whose memory the result is written over, if any
 
 
 class Program:
@@ -312,10 +334,13 @@ class Program:
 
     ``template`` has one slot per recorded value (what ``describe`` shows) and holds the
     constants, everything a step reads that is not computed from the inputs; ``specs`` keeps
-    each array slot's (shape, dtype), never the arrays. ``_compile`` maps the slots onto fewer
-    run-time slots (``initial``, reused like registers); a run copies those, binds the
-    inputs, runs each step and frees each slot after its last reader, so intermediate arrays
-    are freed as early as eagerly.
+    each array slot's (shape, dtype), never the arrays. Three passes make the recorded steps
+    cheaper without changing a bit of what they compute: steps whose result is the same at
+    every call become constants, steps whose result nobody reads go, and a result is written
+    over an argument's memory where that argument is dead and shared with nothing.
+    ``_compile`` then maps the slots onto fewer run-time slots (``initial``, reused like
+    registers); a run copies those, binds the inputs, runs each step and frees each slot after
+    its last reader, so intermediate arrays are freed as early as eagerly.
     """
 
     def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
@@ -325,6 +350,8 @@ class Program:
         self.specs: list[tuple | None] = [_spec(node.ans) for node in inputs]
         self.steps: list[Step] = []
         self.constants: set[int] = set()
+        # Every slot's value while recording: what the passes read; dropped once compiled.
+        recorded: dict[int, Any] = {i: node.ans for i, node in enumerate(inputs)}
 
         def constant(value: Any) -> int:
             if type(value) is Box:
@@ -333,6 +360,7 @@ class Program:
                     "over a value an outer grad is differentiating); pass it as an argument"
                 )
             self.constants.add(len(self.template))
+            recorded[len(self.template)] = value
             return self._new_slot(value, _spec(value))
 
         for node in tape:
@@ -342,13 +370,15 @@ class Program:
                 for argnum, value in enumerate(node.args)
             )
             slot_of[node] = self._new_slot(None, _spec(node.ans))
+            recorded[slot_of[node]] = node.ans
             prim = node.primitive
             if prim is _update:
                 fn_name = getattr(node.args[0], "__qualname__", repr(node.args[0]))
                 step = Step(fn_name, prim.fun, args, {}, slot_of[node], in_place=True)
             else:
                 expression = getattr(prim, "cuda_expression", None)
-                step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node], expression)
+                step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node],
+                            expression, primitive=prim)  # fmt: skip
             self.steps.append(step)
         if any(callable(leaf) for leaf in out_leaves):
             raise RecordingError(
@@ -359,6 +389,9 @@ class Program:
             slot_of[leaf._node] if _recorded(leaf, trace) else constant(_fresh(leaf))
             for leaf in out_leaves
         )
+        self.recorded_steps = len(self.steps)
+        self._fold_constants(recorded)
+        self._drop_unread()
         # Outputs that are constants of the program (the zero gradient of an unused argument):
         # each call returns its own copy, as an eager call would, so writing into one is safe.
         self.copied_outputs = tuple(
@@ -372,21 +405,57 @@ class Program:
         steps = self.steps
         if self.groups:
             steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
-        self._compile(steps)
+        self._compile(steps, recorded)
 
     def _new_slot(self, value: Any, spec: tuple | None) -> int:
         self.template.append(value)
         self.specs.append(spec)
         return len(self.template) - 1
 
-    def _compile(self, steps: list[Step]) -> None:
+    def _fold_constants(self, recorded: dict[int, Any]) -> None:
+        """Steps whose result is the same at every call become constants, their recorded value:
+        shape-only ops (``ones_like``, the seed of backward) and steps reading only constants.
+
+        Not folded: results an in-place update is handed (it may write into them) and arrays
+        over ``FOLDED_SIZE_LIMIT`` elements (cheaper to recompute than to hold).
+        """
+        handed_to_updates = {slot for step in self.steps if step.in_place for slot in step.args}
+        kept = []
+        for step in self.steps:
+            value = recorded[step.out]
+            if (
+                not step.in_place
+                and (step.primitive.shape_only or self.constants.issuperset(step.args))
+                and step.out not in handed_to_updates
+                and (self.specs[step.out] is None or (value.size or 0) <= FOLDED_SIZE_LIMIT)
+            ):
+                self.constants.add(step.out)
+                self.template[step.out] = value
+            else:
+                kept.append(step)
+        self.steps = kept
+
+    def _drop_unread(self) -> None:
+        """Steps whose result no later step reads and the program does not return: the forward
+        value of a function whose gradient alone is returned, say."""
+        read = set(self.outputs)
+        kept = []
+        for step in reversed(self.steps):
+            if step.in_place or step.out in read:
+                read.update(step.args)
+                kept.append(step)
+        self.steps = kept[::-1]
+
+    def _compile(self, steps: list[Step], recorded: dict[int, Any] | None = None) -> None:
         """The replay's tuples, ``(function, getter, output slot)``.
 
         Results are given slots like registers: a step writes its result into the slot of
         an argument it is the last to read, so that one store both keeps the new array and
-        frees the old one. Other slots whose last reader this is are cleared right after it
-        by a step of their own that stores None (rare, and cheaper than checking every step
-        for slots to clear). Inputs, constants and outputs keep their own slots.
+        frees the old one (and where the op can, into that argument's memory: ``_over``).
+        Other slots whose last reader this is are cleared right after it by a step of their
+        own that stores None (cheaper than checking every step for slots to clear), if their
+        array is larger than ``SMALL``. Inputs, constants and outputs keep their own slots.
+        Without the ``recorded`` values, no result is written over an argument.
         """
         last_read = {}
         for index, step in enumerate(steps):
@@ -400,25 +469,58 @@ class Program:
         compiled = []
         for index, step in enumerate(steps):
             args = tuple(where[slot] for slot in step.args)
-            dying = [where.pop(slot) for slot in set(step.args) if last_read[slot] == index
-                     and slot not in pinned]  # fmt: skip
-            if step.out not in pinned and dying:
-                out = dying.pop()
+            dead = [slot for slot in dict.fromkeys(step.args)
+                    if last_read[slot] == index and slot not in pinned]  # fmt: skip
+            fun = self._over(step, index, dead, recorded, last_read, pinned)
+            dying = {slot: where.pop(slot) for slot in dead if slot != step.over}  # -> run slot
+            if step.over is not None:
+                out = where.pop(step.over)
+            elif step.out not in pinned and dying:
+                out = dying.pop(next(reversed(dying)))
             elif free:
                 out = free.pop()
             else:
                 out = len(self.initial)
                 self.initial.append(None)
             if step.out not in last_read and step.out not in pinned:
-                dying.append(out)  # never read: dropped at once
+                dying[step.out] = out  # never read: dropped at once
             else:
                 where[step.out] = out
-            free += dying
-            fun = functools.partial(step.fun, **step.kwargs) if step.kwargs else step.fun
+            free += dying.values()
+            fun = functools.partial(fun, **step.kwargs) if step.kwargs else fun
             compiled.append((fun, _getter(args), out))
-            compiled += [(_nothing, _NO_ARGUMENTS, slot) for slot in dying]
+            compiled += [(_nothing, _NO_ARGUMENTS, run_slot) for slot, run_slot in dying.items()
+                         if self._size(slot) > SMALL]  # fmt: skip
+        while compiled and compiled[-1][0] is _nothing:  # the slots go with the run anyway
+            compiled.pop()
         self.compiled = tuple(compiled)
         self.get_outputs = _getter(tuple(where[slot] for slot in self.outputs))
+
+    def _size(self, slot: int) -> int:
+        """Elements of the array in ``slot`` (0 for a Python value)."""
+        spec = self.specs[slot]
+        return 0 if spec is None else math.prod(n or 0 for n in spec[0])
+
+    def _over(self, step, index, dead, recorded, last_read, pinned) -> Callable:
+        """The function ``step`` runs: its own, or its op's form that writes the result over
+        a dead argument (``step.over``), where that argument's array has the result's shape
+        and dtype, owns its memory and shares none of it with a value still in use."""
+        step.over = None
+        into_argument = getattr(step.primitive, "into_argument", None)
+        if into_argument is None or step.kwargs or recorded is None:
+            return step.fun
+        for argnum, slot in enumerate(step.args):
+            if slot not in dead or self.specs[slot] != self.specs[step.out]:
+                continue
+            fun = into_argument(argnum, *(recorded[s] for s in step.args))
+            if fun is None:
+                continue
+            in_use = [value for s, value in recorded.items() if s != slot and (
+                last_read.get(s, -1) >= index or s in pinned)]  # fmt: skip
+            if backend_of(recorded[slot]).may_overwrite(recorded[slot], in_use):
+                step.over = slot
+                return fun
+        return step.fun
 
     def run(self, inputs: list[Any]) -> Any:
         """Replay: bind the inputs, run every step, free each slot after its last reader."""
@@ -446,7 +548,8 @@ class Program:
         inputs = ", ".join(f"s{i}: {_show_spec(self.specs[i])}" for i in range(self.n_inputs))
         static = f", static {self.static}" if self.static else ""
         lines = [
-            f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps, "
+            f"gc.jit({self.name}) on {self.device}: {len(self.steps)} steps "
+            f"({self.recorded_steps} recorded), "
             f"{len(self.template)} slots ({len(self.initial)} at run time), "
             f"{len(self.groups)} fused groups{static}",
             f"  inputs  {inputs}",
@@ -459,6 +562,8 @@ class Program:
             else:
                 spec = _show_spec(self.specs[step.out])
                 line = f"  s{step.out} = {step.name}({args}{kwargs})  # {spec}"
+                if step.over is not None:
+                    line += f", over s{step.over}"
             if index in grouped:
                 line += f"  [fused group {grouped[index]}]"
             lines.append(line)

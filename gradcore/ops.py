@@ -166,6 +166,26 @@ _elementwise(power, "pow({0}, {1})")
 _elementwise(negative, "(-{0})")
 
 
+def _into_argument(in_place: Callable, commutative: bool) -> Callable:
+    """For gc.jit: ``x op y`` written over a dead ``x`` with the in-place operator (every Array
+    API array has them), or over a dead ``y`` when the op commutes: the same arithmetic, so
+    the same bits, without allocating."""
+    swapped = lambda x, y: in_place(y, x)  # noqa: E731 - the argument order is the point
+
+    def into_argument(argnum: int, x: Any, y: Any) -> Callable | None:
+        if argnum == 0:
+            return in_place
+        return swapped if commutative else None
+
+    return into_argument
+
+
+add.into_argument = _into_argument(operator.iadd, commutative=True)
+subtract.into_argument = _into_argument(operator.isub, commutative=False)
+multiply.into_argument = _into_argument(operator.imul, commutative=True)
+divide.into_argument = _into_argument(operator.itruediv, commutative=False)
+
+
 def _extremum(name: str, python: Callable) -> Callable:
     def extremum(x, y):
         if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
@@ -275,6 +295,19 @@ def sigmoid(x):
     return kernel(x) if kernel is not None else _sigmoid_expression(backend.xp, x)
 
 
+def _kernel_into(op: Callable, argnum: int, *args: Any) -> Callable | None:
+    """For gc.jit: the op's kernel writing over argument ``argnum``, where the kernel takes an
+    ``out`` and would run for these arguments (all of them arrays of one type, shape, dtype)."""
+    first = args[0]
+    if any(type(a) is not type(first) or a.shape != first.shape or a.dtype != first.dtype
+           for a in args):  # fmt: skip
+        return None
+    kernel = op.kernels.lookup(backend_of(first), first.dtype)
+    if kernel is None or not getattr(kernel, "takes_out", False):
+        return None
+    return lambda *arrays: kernel(*arrays, out=arrays[argnum])
+
+
 @primitive
 def sigmoid_grad(y, g):
     """``g * y * (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
@@ -297,6 +330,8 @@ defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
 defvjp(sigmoid_grad,
        lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
        lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
+sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
+sigmoid_grad.into_argument = lambda argnum, y, g: _kernel_into(sigmoid_grad, argnum, y, g)
 _elementwise(sigmoid, "({0} >= 0 ? (T)1 / ((T)1 + exp(-{0})) : exp({0}) / ((T)1 + exp({0})))")
 _elementwise(sigmoid_grad, "({1} * {0} * ((T)1 - {0}))")
 
@@ -448,8 +483,17 @@ def softmax(x: Any, axis: int = -1) -> Any:
     return exp(x - logsumexp(x, axis=axis, keepdims=True))
 
 
-def log_softmax(x: Any, axis: int = -1) -> Any:
+@primitive
+def log_softmax(x, axis=-1):
+    """``x - logsumexp(x)`` along ``axis``: log-probabilities, which cross-entropy reads."""
+    if type(x) in PY_SCALARS:
+        return 0.0
     return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+# Its VJP needs only its output: g - softmax(x) sum(g), with softmax(x) = exp(ans).
+defvjp(log_softmax, lambda g, ans, x, axis=-1: g - exp(ans) * sum(g, axis=axis, keepdims=True),
+       saves="ans")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,25 +702,15 @@ defvjp(sigmoid_cross_entropy,
        lambda g, ans, z, y: negative(multiply(g, z)), saves="args")  # fmt: skip
 
 
-@primitive
-def softmax_cross_entropy(logits, targets):
-    """``-sum(log_softmax(logits) * targets) / n`` over ``(n, classes)`` rows, as one op."""
-    xp = common_backend("softmax_cross_entropy", logits, targets).xp
-    log_probabilities = logits - logsumexp(logits, axis=-1, keepdims=True)
-    return -xp.sum(log_probabilities * targets) / logits.shape[0]
+def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
+    """``-sum(log_softmax(logits) * targets) / n`` over ``(n, classes)`` rows.
 
-
-def _softmax_cross_entropy_vjp_logits(g: Any, ans: Any, z: Any, t: Any) -> Any:
-    """dL/dz = (softmax(z) * sum(t) - t) / n: the textbook (softmax(z) - t) / n for one-hot
-    rows, exact for soft targets whose rows do not sum to one."""
-    row_sums = sum(t, axis=-1, keepdims=True)
-    return multiply(g / shape(z)[0], softmax(z, axis=-1) * row_sums - t)
-
-
-defvjp(softmax_cross_entropy,
-       _softmax_cross_entropy_vjp_logits,
-       lambda g, ans, z, t: multiply(-g / shape(z)[0], log_softmax(z, axis=-1)),
-       saves="args")  # fmt: skip
+    Three ops, not one: ``log_softmax``'s VJP reads only its output, so backward uses the
+    log-probabilities forward computed, as a hand derivation does, instead of computing them
+    again. dL/dz comes out as ``(softmax(z) * sum(t) - t) / n``: the textbook
+    ``(softmax(z) - t) / n`` for one-hot rows, exact for soft targets too.
+    """
+    return sum(log_softmax(logits, axis=-1) * targets) * (-1.0 / shape(logits)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,6 +763,10 @@ def ones_like(x):
     if type(x) in PY_SCALARS:
         return type(x)(1)
     return backend_of(x).xp.ones_like(x)
+
+
+# gc.jit computes these once per program: their arguments' values do not matter.
+zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
 
 
 # ---------------------------------------------------------------------------------------------

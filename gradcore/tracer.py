@@ -275,6 +275,9 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     traced.saves_args = traced.saves_ans = True  # what backward keeps, set by defvjp
     traced.kernels = KernelTable(name)
     traced.kernel = traced.kernels.register
+    # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
+    traced.shape_only = False  # True: the result depends on the arguments' shapes alone
+    traced.into_argument = None  # or (argnum, *args) -> a function writing over that argument
     return traced
 
 
@@ -372,6 +375,7 @@ def nondifferentiable(fun: Callable) -> Callable:
     unboxed.__name__ = unboxed.name = fun.__name__
     unboxed.__doc__ = fun.__doc__
     unboxed.__wrapped__ = unboxed.fun = fun
+    unboxed.recorded = recorded
     return unboxed
 
 

@@ -205,6 +205,13 @@ class CountingBackend:
     def scatter_add(self, target: Any, index: Any, values: Any) -> None:
         np.add.at(_base(target), _base(index), _base(values))
 
+    def may_overwrite(self, x: Any, others: list[Any]) -> bool:
+        return (
+            isinstance(x, np.ndarray)
+            and x.flags.owndata
+            and not any(np.may_share_memory(x, o) for o in others if isinstance(o, np.ndarray))
+        )
+
     def rng(self, seed: int) -> CountingRng:
         return CountingRng(seed)
 

@@ -10,10 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import host, on
 from gradcore.backends import cuda_fusion
 
 import gradcore as gc
-from gradcore.jit import RecordingError, fusion_groups
+from gradcore.jit import SMALL, RecordingError, _nothing, fusion_groups, update_in_place
 
 
 def _layers(device, sizes=(6, 5, 3), seed=0):
@@ -298,19 +299,28 @@ def test_fallback_warns_once_and_runs_eagerly():
 
 
 def test_intermediates_are_released_after_their_last_use():
+    """Every array over SMALL elements is dropped by the time the next step runs after its last
+    reader (smaller ones may wait for their slot's reuse)."""
     step, _ = _training_step()
     jitted = gc.jit(step)
-    params = _layers("cpu")
-    x, y = _batch("cpu", 0)
+    params = _layers("cpu", sizes=(100, 128, 10))
+    x, y = _batch("cpu", 0, n=64, features=100, classes=10)  # activations: 8192 elements
     jitted(params, x, y)
     (program,) = jitted.programs.values()
     slots = program.initial.copy()
     slots[: program.n_inputs] = [*gc.pytree.tree_leaves(params), x, y]
-    for fun, get, out in program.compiled:  # Program.run, keeping the slots to look at
-        slots[out] = fun(*get(slots))
     fixed = program.n_inputs + len(program.constants)  # inputs, then constants, then results
     kept = set(range(fixed)) | set(program.get_outputs(range(len(slots))))
-    assert {slot for slot, value in enumerate(slots) if value is not None} <= kept
+    reads = [set(get(range(len(slots)))) for _, get, _ in program.compiled]
+    checked = 0
+    for index, (fun, get, out) in enumerate(program.compiled):  # Program.run, looking on
+        if fun is not _nothing:  # a clear runs just after a slot's last reader
+            held = {slot for slot, value in enumerate(slots)
+                    if getattr(value, "size", 0) > SMALL} - kept  # fmt: skip
+            assert held <= set().union(*reads[index:]), f"before step {index}"
+            checked += len(held)
+        slots[out] = fun(*get(slots))
+    assert checked  # large intermediates were there to check
     results = {out for _, _, out in program.compiled}
     assert len(results) < len(program.steps) / 2  # results share slots, like registers
 
@@ -344,6 +354,115 @@ def test_describe_shows_steps_slots_and_in_place_updates():
     assert "= affine(s4, s0, s1)  # float32(4, 5)" in text
     assert "SGD._update(s0, s1, s2, s3" in text and "# in place" in text
     assert "outputs s" in text
+
+
+def test_describe_shows_results_written_over_dead_arguments():
+    step, _ = _training_step()
+    jitted = gc.jit(step)
+    jitted(_layers("cpu"), *_batch("cpu", 0))
+    (program,) = jitted.programs.values()
+    overwritten = [step for step in program.steps if step.over is not None]
+    assert {step.name for step in overwritten} >= {"sigmoid", "sigmoid_grad"}
+    assert "= sigmoid(s" in jitted.describe() and ", over s" in jitted.describe()
+
+
+# ---------------------------------------------------------------------------------------------
+# the passes: constants computed once, unread steps dropped, results written over dead arguments
+
+
+def test_backward_seed_is_a_constant_and_unread_forward_steps_are_dropped(device):
+    f = gc.jit(gc.grad(lambda x: gc.sum(gc.sin(x) * 2.0)))
+    x = on(device, np.linspace(-1.0, 1.0, 5))
+    expected = 2.0 * np.cos(np.linspace(-1.0, 1.0, 5))
+    for _ in range(2):
+        np.testing.assert_array_equal(
+            host(f(x)), host(gc.grad(lambda x: gc.sum(gc.sin(x) * 2.0))(x))
+        )
+    np.testing.assert_allclose(host(f(x)), expected, rtol=1e-15)
+    (program,) = f.programs.values()
+    # sin, * 2 and sum only lead to the value grad throws away; ones_like, reshape,
+    # broadcast_to and 2 * seed give the same array at every call
+    assert [step.name for step in program.steps] == ["cos", "multiply"]
+    assert program.recorded_steps > len(program.steps)
+
+
+def _add_one_then_step(param, grad):
+    grad += 1.0
+    param += grad
+
+
+def test_a_constant_handed_to_an_in_place_update_is_made_anew_at_every_call():
+    """zeros_like depends on the shape alone, but an update writes into it: folding it would
+    carry the write over to the next call."""
+
+    def step(p):
+        update_in_place(_add_one_then_step, p, gc.zeros_like(p))
+
+    eager, jitted = np.zeros(3), np.zeros(3)
+    f = gc.jit(step)
+    for _ in range(3):
+        step(eager)
+        f(jitted)
+    np.testing.assert_array_equal(jitted, eager)
+    np.testing.assert_array_equal(eager, [3.0, 3.0, 3.0])
+
+
+def _view_still_read(x):
+    a = x * 2.0
+    v = gc.transpose(a)  # a view of a, read after a's last direct use
+    b = a + 1.0
+    return b * gc.transpose(v)
+
+
+def _view_returned(x):
+    a = x * 2.0
+    flat = gc.reshape(a, (-1,))  # returned: a's memory must survive the call
+    return flat, a + 1.0
+
+
+def _broadcast_view_dies(x):
+    wide = gc.broadcast_to(gc.sum(x, axis=0) * 2.0, (5, 4))  # a read-only, overlapping view
+    return wide * 3.0
+
+
+def _input_itself(x):
+    return x + 1.0, x * 3.0
+
+
+@pytest.mark.parametrize("fun", [_view_still_read, _view_returned, _broadcast_view_dies,
+                                 _input_itself])  # fmt: skip
+def test_results_overwrite_only_memory_nothing_else_sees(device, fun):
+    x_host = np.arange(12.0).reshape(3, 4)
+    x = on(device, x_host)
+    jitted = gc.jit(fun)
+    expected = _host(fun(x))
+    for _ in range(3):
+        got = _host(jitted(x))
+        assert len(got) == len(expected) and all(map(np.array_equal, got, expected))
+    np.testing.assert_array_equal(host(x), x_host)  # inputs are never written over
+
+
+def test_results_are_written_over_a_dead_intermediate():
+    f = gc.jit(lambda x: gc.sigmoid(x @ x) * 2.0)
+    x = np.eye(3, dtype=np.float32)
+    f(x)
+    (program,) = f.programs.values()
+    assert [(step.name, step.over is not None) for step in program.steps] == [
+        ("matmul", False), ("sigmoid", True), ("multiply", True),
+    ]  # fmt: skip
+    np.testing.assert_array_equal(f(x), gc.sigmoid(x @ x) * 2.0)
+
+
+def test_the_numpy_backend_overwrites_only_arrays_owning_unshared_memory():
+    cpu = gc.backend.backend_for_device("cpu")
+    a = np.ones((3, 4))
+    read_only = np.ones(3)
+    read_only.flags.writeable = False
+    assert cpu.may_overwrite(a, [np.ones(2), 1.0])
+    assert not cpu.may_overwrite(a, [a.T])  # a view of it is still in use
+    assert not cpu.may_overwrite(a.T, [])  # a view: its memory is another array's
+    assert not cpu.may_overwrite(read_only, [])
+    assert not cpu.may_overwrite(np.float64(1.0), [])  # a NumPy scalar, not an array
 
 
 # ---------------------------------------------------------------------------------------------

@@ -406,3 +406,28 @@ def test_numpy_sgd_update_follows_formula_step_by_step(dtype, config, no_warning
         np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
     assert param.dtype == velocity.dtype == np.dtype(dtype)
     assert (param.ctypes.data, velocity.ctypes.data) == (param_buffer, velocity_buffer)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_numpy_kernels_written_over_an_argument_give_the_same_bits(n, no_warnings):
+    """What gc.jit runs when an argument is dead: the result over its memory, bit for bit."""
+    x = _inputs("float32", n)
+    y = numpy_kernels.sigmoid(x)
+    over = x.copy()
+    assert numpy_kernels.sigmoid(over, out=over) is over
+    np.testing.assert_array_equal(over, y)
+    g = _inputs("float32", n, seed=1)
+    expected = numpy_kernels.sigmoid_grad(y, g)
+    for argnum in (0, 1):
+        args = [y.copy(), g.copy()]
+        assert numpy_kernels.sigmoid_grad(*args, out=args[argnum]) is args[argnum]
+        np.testing.assert_array_equal(args[argnum], expected)
+
+
+def test_numpy_kernels_write_into_a_strided_output(no_warnings):
+    x = _inputs("float32", 24).reshape(4, 6)
+    out = np.empty((6, 4), np.float32).T  # not C-contiguous
+    numpy_kernels.sigmoid(x, out=out)
+    np.testing.assert_array_equal(out, numpy_kernels.sigmoid(x))
+    numpy_kernels.sigmoid_grad(x, x, out=out)
+    np.testing.assert_array_equal(out, numpy_kernels.sigmoid_grad(x, x))

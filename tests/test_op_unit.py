@@ -171,7 +171,7 @@ def test_the_backend_protocol_is_array_plumbing_only():
     members |= set(Backend.__annotations__)
     assert members == {
         "device", "xp", "array_types", "for_array", "array_device", "asarray", "to_numpy",
-        "scatter_add", "rng", "synchronize",
+        "scatter_add", "may_overwrite", "rng", "synchronize",
     }  # fmt: skip
 
 
