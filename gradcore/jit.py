@@ -229,20 +229,31 @@ def _refusal(name: str, conversion: str) -> RecordingError:
 # in-place updates
 
 
-def _call_in_place(fn: Callable, *args: Any) -> None:
+def _call_in_place(fn: Callable, *args: Any, consumed: tuple[int, ...] = ()) -> None:
     fn(*args)
+
+
+def _call_with_scratch(fn: Callable, *args: Any) -> None:
+    """What a replay runs for an update whose consumed arrays nothing else reads."""
+    fn(*args, scratch=True)
 
 
 _update = primitive(_call_in_place, name="update_in_place")
 
 
-def update_in_place(fn: Callable, *arrays: Any) -> None:
+def update_in_place(fn: Callable, *arrays: Any, consumed: Sequence[int] = ()) -> None:
     """Call ``fn(*arrays)``, which updates some of ``arrays`` in place and returns nothing.
 
     This is how an optimizer declares its update to ``jit``: while recording, the call is a
     program step that writes into the slots of its arguments, and every replay calls ``fn``
     again with that call's arrays. So the Python inside ``fn`` (a learning-rate schedule, an
     update counter, state loaded from a checkpoint) runs at every step, and is never frozen.
+
+    ``consumed`` are the positions of arrays that ``fn`` only reads but could use as scratch
+    memory (the gradients an optimizer applies). Where no later step reads them and no other
+    value shares their memory, a replay calls ``fn(*arrays, scratch=True)``: ``fn`` may then
+    overwrite them, saving a temporary per array. Eager calls never pass ``scratch``: the
+    caller may still hold those arrays.
     """
     if recordings and Box not in map(type, arrays):
         raise RecordingError(
@@ -250,7 +261,10 @@ def update_in_place(fn: Callable, *arrays: Any) -> None:
             "of the jitted function, so a replay could not update them; pass the parameters "
             "as an argument"
         )
-    _update(fn, *arrays)
+    if consumed:
+        _update(fn, *arrays, consumed=tuple(consumed))
+    else:
+        _update(fn, *arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +289,12 @@ _NAMESPACE_FUNCTIONS = frozenset(
 
 
 def _lowered(node: Node) -> Callable:
-    """The function a step calls: the primitive's own, or a direct equivalent."""
+    """The function a step calls: the primitive's own, or a direct equivalent: what its op's
+    ``lower`` gives for these arguments, an operator, or a namespace function."""
     name, fun = node.primitive.name, node.primitive.fun
+    lowered = node.primitive.lower and node.primitive.lower(*node.args, **node.kwargs)
+    if lowered:
+        return lowered
     if name in _OPERATORS:
         return _OPERATORS[name]
     if name in _NAMESPACE_FUNCTIONS and type(node.args[0]) not in PY_SCALARS:
@@ -318,7 +336,7 @@ class Step:
     """One call of the program, as recorded (``Program._compile`` lowers it to a tuple)."""
 
     __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place", "primitive",
-                 "over")  # fmt: skip
+                 "over", "scratch")  # fmt: skip
 
     def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False,
                  primitive=None) -> None:  # fmt: skip
@@ -327,6 +345,7 @@ class Step:
         self.in_place = in_place  # an update_in_place call: writes into its arguments
         self.primitive = primitive  # the op it calls (None for a fused kernel)
         self.over = None  # the argument slot whose memory the result is written over, if any
+        self.scratch = ()  # for an update: the consumed slots it may overwrite
 
 
 class Program:
@@ -374,7 +393,7 @@ class Program:
             prim = node.primitive
             if prim is _update:
                 fn_name = getattr(node.args[0], "__qualname__", repr(node.args[0]))
-                step = Step(fn_name, prim.fun, args, {}, slot_of[node], in_place=True)
+                step = Step(fn_name, prim.fun, args, node.kwargs, slot_of[node], in_place=True)
             else:
                 expression = getattr(prim, "cuda_expression", None)
                 step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node],
@@ -487,7 +506,8 @@ class Program:
             else:
                 where[step.out] = out
             free += dying.values()
-            fun = functools.partial(fun, **step.kwargs) if step.kwargs else fun
+            if step.kwargs and not step.in_place:  # an update's are for ``_scratch`` alone
+                fun = functools.partial(fun, **step.kwargs)
             compiled.append((fun, _getter(args), out))
             compiled += [(_nothing, _NO_ARGUMENTS, run_slot) for slot, run_slot in dying.items()
                          if self._size(slot) > SMALL]  # fmt: skip
@@ -505,7 +525,9 @@ class Program:
         """The function ``step`` runs: its own, or its op's form that writes the result over
         a dead argument (``step.over``), where that argument's array has the result's shape
         and dtype, owns its memory and shares none of it with a value still in use."""
-        step.over = None
+        step.over, step.scratch = None, ()
+        if step.in_place:
+            return self._scratch(step, index, dead, recorded, last_read, pinned)
         into_argument = getattr(step.primitive, "into_argument", None)
         if into_argument is None or step.kwargs or recorded is None:
             return step.fun
@@ -521,6 +543,22 @@ class Program:
                 step.over = slot
                 return fun
         return step.fun
+
+    def _scratch(self, step, index, dead, recorded, last_read, pinned) -> Callable:
+        """An in-place update's call: with ``scratch=True`` when every array it consumes is
+        dead after it, appears once, owns its memory and shares none with a value in use."""
+        consumed = [step.args[1 + position] for position in step.kwargs.get("consumed", ())]
+        if not consumed or recorded is None or len(set(consumed)) < len(consumed):
+            return step.fun
+        for slot in consumed:
+            in_use = [value for s, value in recorded.items() if s != slot and (
+                last_read.get(s, -1) >= index or s in pinned)]  # fmt: skip
+            if slot not in dead or not backend_of(recorded[slot]).may_overwrite(
+                recorded[slot], in_use
+            ):
+                return step.fun
+        step.scratch = tuple(consumed)
+        return _call_with_scratch
 
     def run(self, inputs: list[Any]) -> Any:
         """Replay: bind the inputs, run every step, free each slot after its last reader."""
@@ -558,7 +596,9 @@ class Program:
             args = ", ".join(show(slot) for slot in step.args[step.in_place :])
             kwargs = "".join(f", {k}={v!r}" for k, v in step.kwargs.items())
             if step.in_place:
-                line = f"  {step.name}({args}{kwargs})  # in place"
+                line = f"  {step.name}({args})  # in place"
+                if step.scratch:
+                    line += f", overwriting {', '.join(f's{slot}' for slot in step.scratch)}"
             else:
                 spec = _show_spec(self.specs[step.out])
                 line = f"  s{step.out} = {step.name}({args}{kwargs})  # {spec}"

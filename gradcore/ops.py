@@ -295,14 +295,20 @@ def sigmoid(x):
     return kernel(x) if kernel is not None else _sigmoid_expression(backend.xp, x)
 
 
-def _kernel_into(op: Callable, argnum: int, *args: Any) -> Callable | None:
-    """For gc.jit: the op's kernel writing over argument ``argnum``, where the kernel takes an
-    ``out`` and would run for these arguments (all of them arrays of one type, shape, dtype)."""
+def _kernel_for(op: Callable, *args: Any) -> Callable | None:
+    """For gc.jit: the kernel ``op`` calls for these arguments (arrays of one type, shape and
+    dtype), or None."""
     first = args[0]
-    if any(type(a) is not type(first) or a.shape != first.shape or a.dtype != first.dtype
-           for a in args):  # fmt: skip
+    if type(first) in PY_SCALARS or any(
+        type(a) is not type(first) or a.shape != first.shape or a.dtype != first.dtype for a in args
+    ):
         return None
-    kernel = op.kernels.lookup(backend_of(first), first.dtype)
+    return op.kernels.lookup(backend_of(first), first.dtype)
+
+
+def _kernel_into(op: Callable, argnum: int, *args: Any) -> Callable | None:
+    """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``."""
+    kernel = _kernel_for(op, *args)
     if kernel is None or not getattr(kernel, "takes_out", False):
         return None
     return lambda *arrays: kernel(*arrays, out=arrays[argnum])
@@ -330,6 +336,8 @@ defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
 defvjp(sigmoid_grad,
        lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
        lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
+sigmoid.lower = lambda x: _kernel_for(sigmoid, x)
+sigmoid_grad.lower = lambda y, g: _kernel_for(sigmoid_grad, y, g)
 sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
 sigmoid_grad.into_argument = lambda argnum, y, g: _kernel_into(sigmoid_grad, argnum, y, g)
 _elementwise(sigmoid, "({0} >= 0 ? (T)1 / ((T)1 + exp(-{0})) : exp({0}) / ((T)1 + exp({0})))")
@@ -420,7 +428,15 @@ def _count(x, axis):
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
     if type(x) in PY_SCALARS:
         return x
-    return backend_of(x).xp.sum(x, axis=axis, keepdims=keepdims)
+    backend = backend_of(x)
+    kernel = sum.kernels.lookup(backend, x.dtype)
+    if kernel is not None:
+        return kernel(x, axis=axis, keepdims=keepdims)
+    return backend.xp.sum(x, axis=axis, keepdims=keepdims)
+
+
+sum.kernel("cpu", "gradcore.backends.numpy_kernels:sum")
+sum.lower = lambda x, axis=None, keepdims=False: _kernel_for(sum, x)
 
 
 @primitive
@@ -488,7 +504,17 @@ def log_softmax(x, axis=-1):
     """``x - logsumexp(x)`` along ``axis``: log-probabilities, which cross-entropy reads."""
     if type(x) in PY_SCALARS:
         return 0.0
-    return x - logsumexp(x, axis=axis, keepdims=True)
+    backend = backend_of(x)
+    kernel = log_softmax.kernels.lookup(backend, x.dtype)
+    if kernel is not None:
+        return kernel(x, axis=axis)
+    xp = backend.xp
+    shifted = x - xp.max(x, axis=axis, keepdims=True)  # an all -inf row gives nan, as it must
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+
+
+log_softmax.kernel("cpu", "gradcore.backends.numpy_kernels:log_softmax")
+log_softmax.lower = lambda x, axis=-1: _kernel_for(log_softmax, x)
 
 
 # Its VJP needs only its output: g - softmax(x) sum(g), with softmax(x) = exp(ans).
@@ -679,6 +705,24 @@ def affine(x, w, b):
     return out
 
 
+def _lower_affine(x: Any, w: Any, b: Any) -> Callable | None:
+    """For gc.jit: affine as the matmul and the in-place bias add, without the checks."""
+    if any(type(a) in PY_SCALARS for a in (x, w, b)):
+        return None
+    backend = common_backend("affine", x, w, b)
+    if b.ndim > 1 or b.dtype != backend.xp.result_type(x, w):
+        return None
+    matmul = backend.xp.matmul
+
+    def affine_unchecked(x, w, b):
+        out = matmul(x, w)
+        out += b
+        return out
+
+    return affine_unchecked
+
+
+affine.lower = _lower_affine
 defvjp(affine,
        lambda g, ans, x, w, b: _matmul_vjp_x(g, ans, x, w),
        lambda g, ans, x, w, b: _matmul_vjp_y(g, ans, x, w),

@@ -82,10 +82,13 @@ def sgd_update(
     momentum: float,
     nesterov: bool,
     weight_decay: float,
+    grad_is_scratch: bool = False,
 ) -> None:
     """In place: ``v = momentum v - lr (g + wd p)``, then ``p += v`` (or the Nesterov form).
 
     The scalars must be Python floats: a NumPy float64 scalar would promote float32 arrays.
+    With ``grad_is_scratch`` the gradient's memory may be reused (``gc.jit`` says so when
+    nothing else reads it), which saves a temporary the size of the parameter.
     """
     backend = backend_of(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
@@ -93,7 +96,11 @@ def sgd_update(
         kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
         return
     # ``step = lr (g + wd p)`` is taken before p changes; the rest is in place.
-    step = grad * learning_rate
+    if grad_is_scratch:
+        step = grad
+        step *= learning_rate
+    else:
+        step = grad * learning_rate
     if weight_decay:
         step += param * (learning_rate * weight_decay)
     if step.dtype != param.dtype:
@@ -166,16 +173,20 @@ class SGD:
         Declared to ``gc.jit`` as an in-place update, so that a jitted training step runs
         ``_update`` at every call: the schedule and the update count advance there.
         """
-        update_in_place(self._update, *tree_leaves(params), *tree_leaves(grads))
+        leaves, grad_leaves = tree_leaves(params), tree_leaves(grads)
+        consumed = range(len(leaves), len(leaves) + len(grad_leaves))
+        update_in_place(self._update, *leaves, *grad_leaves, consumed=consumed)
 
-    def _update(self, *arrays: Any) -> None:
-        """The update itself, on the parameter arrays followed by their gradients."""
+    def _update(self, *arrays: Any, scratch: bool = False) -> None:
+        """The update itself, on the parameter arrays followed by their gradients (which it may
+        overwrite if ``scratch``: a jit replay says so when nothing else reads them)."""
         leaves, grads = arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]
         if not self._placed:
             self._place_velocity(leaves)
         lr = self.current_learning_rate()
         for param, grad, velocity in zip(leaves, grads, self._velocity):
-            sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay)
+            sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay,
+                       grad_is_scratch=scratch)  # fmt: skip
         self.iterations += 1
 
     def _place_velocity(self, leaves: list[Any]) -> None:

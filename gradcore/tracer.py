@@ -277,6 +277,7 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     traced.kernel = traced.kernels.register
     # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
     traced.shape_only = False  # True: the result depends on the arguments' shapes alone
+    traced.lower = None  # or (*args, **kwargs) -> the op's work for such arguments, unchecked
     traced.into_argument = None  # or (argnum, *args) -> a function writing over that argument
     return traced
 

@@ -431,3 +431,24 @@ def test_numpy_kernels_write_into_a_strided_output(no_warnings):
     np.testing.assert_array_equal(out, numpy_kernels.sigmoid(x))
     numpy_kernels.sigmoid_grad(x, x, out=out)
     np.testing.assert_array_equal(out, numpy_kernels.sigmoid_grad(x, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 1)])
+def test_numpy_sum_is_np_sum_bit_for_bit(dtype, axis):
+    x = _inputs(dtype, 3 * 1001).reshape(3, 1001)
+    for keepdims in (False, True):
+        expected = np.sum(x, axis=axis, keepdims=keepdims)
+        got = numpy_kernels.sum(x, axis=axis, keepdims=keepdims)
+        assert type(got) is type(expected) and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [0, -1])
+def test_numpy_log_softmax_is_the_generic_formula_bit_for_bit(dtype, axis):
+    x = _inputs(dtype, 40).reshape(4, 10) * 30
+    x[0, :3] = -np.inf  # masked entries of a row with finite ones
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    expected = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    np.testing.assert_array_equal(numpy_kernels.log_softmax(x, axis=axis), expected)
