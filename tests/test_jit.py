@@ -407,6 +407,56 @@ def test_a_constant_handed_to_an_in_place_update_is_made_anew_at_every_call():
     np.testing.assert_array_equal(eager, [3.0, 3.0, 3.0])
 
 
+def _step_returning_grads():
+    optimizer = gc.optim.SGD(0.5, momentum=0.9)
+    value_and_grad = gc.value_and_grad(lambda p, x, y: gc.nn.softmax_cross_entropy(
+        gc.nn.mlp(p, x), y))  # fmt: skip
+
+    def step(params, x, y):
+        _, grads = value_and_grad(params, x, y)
+        optimizer.step(params, grads)
+        return grads
+
+    return step, optimizer
+
+
+@pytest.mark.parametrize("make_step, scratch", [(_training_step, True),
+                                                (_step_returning_grads, False)])  # fmt: skip
+def test_gradients_are_scratch_for_the_update_only_where_nothing_else_reads_them(
+    make_step, scratch
+):
+    """The update may write over gradients nobody reads afterwards; returned ones stay intact."""
+    eager_step, _ = make_step()
+    jit_step, _ = make_step()
+    eager_params, jit_params = _layers("cpu"), _layers("cpu")
+    jitted = gc.jit(jit_step)
+    for k in range(3):
+        x, y = _batch("cpu", seed=k)
+        assert _same(eager_step(eager_params, x, y), jitted(jit_params, x, y))
+        assert _same(eager_params, jit_params)
+    (program,) = jitted.programs.values()
+    assert ("overwriting" in program.describe()) is scratch
+
+
+def _update_noting_scratch(param, grad, scratch=False):
+    _update_noting_scratch.calls.append(scratch)
+    param -= grad
+
+
+def test_an_update_is_told_its_consumed_arrays_are_scratch_only_in_a_replay():
+    _update_noting_scratch.calls = []
+
+    def step(p):
+        update_in_place(_update_noting_scratch, p, gc.sin(p) * 2.0, consumed=(1,))
+
+    p = np.ones(3)
+    f = gc.jit(step)
+    for _ in range(3):
+        f(p)
+    step(p)
+    assert _update_noting_scratch.calls == [False, True, True, False]  # record, replays, eager
+
+
 def _view_still_read(x):
     a = x * 2.0
     v = gc.transpose(a)  # a view of a, read after a's last direct use

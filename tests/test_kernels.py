@@ -390,6 +390,20 @@ def sgd_reference(p, g, v, learning_rate, momentum, nesterov, weight_decay):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_numpy_sgd_update_with_the_gradient_as_scratch_gives_the_same_bits(dtype, config):
+    rng = np.random.default_rng(0)
+    param, grad = rng.standard_normal((2, 5, 3)).astype(dtype)
+    velocity = rng.standard_normal(param.shape).astype(dtype)
+    expected = [param.copy(), velocity.copy()]
+    gc.optim.sgd_update(*expected[:1], grad, expected[1], 0.1, **CONFIGS[config])
+    scratch = grad.copy()
+    gc.optim.sgd_update(param, scratch, velocity, 0.1, **CONFIGS[config], grad_is_scratch=True)
+    np.testing.assert_array_equal(param, expected[0])
+    np.testing.assert_array_equal(velocity, expected[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_numpy_sgd_update_follows_formula_step_by_step(dtype, config, no_warnings):
     rng = np.random.default_rng(0)
     param = rng.standard_normal((5, 3)).astype(dtype)
