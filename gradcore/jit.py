@@ -433,22 +433,27 @@ class Program:
 
     def _fold_constants(self, recorded: dict[int, Any]) -> None:
         """Steps whose result is the same at every call become constants, their recorded value:
-        shape-only ops (``ones_like``, the seed of backward) and steps reading only constants.
+        shape-only ops (``ones_like``, the seed of backward) and steps reading only Python
+        values and other folded results.
 
         Not folded: results an in-place update is handed (it may write into them) and arrays
         over ``FOLDED_SIZE_LIMIT`` elements (cheaper to recompute than to hold).
         """
         handed_to_updates = {slot for step in self.steps if step.in_place for slot in step.args}
+        # What a folded step may read: Python values and folded results. An array the function
+        # closes over is held by reference, and may change in place between calls.
+        fixed = {slot for slot in self.constants if self.specs[slot] is None}
         kept = []
         for step in self.steps:
             value = recorded[step.out]
             if (
                 not step.in_place
-                and (step.primitive.shape_only or self.constants.issuperset(step.args))
+                and (step.primitive.shape_only or fixed.issuperset(step.args))
                 and step.out not in handed_to_updates
                 and (self.specs[step.out] is None or (value.size or 0) <= FOLDED_SIZE_LIMIT)
             ):
                 self.constants.add(step.out)
+                fixed.add(step.out)
                 self.template[step.out] = value
             else:
                 kept.append(step)
