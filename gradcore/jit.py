@@ -9,8 +9,10 @@ recording's tape ends up holding every primitive call of the forward pass, of th
 pass (VJP rules are gradcore ops) and of in-place updates, in the order they ran. That tape,
 flattened into ``(function, argument slots, output slot)`` steps over one list of slots, is the
 program. Later calls with the same signature put their input arrays into the input slots and
-run the steps: no boxes, no nodes, no backward pass, the same ops in the same order, so the
-same bits on the CPU.
+run the steps: no boxes, no nodes, no backward pass, the same arithmetic in the same order, so
+the same bits on the CPU. Before that, the program is made cheaper without changing what it
+computes: what is the same at every call is computed once, what nobody reads is dropped, and
+results are written over the memory of arguments that are dead (see ``Program``).
 
 What a program cannot see, it freezes. A Python value read while recording (``float(x)``, an
 ``if`` on a traced value, a global, a random draw, a NumPy call on a raw array) would be a
@@ -353,11 +355,12 @@ class Program:
 
     ``template`` has one slot per recorded value (what ``describe`` shows) and holds the
     constants, everything a step reads that is not computed from the inputs; ``specs`` keeps
-    each array slot's (shape, dtype), never the arrays. Three passes make the recorded steps
-    cheaper without changing a bit of what they compute: steps whose result is the same at
-    every call become constants, steps whose result nobody reads go, and a result is written
-    over an argument's memory where that argument is dead and shared with nothing.
-    ``_compile`` then maps the slots onto fewer run-time slots (``initial``, reused like
+    each array slot's (shape, dtype), never the arrays. The steps are made cheaper without
+    changing a bit of what they compute: each op is called through its ``lower`` form
+    (``_lowered``), steps whose result is the same at every call become constants
+    (``_fold_constants``), steps whose result nobody reads go (``_drop_unread``), and a result
+    is written over the memory of a dead argument that shares it with nothing (``_over``; an
+    update may use the gradients it consumes as scratch, ``_scratch``). ``_compile`` maps the slots onto fewer run-time slots (``initial``, reused like
     registers); a run copies those, binds the inputs, runs each step and frees each slot after
     its last reader, so intermediate arrays are freed as early as eagerly.
     """
@@ -537,14 +540,14 @@ class Program:
         if into_argument is None or step.kwargs or recorded is None:
             return step.fun
         for argnum, slot in enumerate(step.args):
-            if slot not in dead or self.specs[slot] != self.specs[step.out]:
+            if (
+                slot not in dead
+                or self.specs[slot] is None
+                or self.specs[slot] != self.specs[step.out]
+            ):
                 continue
             fun = into_argument(argnum, *(recorded[s] for s in step.args))
-            if fun is None:
-                continue
-            in_use = [value for s, value in recorded.items() if s != slot and (
-                last_read.get(s, -1) >= index or s in pinned)]  # fmt: skip
-            if backend_of(recorded[slot]).may_overwrite(recorded[slot], in_use):
+            if fun is not None and _overwritable(slot, index, recorded, last_read, pinned):
                 step.over = slot
                 return fun
         return step.fun
@@ -555,13 +558,11 @@ class Program:
         consumed = [step.args[1 + position] for position in step.kwargs.get("consumed", ())]
         if not consumed or recorded is None or len(set(consumed)) < len(consumed):
             return step.fun
-        for slot in consumed:
-            in_use = [value for s, value in recorded.items() if s != slot and (
-                last_read.get(s, -1) >= index or s in pinned)]  # fmt: skip
-            if slot not in dead or not backend_of(recorded[slot]).may_overwrite(
-                recorded[slot], in_use
-            ):
-                return step.fun
+        if any(self.specs[slot] is None for slot in consumed):  # Python numbers
+            return step.fun
+        if not all(slot in dead and _overwritable(slot, index, recorded, last_read, pinned)
+                   for slot in consumed):  # fmt: skip
+            return step.fun
         step.scratch = tuple(consumed)
         return _call_with_scratch
 
@@ -614,6 +615,15 @@ class Program:
             lines.append(line)
         lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
         return "\n".join(lines) + "\n"
+
+
+def _overwritable(slot: int, index: int, recorded: dict, last_read: dict, pinned: set) -> bool:
+    """Whether step ``index`` may write over the array in ``slot``: the backend, looking at the
+    recorded arrays, finds it owns its memory and shares none with any value read from this
+    step on (the step's other arguments included), nor with inputs, constants or outputs."""
+    in_use = [value for other, value in recorded.items() if other != slot and (
+        last_read.get(other, -1) >= index or other in pinned)]  # fmt: skip
+    return backend_of(recorded[slot]).may_overwrite(recorded[slot], in_use)
 
 
 def _fresh(value: Any) -> Any:
