@@ -136,6 +136,16 @@ def sum(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:  # noqa
 sum.dtypes = ("float32", "float64")
 
 
+def mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:
+    """``np.mean`` of a float array as what it computes, the sum over the count: the same
+    bits, without its Python layers."""
+    total = np.add.reduce(x, axis=axis, keepdims=keepdims)
+    return total / (x.size // np.size(total))
+
+
+mean.dtypes = ("float32", "float64")  # np.mean sums float16 in float32
+
+
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """The op's own formula, with the reductions as ufunc methods (no Python wrappers) and the
     subtractions in place."""

@@ -360,9 +360,10 @@ class Program:
     (``_lowered``), steps whose result is the same at every call become constants
     (``_fold_constants``), steps whose result nobody reads go (``_drop_unread``), and a result
     is written over the memory of a dead argument that shares it with nothing (``_over``; an
-    update may use the gradients it consumes as scratch, ``_scratch``). ``_compile`` maps the slots onto fewer run-time slots (``initial``, reused like
-    registers); a run copies those, binds the inputs, runs each step and frees each slot after
-    its last reader, so intermediate arrays are freed as early as eagerly.
+    update may use the gradients it consumes as scratch, ``_scratch``). ``_compile`` maps the
+    slots onto fewer run-time slots (``initial``, reused like registers); a run copies those,
+    binds the inputs, runs each step and frees each slot after its last reader, so
+    intermediate arrays are freed as early as eagerly.
     """
 
     def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:

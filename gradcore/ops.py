@@ -443,7 +443,15 @@ sum.lower = lambda x, axis=None, keepdims=False: _kernel_for(sum, x)
 def mean(x, axis=None, keepdims=False):
     if type(x) in PY_SCALARS:
         return float(x)
-    return backend_of(x).xp.mean(x, axis=axis, keepdims=keepdims)
+    backend = backend_of(x)
+    kernel = mean.kernels.lookup(backend, x.dtype)
+    if kernel is not None:
+        return kernel(x, axis=axis, keepdims=keepdims)
+    return backend.xp.mean(x, axis=axis, keepdims=keepdims)
+
+
+mean.kernel("cpu", "gradcore.backends.numpy_kernels:mean")
+mean.lower = lambda x, axis=None, keepdims=False: _kernel_for(mean, x)
 
 
 @primitive

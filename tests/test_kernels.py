@@ -449,11 +449,12 @@ def test_numpy_kernels_write_into_a_strided_output(no_warnings):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [None, 0, 1, (0, 1)])
-def test_numpy_sum_is_np_sum_bit_for_bit(dtype, axis):
+@pytest.mark.parametrize("name", ["sum", "mean"])
+def test_numpy_reductions_are_numpys_bit_for_bit(name, dtype, axis):
     x = _inputs(dtype, 3 * 1001).reshape(3, 1001)
     for keepdims in (False, True):
-        expected = np.sum(x, axis=axis, keepdims=keepdims)
-        got = numpy_kernels.sum(x, axis=axis, keepdims=keepdims)
+        expected = getattr(np, name)(x, axis=axis, keepdims=keepdims)
+        got = getattr(numpy_kernels, name)(x, axis=axis, keepdims=keepdims)
         assert type(got) is type(expected) and got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected)
 
