@@ -244,7 +244,7 @@ class KernelTable:
         if kernel is None:
             return None
         dtypes = getattr(kernel, "dtypes", None)
-        if dtypes is not None and getattr(dtype, "name", str(dtype)) not in dtypes:
+        if dtypes is not None and _dtype_name(dtype) not in dtypes:
             return None
         return kernel
 
@@ -254,6 +254,19 @@ class KernelTable:
             return None
         module, _, function = path.partition(":")
         return getattr(importlib.import_module(module), function)
+
+
+_dtype_names: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    """The dtype's name ("float32"), cached: NumPy computes ``dtype.name`` in
+    Python at every access and kernels are looked up at every op."""
+    try:
+        return _dtype_names[dtype]
+    except KeyError:
+        name = _dtype_names[dtype] = getattr(dtype, "name", None) or str(dtype)
+        return name
 
 
 register_backend("cpu", "gradcore.backends.numpy_backend", array_modules=("numpy",))
