@@ -84,14 +84,13 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``1 / (1 + e^-x)``, chunked and in place in the output (which may be ``x`` itself)."""
     if out is None:
         out = np.empty(x.shape, np.result_type(x, 0.5))
-    elif not out.flags.c_contiguous:  # the chunks below are views of a contiguous array
-        out[...] = sigmoid(x)
-        return out
     with np.errstate(over="ignore"):
         if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
             _sigmoid_kernel(out, x)
-        else:
+        elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
             _parallel(_sigmoid_kernel, out.reshape(-1), np.asarray(x, order="C").reshape(-1))
+        else:
+            out[...] = sigmoid(x)
     return out
 
 
@@ -103,23 +102,22 @@ sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
 def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
     may be either of them."""
-    if out is None:
-        out = np.empty(y.shape, y.dtype)
-    elif not out.flags.c_contiguous:
-        out[...] = sigmoid_grad(y, g)
-        return out
     if out is g and y.size <= CHUNK:  # gc.jit's case: the slope first, then g times it
         slope = np.subtract(1.0, y)
         slope *= y
         g *= slope
         return g
+    if out is None:
+        out = np.empty(y.shape, y.dtype)
     aliased = np.may_share_memory(out, y) or np.may_share_memory(out, g)
     if y.size <= CHUNK:
         _sigmoid_grad_kernel(out, y, g, aliased)
-    else:
+    elif out.flags.c_contiguous:
         y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
         kernel = partial(_sigmoid_grad_kernel, aliased=aliased)
         _parallel(kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
+    else:
+        out[...] = sigmoid_grad(y, g)
     return out
 
 

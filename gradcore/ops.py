@@ -311,7 +311,7 @@ def _kernel_into(op: Callable, argnum: int, *args: Any) -> Callable | None:
     kernel = _kernel_for(op, *args)
     if kernel is None or not getattr(kernel, "takes_out", False):
         return None
-    return lambda *arrays: kernel(*arrays, out=arrays[argnum])
+    return lambda *arrays: kernel(*arrays, arrays[argnum])  # the kernel's out, by position
 
 
 @primitive

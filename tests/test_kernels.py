@@ -7,6 +7,7 @@ tests/test_devices.py and tests/test_cuda_probe.py.)
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -438,9 +439,10 @@ def test_numpy_kernels_written_over_an_argument_give_the_same_bits(n, no_warning
         np.testing.assert_array_equal(args[argnum], expected)
 
 
-def test_numpy_kernels_write_into_a_strided_output(no_warnings):
-    x = _inputs("float32", 24).reshape(4, 6)
-    out = np.empty((6, 4), np.float32).T  # not C-contiguous
+@pytest.mark.parametrize("shape", [(4, 6), (400, 300)], ids=["one chunk", "chunked"])
+def test_numpy_kernels_write_into_a_strided_output(shape, no_warnings):
+    x = _inputs("float32", math.prod(shape)).reshape(shape)
+    out = np.empty(shape[::-1], np.float32).T  # not C-contiguous
     numpy_kernels.sigmoid(x, out=out)
     np.testing.assert_array_equal(out, numpy_kernels.sigmoid(x))
     numpy_kernels.sigmoid_grad(x, x, out=out)
