@@ -499,7 +499,9 @@ class Program:
             args = tuple(where[slot] for slot in step.args)
             dead = [slot for slot in dict.fromkeys(step.args)
                     if last_read[slot] == index and slot not in pinned]  # fmt: skip
-            fun = self._over(step, index, dead, recorded, last_read, pinned)
+            fun, order = self._over(step, index, dead, recorded, last_read, pinned)
+            if order is not None:  # the form that writes over an argument takes them so
+                args = tuple(args[i] for i in order)
             dying = {slot: where.pop(slot) for slot in dead if slot != step.over}  # -> run slot
             if step.over is not None:
                 out = where.pop(step.over)
@@ -530,16 +532,17 @@ class Program:
         spec = self.specs[slot]
         return 0 if spec is None else math.prod(n or 0 for n in spec[0])
 
-    def _over(self, step, index, dead, recorded, last_read, pinned) -> Callable:
-        """The function ``step`` runs: its own, or its op's form that writes the result over
-        a dead argument (``step.over``), where that argument's array has the result's shape
-        and dtype, owns its memory and shares none of it with a value still in use."""
+    def _over(self, step, index, dead, recorded, last_read, pinned) -> tuple[Callable, Any]:
+        """The function ``step`` runs and the order of its arguments (None: as recorded): its
+        own, or its op's form that writes the result over a dead argument (``step.over``),
+        where that argument's array has the result's shape and dtype, owns its memory and
+        shares none of it with a value still in use."""
         step.over, step.scratch = None, ()
         if step.in_place:
-            return self._scratch(step, index, dead, recorded, last_read, pinned)
+            return self._scratch(step, index, dead, recorded, last_read, pinned), None
         into_argument = getattr(step.primitive, "into_argument", None)
         if into_argument is None or step.kwargs or recorded is None:
-            return step.fun
+            return step.fun, None
         for argnum, slot in enumerate(step.args):
             if (
                 slot not in dead
@@ -547,11 +550,11 @@ class Program:
                 or self.specs[slot] != self.specs[step.out]
             ):
                 continue
-            fun = into_argument(argnum, *(recorded[s] for s in step.args))
-            if fun is not None and _overwritable(slot, index, recorded, last_read, pinned):
+            form = into_argument(argnum, *(recorded[s] for s in step.args))
+            if form is not None and _overwritable(slot, index, recorded, last_read, pinned):
                 step.over = slot
-                return fun
-        return step.fun
+                return form
+        return step.fun, None
 
     def _scratch(self, step, index, dead, recorded, last_read, pinned) -> Callable:
         """An in-place update's call: with ``scratch=True`` when every array it consumes is

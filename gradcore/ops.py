@@ -168,14 +168,13 @@ _elementwise(negative, "(-{0})")
 
 def _into_argument(in_place: Callable, commutative: bool) -> Callable:
     """For gc.jit: ``x op y`` written over a dead ``x`` with the in-place operator (every Array
-    API array has them), or over a dead ``y`` when the op commutes: the same arithmetic, so
-    the same bits, without allocating."""
-    swapped = lambda x, y: in_place(y, x)  # noqa: E731 - the argument order is the point
+    API array has them), or over a dead ``y`` when the op commutes, its arguments swapped: the
+    same arithmetic, so the same bits, without allocating."""
 
-    def into_argument(argnum: int, x: Any, y: Any) -> Callable | None:
+    def into_argument(argnum: int, x: Any, y: Any) -> tuple[Callable, tuple[int, ...]] | None:
         if argnum == 0:
-            return in_place
-        return swapped if commutative else None
+            return in_place, (0, 1)
+        return (in_place, (1, 0)) if commutative else None
 
     return into_argument
 
@@ -306,12 +305,13 @@ def _kernel_for(op: Callable, *args: Any) -> Callable | None:
     return op.kernels.lookup(backend_of(first), first.dtype)
 
 
-def _kernel_into(op: Callable, argnum: int, *args: Any) -> Callable | None:
-    """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``."""
+def _kernel_into(op: Callable, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
+    """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``
+    (its last parameter): the arguments, then that one again."""
     kernel = _kernel_for(op, *args)
     if kernel is None or not getattr(kernel, "takes_out", False):
         return None
-    return lambda *arrays: kernel(*arrays, arrays[argnum])  # the kernel's out, by position
+    return kernel, (*range(len(args)), argnum)
 
 
 @primitive

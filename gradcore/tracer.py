@@ -278,7 +278,9 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
     traced.shape_only = False  # True: the result depends on the arguments' shapes alone
     traced.lower = None  # or (*args, **kwargs) -> the op's work for such arguments, unchecked
-    traced.into_argument = None  # or (argnum, *args) -> a function writing over that argument
+    # or (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
+    # written over argument argnum
+    traced.into_argument = None
     return traced
 
 
