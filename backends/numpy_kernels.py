@@ -138,7 +138,7 @@ def mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:
     """``np.mean`` of a float array as what it computes, the sum over the count: the same
     bits, without its Python layers."""
     total = np.add.reduce(x, axis=axis, keepdims=keepdims)
-    return total / (x.size // np.size(total))
+    return total / (x.size // (np.size(total) or 1))  # an empty total: nothing to divide
 
 
 mean.dtypes = ("float32", "float64")  # np.mean sums float16 in float32

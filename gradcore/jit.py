@@ -50,8 +50,8 @@ def jit(
 ) -> Jitted:
     """``fun``, recorded once per input signature and replayed without tracing.
 
-    The signature is the pytree structure of the arguments, each array's type, shape, dtype
-    and device, the Python values among the leaves, and the values of ``static_argnums``
+    The signature is the pytree structure of the arguments, each array's type, shape, dtype,
+    device and strides, the Python values among the leaves, and the values of ``static_argnums``
     (which must be hashable). Python numbers are part of the signature, not inputs: pass a
     0-d array for a number that changes between calls. With ``fallback``, a recording that
     raises is reported once as a warning and ``fun`` runs eagerly from then on (what
@@ -151,7 +151,9 @@ class Jitted:
             for argnum, arg in enumerate(args)
             if argnum not in self.static_argnums
         }
-        values = [leaf._value if _recorded(leaf, trace) else leaf for leaf in out_leaves]
+        # An output the program holds as a constant goes out as a copy, at this call as at
+        # every replay: the caller may write into it.
+        values = [leaf._value if _recorded(leaf, trace) else _fresh(leaf) for leaf in out_leaves]
         return tree_unflatten(out_treedef, values), program
 
     def _recompiling_message(self) -> str:
@@ -165,7 +167,7 @@ class Jitted:
             seen = sorted(shapes[changing[0]])[:4]
             what = f"argument {changing[0]} keeps changing shape ({', '.join(map(str, seen))}, ...)"
         else:
-            what = "the signature keeps changing (dtypes, devices or Python values)"
+            what = "the signature keeps changing (dtypes, memory layouts, devices or Python values)"
         return (
             f"gc.jit({self.__name__}) has recorded {len(self.programs)} programs: {what}. Each "
             "new signature records again; pad to one shape, mark the argument static, or "
@@ -208,7 +210,12 @@ def _signature(tree: Any, arrays: list, key: list) -> None:
             is_array = _is_array[kind] = hasattr(tree, "shape") and hasattr(tree, "dtype")
         if is_array:
             arrays.append(tree)
-            key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None)))
+            # Strides too: whether a reshape is a view or a copy follows the layout, and so do
+            # the passes' decisions about which memory a result may be written over.
+            strides = getattr(tree, "strides", None)
+            key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None), strides))
+        elif kind is float:
+            key.append((kind, tree.hex()))  # tells -0.0 from 0.0, and matches a nan
         else:
             key.append((kind, tree))  # the type too: 1, 1.0 and True are equal keys
 
@@ -408,9 +415,8 @@ class Program:
                 f"gc.jit({name}) returns a function (vjp's, say): a replay would return the one "
                 "made while recording; jit a function that calls it instead"
             )
-        self.outputs = tuple(  # a constant output is kept as a copy: the caller gets leaf
-            slot_of[leaf._node] if _recorded(leaf, trace) else constant(_fresh(leaf))
-            for leaf in out_leaves
+        self.outputs = tuple(  # a constant output is held by reference, copied at each call
+            slot_of[leaf._node] if _recorded(leaf, trace) else constant(leaf) for leaf in out_leaves
         )
         self.recorded_steps = len(self.steps)
         self._fold_constants(recorded)
@@ -444,21 +450,23 @@ class Program:
         over ``FOLDED_SIZE_LIMIT`` elements (cheaper to recompute than to hold).
         """
         handed_to_updates = {slot for step in self.steps if step.in_place for slot in step.args}
-        # What a folded step may read: Python values and folded results. An array the function
-        # closes over is held by reference, and may change in place between calls.
-        fixed = {slot for slot in self.constants if self.specs[slot] is None}
+        # What a folded step may read: values that cannot change, and folded results. An array
+        # the function closes over (alone or in an index tuple) is held by reference, and may
+        # change in place between calls.
+        fixed = {slot for slot in self.constants if _unchanging(self.template[slot])}
         kept = []
         for step in self.steps:
             value = recorded[step.out]
             if (
                 not step.in_place
                 and (step.primitive.shape_only or fixed.issuperset(step.args))
+                and all(map(_unchanging, step.kwargs.values()))
                 and step.out not in handed_to_updates
                 and (self.specs[step.out] is None or (value.size or 0) <= FOLDED_SIZE_LIMIT)
             ):
                 self.constants.add(step.out)
                 fixed.add(step.out)
-                self.template[step.out] = value
+                self.template[step.out] = _fresh(value)  # the recording call returns value
             else:
                 kept.append(step)
         self.steps = kept
@@ -619,6 +627,16 @@ class Program:
             lines.append(line)
         lines.append(f"  outputs {', '.join(show(slot) for slot in self.outputs)}")
         return "\n".join(lines) + "\n"
+
+
+def _unchanging(value: Any) -> bool:
+    """Whether a constant cannot change between calls: a number, a string, None, a dtype, or a
+    slice or tuple of such; not an array, nor a container that could hold or become one."""
+    if type(value) is tuple:
+        return all(map(_unchanging, value))
+    if type(value) is slice:
+        return all(map(_unchanging, (value.start, value.stop, value.step)))
+    return _spec(value) is None and not isinstance(value, (list, dict, set, bytearray))
 
 
 def _overwritable(slot: int, index: int, recorded: dict, last_read: dict, pinned: set) -> bool:

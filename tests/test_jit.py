@@ -494,6 +494,68 @@ def test_results_overwrite_only_memory_nothing_else_sees(device, fun):
     np.testing.assert_array_equal(host(x), x_host)  # inputs are never written over
 
 
+def _reshaped_and_shifted(x):
+    t = x * 2.0
+    return gc.reshape(t, (12,)), t + 1.0  # the reshape is a view of t, or a copy: by layout
+
+
+def _step_returning_reshaped_grads():
+    optimizer = gc.optim.SGD(0.1)
+    value_and_grad = gc.value_and_grad(lambda p, x: gc.sum(p * x))
+
+    def step(p, x):
+        _, g = value_and_grad(p, x)
+        flat = gc.reshape(g, (12,))
+        optimizer.step(p, g)  # SGD may use g as scratch only if flat is a copy
+        return flat
+
+    return step
+
+
+def test_an_input_of_another_memory_layout_records_again():
+    """Which results are views follows the inputs' strides, so the signature holds them."""
+    column_major, row_major = np.arange(12.0).reshape(4, 3).T, np.arange(12.0).reshape(3, 4)
+    jitted = gc.jit(_reshaped_and_shifted)
+    for x in (column_major, row_major, column_major, row_major):
+        assert _same(jitted(x), _reshaped_and_shifted(x))
+    assert len(jitted.programs) == 2
+    eager, step = _step_returning_reshaped_grads(), gc.jit(_step_returning_reshaped_grads())
+    for x in (np.ones((4, 3)).T, np.ones((3, 4))):
+        assert _same(step(np.zeros((3, 4)), x), eager(np.zeros((3, 4)), x))
+
+
+def test_zero_and_minus_zero_are_two_signatures():
+    jitted = gc.jit(lambda x, s: x * s)
+    x = np.ones(2)
+    assert np.signbit(jitted(x, 0.0)).tolist() == [False, False]
+    assert np.signbit(jitted(x, -0.0)).tolist() == [True, True]
+
+
+def test_the_recording_call_returns_its_own_copy_of_a_folded_result():
+    gradient = gc.jit(gc.grad(lambda x: gc.sum(x * 0.5)))  # 0.5 * ones: folded
+    x = np.ones(3)
+    first = gradient(x)
+    first *= 0.0  # the caller's array, not the program's
+    np.testing.assert_array_equal(gradient(x), [0.5, 0.5, 0.5])
+
+
+def test_arrays_closed_over_in_index_tuples_keywords_and_outputs_are_held_by_reference():
+    rows, low, returned = np.array([0, 0, 1]), np.array([0.0, 2.0, 5.0]), np.zeros(2)
+
+    def gather(x):
+        return gc.sum(x[rows, :])
+
+    def clipped(x):
+        return x + gc.clip(gc.ones_like(x), min=low), returned
+
+    gather_grad, clipped_jit = gc.jit(gc.grad(gather)), gc.jit(clipped)
+    x = np.zeros((3, 2))
+    gather_grad(x), clipped_jit(x[:, 0])
+    rows[...], low[...], returned[...] = 2, 9.0, 1.0
+    assert _same(gather_grad(x), gc.grad(gather)(x))
+    assert _same(clipped_jit(x[:, 0]), clipped(x[:, 0]))
+
+
 def test_results_are_written_over_a_dead_intermediate():
     f = gc.jit(lambda x: gc.sigmoid(x @ x) * 2.0)
     x = np.eye(3, dtype=np.float32)

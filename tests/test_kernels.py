@@ -461,6 +461,14 @@ def test_numpy_reductions_are_numpys_bit_for_bit(name, dtype, axis):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_numpy_mean_of_empty_arrays_is_numpys():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy warns of the empty slice
+        for shape, axis in [((3, 0), 0), ((0, 3), 0), ((0,), None)]:
+            x = np.zeros(shape)
+            np.testing.assert_array_equal(numpy_kernels.mean(x, axis=axis), np.mean(x, axis=axis))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [0, -1])
 def test_numpy_log_softmax_is_the_generic_formula_bit_for_bit(dtype, axis):
