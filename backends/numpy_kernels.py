@@ -144,6 +144,12 @@ def mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:
 mean.dtypes = ("float32", "float64")  # np.mean sums float16 in float32
 
 
+def astype(x: np.ndarray, dtype: Any) -> Any:
+    """``np.astype`` (a copy in ``dtype``) through the array's own method: the same array,
+    without the function's Python layer."""
+    return x.astype(dtype) if type(x) is np.ndarray else np.astype(x, dtype)
+
+
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """The op's own formula, with the reductions as ufunc methods (no Python wrappers) and the
     subtractions in place."""

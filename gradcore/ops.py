@@ -386,7 +386,15 @@ _elementwise(where, "({0} ? {1} : {2})")
 def astype(x, dtype):
     if type(x) in PY_SCALARS:
         return x
-    return backend_of(x).xp.astype(x, dtype)
+    backend = backend_of(x)
+    kernel = astype.kernels.lookup(backend, x.dtype)
+    if kernel is not None:
+        return kernel(x, dtype)
+    return backend.xp.astype(x, dtype)
+
+
+astype.kernel("cpu", "gradcore.backends.numpy_kernels:astype")
+astype.lower = lambda x, dtype: _kernel_for(astype, x)
 
 
 def _is_floating(dtype: Any) -> bool:

@@ -461,6 +461,20 @@ def test_numpy_reductions_are_numpys_bit_for_bit(name, dtype, axis):
         np.testing.assert_array_equal(got, expected)
 
 
+ASTYPE_INPUTS = {"bool": np.arange(6).reshape(2, 3) > 2, "scalar": np.float32(2.5),
+                 "float64": np.linspace(-2, 2, 5)}  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ASTYPE_INPUTS.values(), ids=ASTYPE_INPUTS.keys())
+def test_numpy_astype_is_np_astype(value):
+    for dtype in (np.float32, np.float64, np.int64):
+        expected = np.astype(value, dtype) if isinstance(value, np.ndarray) else value.astype(dtype)
+        got = numpy_kernels.astype(value, dtype)
+        assert type(got) is type(expected) and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        assert got is not value
+
+
 def test_numpy_mean_of_empty_arrays_is_numpys():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # NumPy warns of the empty slice
