@@ -421,6 +421,9 @@ class Program:
         self.recorded_steps = len(self.steps)
         self._fold_constants(recorded)
         self._drop_unread()
+        self.device = backend_of(inputs[0].ans).device if inputs else None
+        if not str(self.device).startswith("cuda"):  # CUDA writes numbers into fused kernels
+            self._type_numbers(recorded)
         # Outputs that are constants of the program (the zero gradient of an unused argument):
         # each call returns its own copy, as an eager call would, so writing into one is safe.
         self.copied_outputs = tuple(
@@ -429,7 +432,6 @@ class Program:
             if slot in self.constants and self.specs[slot] is not None
         )
         self.out_treedef = out_treedef
-        self.device = backend_of(inputs[0].ans).device if inputs else None
         self.groups = fusion_groups(self) if str(self.device).startswith("cuda") else []
         steps = self.steps
         if self.groups:
@@ -470,6 +472,40 @@ class Program:
             else:
                 kept.append(step)
         self.steps = kept
+
+    def _type_numbers(self, recorded: dict[int, Any]) -> None:
+        """A Python number that an arithmetic step combines with a floating-point array of the
+        result's dtype becomes a 0-d array of that dtype, once. NumPy 2 casts the number to
+        the array's dtype anyway, so the arithmetic is the same; the conversion is not
+        repeated at every call (on a small array it costs more than the arithmetic)."""
+        typed: dict[tuple, int] = {}  # (type, repr, dtype) -> its slot, shared by the steps
+        for step in self.steps:
+            if step.primitive is None or step.primitive.name not in _OPERATORS:
+                continue
+            result = recorded[step.out]
+            spec = self.specs[step.out]
+            if (
+                spec is None
+                or "float" not in spec[1]  # NumPy names it float32, array-api-strict too, prefixed
+                or all(self.specs[slot] != spec for slot in step.args)
+            ):  # no floating array of the result's dtype among the arguments
+                continue
+            args = list(step.args)
+            for position, slot in enumerate(args):
+                value = self.template[slot]
+                if slot not in self.constants or type(value) not in (int, float):
+                    continue
+                key = (type(value), repr(value), spec[1])  # repr: -0.0 is not 0.0
+                if key not in typed:
+                    backend = backend_of(result)
+                    if abs(value) > backend.xp.finfo(result.dtype).max:
+                        continue  # overflows the dtype: left to the library, as eagerly
+                    number = backend.asarray(value, dtype=result.dtype)
+                    self.constants.add(len(self.template))
+                    typed[key] = self._new_slot(number, ((), spec[1]))
+                    recorded[typed[key]] = number
+                args[position] = typed[key]
+            step.args = tuple(args)
 
     def _drop_unread(self) -> None:
         """Steps whose result no later step reads and the program does not return: the forward
@@ -597,9 +633,12 @@ class Program:
             value = self.template[slot]
             if slot not in self.constants:
                 return f"s{slot}"
-            if self.specs[slot] is not None:
-                return f"const {_show_spec(self.specs[slot])}"
-            return repr(value)
+            spec = self.specs[slot]
+            if spec is None:
+                return repr(value)
+            if spec[0] == ():  # a number of that dtype
+                return f"{spec[1]}({(float if 'float' in spec[1] else int)(value)!r})"
+            return f"const {_show_spec(spec)}"
 
         inputs = ", ".join(f"s{i}: {_show_spec(self.specs[i])}" for i in range(self.n_inputs))
         static = f", static {self.static}" if self.static else ""

@@ -556,6 +556,27 @@ def test_arrays_closed_over_in_index_tuples_keywords_and_outputs_are_held_by_ref
     assert _same(clipped_jit(x[:, 0]), clipped(x[:, 0]))
 
 
+def _arithmetic_with_numbers(x):
+    return ((x * 1.001 + 0.1 - 0.1) / 3 - 2 * x, 0.0 * x, -0.0 * x, 1e300 * x, 7 - x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_python_numbers_typed_once_give_the_eager_bits(device, dtype):
+    """Numbers meet arrays as 0-d arrays of their dtype, converted once: the same arithmetic."""
+    x = on(device, [-1.5, 0.25, 3.0], dtype)
+    jitted = gc.jit(_arithmetic_with_numbers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 1e300 overflows float32, eagerly too
+        expected = _host(_arithmetic_with_numbers(x))
+        for _ in range(2):
+            got = _host(jitted(x))  # compared as bytes: -0.0 is not 0.0
+            assert [(a.dtype, a.tobytes()) for a in got] == [
+                (b.dtype, b.tobytes()) for b in expected
+            ]
+    text = jitted.describe()
+    assert f"{dtype}(1.00" in text and f"{dtype}(-0.0)" in text  # strict prefixes its names
+
+
 def test_results_are_written_over_a_dead_intermediate():
     f = gc.jit(lambda x: gc.sigmoid(x @ x) * 2.0)
     x = np.eye(3, dtype=np.float32)
