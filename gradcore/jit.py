@@ -289,6 +289,7 @@ _OPERATORS = {
     "negative": operator.neg,
     "power": operator.pow,
 }
+_ARITHMETIC = ("add", "subtract", "multiply", "divide")
 # Ops that, given an array first, call the namespace function of their name with their own
 # arguments: the step calls that function of the recorded array's namespace.
 _NAMESPACE_FUNCTIONS = frozenset(
@@ -480,7 +481,9 @@ class Program:
         repeated at every call (on a small array it costs more than the arithmetic)."""
         typed: dict[tuple, int] = {}  # (type, repr, dtype) -> its slot, shared by the steps
         for step in self.steps:
-            if step.primitive is None or step.primitive.name not in _OPERATORS:
+            # Not power: NumPy has paths of its own for number exponents (x ** 2 as a square)
+            # that an array exponent would not take.
+            if step.primitive is None or step.primitive.name not in _ARITHMETIC:
                 continue
             result = recorded[step.out]
             spec = self.specs[step.out]

@@ -557,7 +557,8 @@ def test_arrays_closed_over_in_index_tuples_keywords_and_outputs_are_held_by_ref
 
 
 def _arithmetic_with_numbers(x):
-    return ((x * 1.001 + 0.1 - 0.1) / 3 - 2 * x, 0.0 * x, -0.0 * x, 1e300 * x, 7 - x)
+    powers = (gc.abs(x) ** 0.5, x**2, 2.0**x)  # NumPy's own paths for number exponents
+    return ((x * 1.001 + 0.1 - 0.1) / 3 - 2 * x, 0.0 * x, -0.0 * x, 1e300 * x, 7 - x, *powers)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
