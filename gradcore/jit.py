@@ -27,6 +27,7 @@ import functools
 import importlib
 import math
 import operator
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -207,7 +208,9 @@ def _signature(tree: Any, arrays: list, key: list) -> None:
     else:
         is_array = _is_array.get(kind)
         if is_array is None:
-            is_array = _is_array[kind] = hasattr(tree, "shape") and hasattr(tree, "dtype")
+            is_array = _is_array[kind] = (
+                hasattr(tree, "shape") and hasattr(tree, "dtype") and not isinstance(tree, type)
+            )
         if is_array:
             arrays.append(tree)
             # Strides too: whether a reshape is a view or a copy follows the layout, and so do
@@ -215,9 +218,14 @@ def _signature(tree: Any, arrays: list, key: list) -> None:
             strides = getattr(tree, "strides", None)
             key.append((kind, tree.shape, tree.dtype, getattr(tree, "device", None), strides))
         elif kind is float:
-            key.append((kind, tree.hex()))  # tells -0.0 from 0.0, and matches a nan
+            key.append((kind, _bits(tree)))  # tells -0.0 from 0.0 and one nan from another
         else:
             key.append((kind, tree))  # the type too: 1, 1.0 and True are equal keys
+
+
+def _bits(number: float) -> bytes:
+    """A float's IEEE bytes: equal exactly when the floats are the same bits."""
+    return struct.pack("<d", number)
 
 
 def _recorded(value: Any, trace: int) -> bool:
@@ -479,7 +487,7 @@ class Program:
         result's dtype becomes a 0-d array of that dtype, once. NumPy 2 casts the number to
         the array's dtype anyway, so the arithmetic is the same; the conversion is not
         repeated at every call (on a small array it costs more than the arithmetic)."""
-        typed: dict[tuple, int] = {}  # (type, repr, dtype) -> its slot, shared by the steps
+        typed: dict[tuple, int] = {}  # (type, value or bits, dtype) -> its slot
         for step in self.steps:
             # Not power: NumPy has paths of its own for number exponents (x ** 2 as a square)
             # that an array exponent would not take.
@@ -489,6 +497,7 @@ class Program:
             spec = self.specs[step.out]
             if (
                 spec is None
+                or spec[0] == ()  # NumPy scalars take scalar arithmetic, not the ufunc's
                 or "float" not in spec[1]  # NumPy names it float32, array-api-strict too, prefixed
                 or all(self.specs[slot] != spec for slot in step.args)
             ):  # no floating array of the result's dtype among the arguments
@@ -498,7 +507,7 @@ class Program:
                 value = self.template[slot]
                 if slot not in self.constants or type(value) not in (int, float):
                     continue
-                key = (type(value), repr(value), spec[1])  # repr: -0.0 is not 0.0
+                key = (type(value), _bits(value) if type(value) is float else value, spec[1])
                 if key not in typed:
                     backend = backend_of(result)
                     if abs(value) > backend.xp.finfo(result.dtype).max:
@@ -590,6 +599,8 @@ class Program:
         into_argument = getattr(step.primitive, "into_argument", None)
         if into_argument is None or step.kwargs or recorded is None:
             return step.fun, None
+        if self.specs[step.out] is None or self.specs[step.out][0] == ():
+            return step.fun, None  # a 0-d result: nothing to save, and scalars have own rules
         for argnum, slot in enumerate(step.args):
             if (
                 slot not in dead
@@ -691,15 +702,21 @@ def _overwritable(slot: int, index: int, recorded: dict, last_read: dict, pinned
 
 
 def _fresh(value: Any) -> Any:
-    """A copy of an array (a Python value as it is)."""
+    """A copy of an array; a Python value, or a NumPy scalar (immutable too), as it is."""
     if _spec(value) is None:
         return value
-    return backend_of(value).xp.asarray(value, copy=True)
+    copy = backend_of(value).xp.asarray(value, copy=True)
+    return copy if type(copy) is type(value) else value  # a scalar comes back as an array
 
 
 def _spec(value: Any) -> tuple | None:
     """(shape, dtype name) of an array; None for anything else."""
-    if hasattr(value, "dtype") and hasattr(value, "shape") and type(value) is not Box:
+    if (
+        hasattr(value, "dtype")
+        and hasattr(value, "shape")
+        and type(value) is not Box
+        and not isinstance(value, type)  # np.float64, the class, has them as descriptors
+    ):
         return tuple(value.shape), str(value.dtype)
     return None
 

@@ -166,23 +166,25 @@ _elementwise(power, "pow({0}, {1})")
 _elementwise(negative, "(-{0})")
 
 
-def _into_argument(in_place: Callable, commutative: bool) -> Callable:
-    """For gc.jit: ``x op y`` written over a dead ``x`` with the in-place operator (every Array
-    API array has them), or over a dead ``y`` when the op commutes, its arguments swapped: the
-    same arithmetic, so the same bits, without allocating."""
+def _into_argument(name: str, in_place: Callable) -> Callable:
+    """For gc.jit: ``x op y`` written over a dead ``x`` by the in-place operator (every Array
+    API array has them), or over a dead ``y`` by the library's ufunc given ``y`` as its out
+    (NumPy's and CuPy's; not every namespace has one): the same arithmetic in the same
+    operand order, so the same bits, NaN payloads included, without allocating."""
 
     def into_argument(argnum: int, x: Any, y: Any) -> tuple[Callable, tuple[int, ...]] | None:
         if argnum == 0:
             return in_place, (0, 1)
-        return (in_place, (1, 0)) if commutative else None
+        ufunc = getattr(backend_of(y).xp, name, None)
+        return (ufunc, (0, 1, 1)) if hasattr(ufunc, "nout") else None
 
     return into_argument
 
 
-add.into_argument = _into_argument(operator.iadd, commutative=True)
-subtract.into_argument = _into_argument(operator.isub, commutative=False)
-multiply.into_argument = _into_argument(operator.imul, commutative=True)
-divide.into_argument = _into_argument(operator.itruediv, commutative=False)
+add.into_argument = _into_argument("add", operator.iadd)
+subtract.into_argument = _into_argument("subtract", operator.isub)
+multiply.into_argument = _into_argument("multiply", operator.imul)
+divide.into_argument = _into_argument("divide", operator.itruediv)
 
 
 def _extremum(name: str, python: Callable) -> Callable:

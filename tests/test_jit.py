@@ -578,6 +578,44 @@ def test_python_numbers_typed_once_give_the_eager_bits(device, dtype):
     assert f"{dtype}(1.00" in text and f"{dtype}(-0.0)" in text  # strict prefixes its names
 
 
+NAN = float("nan")
+NAN_CASES = {
+    "numbers of either sign": lambda x, s: (x + NAN, x + -NAN, NAN * x, -NAN - x),
+    "number first, over a dead array": lambda x, s: (NAN + (x * 1.0), NAN * (x * 1.0)),
+    "two arrays, over the second": lambda x, s: (x + (-x * 1.0), x * (x * 1.0)),
+    "a NumPy scalar and a number": lambda x, s: ((s * 1.0) + NAN, (s * 1.0) * -NAN),
+}
+
+
+@pytest.mark.parametrize("case", NAN_CASES, ids=str)
+def test_which_nan_comes_out_is_the_eager_one(device, case):
+    """When both operands are NaN, the result is one of them: the replay keeps each op's
+    operand order, and numbers and NumPy scalars their eager arithmetic, so it is the same."""
+    fun = NAN_CASES[case]
+    x = on(device, [-NAN, 1.0, NAN], "float32")
+    s = on(device, -NAN, "float32")
+    jitted = gc.jit(fun)
+    expected = [(a.dtype, a.tobytes()) for a in _host(fun(x, s))]
+    for _ in range(2):
+        assert [(a.dtype, a.tobytes()) for a in _host(jitted(x, s))] == expected
+
+
+def test_nan_arguments_of_either_sign_are_two_signatures():
+    jitted = gc.jit(lambda x, c: x * c)
+    x = np.ones(2)
+    for c in (NAN, -NAN, NAN, -NAN):
+        assert jitted(x, c).tobytes() == (x * c).tobytes()
+    assert len(jitted.programs) == 2
+
+
+def test_dtype_classes_and_numpy_scalars_pass_through_as_eagerly():
+    c = np.float32(3.0)
+    jitted = gc.jit(lambda x: (gc.astype(x, np.float64), c))
+    for _ in range(2):
+        cast, constant = jitted(np.ones(2, np.float32))
+        assert cast.dtype == np.float64 and type(constant) is np.float32 and constant == 3.0
+
+
 def test_results_are_written_over_a_dead_intermediate():
     f = gc.jit(lambda x: gc.sigmoid(x @ x) * 2.0)
     x = np.eye(3, dtype=np.float32)
