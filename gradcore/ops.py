@@ -2,8 +2,9 @@
 its fused device kernels and, for elementwise ops, its CUDA expression.
 
 A forward finds the backend of its arguments and calls ``backend.xp`` (an Array API
-namespace); the few ops with fused kernels (sigmoid, its derivative, clip, sign) look theirs up
-per device and fall back to the generic Array-API expression. Ops follow their inputs' device
+namespace); the ops with kernels (the sigmoid and its derivative, fused; on the CPU also sum,
+mean, astype and log_softmax without NumPy's Python layers) look theirs up per device and fall
+back to the generic Array-API expression. Ops follow their inputs' device
 and dtype: nothing is moved between devices and a float32 input gives a float32 output. Python
 numbers combine with arrays of any device without promoting them (NumPy 2 rules), and an op on
 Python numbers alone returns a Python number, as the ``math`` module would.
@@ -15,7 +16,9 @@ nothing else. Rules are written in gradcore ops, so they are traced like any oth
 higher derivatives come for free.
 
 ``cuda_expression`` is the op as one CUDA C expression over its arguments ``{0}, {1}, ...`` of
-element type ``T``: what a code generator needs to fuse a chain of elementwise ops.
+element type ``T``: what a code generator needs to fuse a chain of elementwise ops. ``lower``
+and ``into_argument`` tell ``gc.jit`` how a replay may call an op: without its checks, and
+writing over a dead argument.
 """
 
 from __future__ import annotations
