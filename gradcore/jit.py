@@ -454,8 +454,8 @@ class Program:
 
     def _fold_constants(self, recorded: dict[int, Any]) -> None:
         """Steps whose result is the same at every call become constants, their recorded value:
-        shape-only ops (``ones_like``, the seed of backward) and steps reading only Python
-        values and other folded results.
+        shape-only ops (``ones_like``, the seed of backward) and steps reading only values that
+        cannot change (``_unchanging``) and other folded results.
 
         Not folded: results an in-place update is handed (it may write into them) and arrays
         over ``FOLDED_SIZE_LIMIT`` elements (cheaper to recompute than to hold).
