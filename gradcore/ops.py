@@ -310,6 +310,20 @@ def _kernel_for(op: Callable, *args: Any) -> Callable | None:
     return op.kernels.lookup(backend_of(first), first.dtype)
 
 
+def _lower_to_kernel(op: Callable) -> Callable:
+    """``op.lower`` for an op that runs its kernel on its first argument, where it has one."""
+    return lambda x, *args, **kwargs: _kernel_for(op, x)
+
+
+def _kernel_or_namespace(op: Callable, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """``op`` on an array: its kernel for the array's device and dtype where it has one (the
+    same result, without the library's Python layers), else the namespace function of its
+    name."""
+    backend = backend_of(x)
+    kernel = op.kernels.lookup(backend, x.dtype)
+    return (kernel or getattr(backend.xp, op.name))(x, *args, **kwargs)
+
+
 def _kernel_into(op: Callable, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
     """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``
     (its last parameter): the arguments, then that one again."""
@@ -341,7 +355,7 @@ defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
 defvjp(sigmoid_grad,
        lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
        lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
-sigmoid.lower = lambda x: _kernel_for(sigmoid, x)
+sigmoid.lower = _lower_to_kernel(sigmoid)
 sigmoid_grad.lower = lambda y, g: _kernel_for(sigmoid_grad, y, g)
 sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
 sigmoid_grad.into_argument = lambda argnum, y, g: _kernel_into(sigmoid_grad, argnum, y, g)
@@ -391,15 +405,11 @@ _elementwise(where, "({0} ? {1} : {2})")
 def astype(x, dtype):
     if type(x) in PY_SCALARS:
         return x
-    backend = backend_of(x)
-    kernel = astype.kernels.lookup(backend, x.dtype)
-    if kernel is not None:
-        return kernel(x, dtype)
-    return backend.xp.astype(x, dtype)
+    return _kernel_or_namespace(astype, x, dtype)
 
 
 astype.kernel("cpu", "gradcore.backends.numpy_kernels:astype")
-astype.lower = lambda x, dtype: _kernel_for(astype, x)
+astype.lower = _lower_to_kernel(astype)
 
 
 def _is_floating(dtype: Any) -> bool:
@@ -441,30 +451,22 @@ def _count(x, axis):
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
     if type(x) in PY_SCALARS:
         return x
-    backend = backend_of(x)
-    kernel = sum.kernels.lookup(backend, x.dtype)
-    if kernel is not None:
-        return kernel(x, axis=axis, keepdims=keepdims)
-    return backend.xp.sum(x, axis=axis, keepdims=keepdims)
+    return _kernel_or_namespace(sum, x, axis=axis, keepdims=keepdims)
 
 
 sum.kernel("cpu", "gradcore.backends.numpy_kernels:sum")
-sum.lower = lambda x, axis=None, keepdims=False: _kernel_for(sum, x)
+sum.lower = _lower_to_kernel(sum)
 
 
 @primitive
 def mean(x, axis=None, keepdims=False):
     if type(x) in PY_SCALARS:
         return float(x)
-    backend = backend_of(x)
-    kernel = mean.kernels.lookup(backend, x.dtype)
-    if kernel is not None:
-        return kernel(x, axis=axis, keepdims=keepdims)
-    return backend.xp.mean(x, axis=axis, keepdims=keepdims)
+    return _kernel_or_namespace(mean, x, axis=axis, keepdims=keepdims)
 
 
 mean.kernel("cpu", "gradcore.backends.numpy_kernels:mean")
-mean.lower = lambda x, axis=None, keepdims=False: _kernel_for(mean, x)
+mean.lower = _lower_to_kernel(mean)
 
 
 @primitive
@@ -535,7 +537,7 @@ def log_softmax(x, axis=-1):
 
 
 log_softmax.kernel("cpu", "gradcore.backends.numpy_kernels:log_softmax")
-log_softmax.lower = lambda x, axis=-1: _kernel_for(log_softmax, x)
+log_softmax.lower = _lower_to_kernel(log_softmax)
 
 
 # Its VJP needs only its output: g - softmax(x) sum(g), with softmax(x) = exp(ans).
