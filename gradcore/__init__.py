@@ -14,6 +14,11 @@ from gradcore.differential_operators import (
     check_grads,
     elementwise_grad,
     grad,
+    hessian,
+    hvp,
+    jacfwd,
+    jacrev,
+    jvp,
     to_dot,
     value_and_grad,
     vjp,
@@ -68,20 +73,21 @@ from gradcore.ops import (
     where,
     zeros_like,
 )
-from gradcore.tracer import Box, defvjp, primitive, stop_gradient
+from gradcore.tracer import Box, defjvp, defvjp, primitive, stop_gradient
 from gradcore.train import CheckpointError
 from gradcore.version import __version__ as __version__
 
 __all__ = [
-    "Backend", "Box", "CheckpointError", "DeviceError", "abs", "add", "argmax", "array", "astype",
-    "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos", "defvjp",
-    "device_of", "divide", "dot", "elementwise_grad", "equal", "exp", "expand_dims", "grad",
-    "greater", "greater_equal", "jit", "less", "less_equal", "log", "log_softmax", "logsumexp",
-    "matmul", "max", "maximum", "mean", "minimum", "multiply", "negative", "nn", "not_equal",
-    "ones_like", "optim", "power", "primitive", "register_backend", "relu", "reshape", "rules",
-    "sigmoid", "sin", "softmax", "sqrt", "square", "squeeze", "stack", "stop_gradient",
-    "subtract", "sum", "tanh", "to_device", "to_dot", "to_numpy", "train", "transpose",
-    "true_divide", "unbroadcast", "value_and_grad", "vjp", "where", "zeros_like",
+    "Backend", "Box", "CheckpointError", "DeviceError", "abs", "add", "argmax", "array",
+    "astype", "available_devices", "broadcast_to", "check_grads", "clip", "concatenate", "cos",
+    "defjvp", "defvjp", "device_of", "divide", "dot", "elementwise_grad", "equal", "exp",
+    "expand_dims", "grad", "greater", "greater_equal", "hessian", "hvp", "jacfwd", "jacrev",
+    "jit", "jvp", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max",
+    "maximum", "mean", "minimum", "multiply", "negative", "nn", "not_equal", "ones_like",
+    "optim", "power", "primitive", "register_backend", "relu", "reshape", "rules", "sigmoid",
+    "sin", "softmax", "sqrt", "square", "squeeze", "stack", "stop_gradient", "subtract", "sum",
+    "tanh", "to_device", "to_dot", "to_numpy", "train", "transpose", "true_divide",
+    "unbroadcast", "value_and_grad", "vjp", "where", "zeros_like",
 ]  # fmt: skip
 
 

@@ -30,7 +30,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
-from gradcore.tracer import Box, defvjp, defvjp_argnum, getval, nondifferentiable, primitive
+from gradcore.tracer import (
+    Box,
+    defjvp,
+    defjvp_argnum,
+    defvjp,
+    defvjp_argnum,
+    getval,
+    nondifferentiable,
+    primitive,
+)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -866,3 +875,109 @@ Box.__neg__ = negative
 Box.__abs__ = abs
 Box.T = property(transpose)
 Box.mT = property(matrix_transpose)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward rules (JVPs): ``defjvp(op, lambda t, ans, x, ...: ...)``, where ``t`` is the tangent
+# of that argument and the rule returns its share of the output's tangent
+
+
+def broadcast_like(t: Any, ans: Any) -> Any:
+    """An argument's tangent ``t`` as a tangent of the output ``ans``: broadcast to its shape
+    and cast to its dtype (the forward counterpart of ``unbroadcast``)."""
+    if type(getval(ans)) in PY_SCALARS:
+        return t
+    if type(getval(t)) in PY_SCALARS:
+        return t * ones_like(ans)  # a Python number takes the array's dtype
+    if shape(t) != shape(ans):
+        t = broadcast_to(t, shape(ans))
+    return t if t.dtype == ans.dtype else astype(t, ans.dtype)
+
+
+def _share_of(t, ans, x, y):
+    """maximum/minimum: ``t`` where x alone wins, half of it on ties, as the VJP shares ``g``."""
+    return broadcast_like(_share(t, x, ans, y), ans)
+
+
+def _astype_jvp(t, ans, x, dtype):
+    """Between floating types the tangent is cast along; to integers or bool, none."""
+    if type(x) in PY_SCALARS or (_is_floating(x.dtype) and _is_floating(dtype)):
+        return astype(t, dtype)
+    return None
+
+
+def _max_jvp(t, ans, x, axis=None, keepdims=False):
+    """The mean of the tangents of the maxima: ties share, as in the VJP."""
+    if ndim(x) == 0:
+        return t
+    winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
+    return sum(t * winners, axis=axis, keepdims=keepdims) / sum(winners, axis=axis,
+                                                                 keepdims=keepdims)  # fmt: skip
+
+
+def _concatenate_jvp(argnum, t, ans, args, kwargs):
+    """The tangent of one joined array, zeros in the places of the others."""
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _concatenate(args[0], *parts)
+
+
+def _stack_jvp(argnum, t, ans, args, kwargs):
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _stack(args[0], *parts)
+
+
+defjvp(add, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(t, ans))  # fmt: skip
+defjvp(subtract, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(-t, ans))  # fmt: skip
+defjvp(multiply, lambda t, ans, x, y: t * y, lambda t, ans, x, y: x * t)
+defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * x / y**2)
+defjvp(power,
+       lambda t, ans, x, y: t * y * x ** where(not_equal(y, 0.0), y - 1, 1.0),
+       lambda t, ans, x, y: t * log(replace_zero(x, 1.0)) * ans)  # fmt: skip
+defjvp(negative, lambda t, ans, x: -t)
+defjvp(maximum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
+defjvp(minimum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
+defjvp(exp, lambda t, ans, x: t * ans)
+defjvp(log, lambda t, ans, x: t / x)
+defjvp(sin, lambda t, ans, x: t * cos(x))
+defjvp(cos, lambda t, ans, x: -t * sin(x))
+defjvp(tanh, lambda t, ans, x: t * (1.0 - square(ans)))
+defjvp(abs, lambda t, ans, x: t * sign(x))
+defjvp(sqrt, lambda t, ans, x: where(equal(ans, 0.0), 0.0, t * 0.5 / replace_zero(ans, 1.0)))
+defjvp(square, lambda t, ans, x: t * (2.0 * x))
+defjvp(sigmoid, lambda t, ans, x: sigmoid_grad(ans, t))
+defjvp(sigmoid_grad,
+       lambda t, ans, y, g: t * g * (1.0 - 2.0 * y),
+       lambda t, ans, y, g: sigmoid_grad(y, t))  # fmt: skip
+defjvp(relu, lambda t, ans, x: where(greater(ans, 0.0), t, 0.0))
+defjvp(clip, lambda t, ans, x, min=None, max=None: where(equal(ans, x), t, 0.0))
+defjvp(where,
+       None,
+       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
+       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
+defjvp(astype, _astype_jvp)
+defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
+defjvp(mean, lambda t, ans, x, axis=None, keepdims=False: mean(t, axis=axis, keepdims=keepdims))
+defjvp(max, _max_jvp)
+defjvp(logsumexp, lambda t, ans, x, axis=None, keepdims=False:
+       sum(t * exp(x - _restore_reduced(ans, x, axis, keepdims)), axis=axis,
+           keepdims=keepdims))  # fmt: skip
+defjvp(log_softmax, lambda t, ans, x, axis=-1: t - sum(exp(ans) * t, axis=axis, keepdims=True))
+defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
+defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
+defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
+defjvp(expand_dims, lambda t, ans, x, axis: expand_dims(t, axis))
+defjvp(squeeze, lambda t, ans, x, axis=None: reshape(t, shape(ans)))
+defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
+defjvp(untake, lambda t, ans, g, index, shape: untake(t, index, shape))
+defjvp_argnum(_concatenate, _concatenate_jvp)
+defjvp_argnum(_stack, _stack_jvp)
+defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
+defjvp(affine,
+       lambda t, ans, x, w, b: matmul(t, w),
+       lambda t, ans, x, w, b: matmul(x, t),
+       lambda t, ans, x, w, b: broadcast_like(t, ans))  # fmt: skip
+defjvp(sigmoid_cross_entropy,
+       lambda t, ans, z, y: t * (sigmoid(z) - y),
+       lambda t, ans, z, y: -(z * t))  # fmt: skip

@@ -5,6 +5,13 @@ trace id. A primitive called with boxes unwraps the boxes of the innermost trace
 on the raw values, and returns a new box whose ``Node`` remembers the primitive, its inputs and
 its output. Because the raw values may themselves be boxes of an outer trace, ``grad(grad(f))``
 needs nothing special: each trace only sees its own boxes.
+
+Forward mode (``jvp``) uses the same boxes on a *forward* trace: there each box carries the
+tangent of its value (a ``JVPNode``) instead of a node on a tape, and a primitive pushes its
+arguments' tangents through its JVP rules as it computes. Nothing is recorded and nothing runs
+backwards. The rules are gradcore ops too, so forward and reverse traces nest in any order:
+``jvp`` of ``grad`` (a Hessian-vector product) and ``grad`` of ``jvp`` need nothing special
+either.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from gradcore.backend import PY_SCALARS, KernelTable, common_backend
 __all__ = [
     "ArraySpec",
     "Box",
+    "JVPNode",
     "Node",
     "NotKeptError",
     "backward_pass",
+    "defjvp",
+    "defjvp_argnum",
     "defvjp",
     "defvjp_argnum",
     "getval",
+    "new_forward_trace",
     "new_trace",
     "nondifferentiable",
     "primitive",
@@ -40,6 +51,8 @@ _tapes: dict[int, Tape] = {}
 # constants, and they stay boxed where other traces' boxes are unwrapped (``stop_gradient``,
 # constant-valued ops), so that what is computed from them is recorded too.
 recordings: dict[int, Callable[[str], Exception]] = {}
+# the ids of the forward-mode traces in progress: their boxes carry tangents, not tape nodes
+_forward_traces: set[int] = set()
 
 
 class Tape(list):
@@ -64,6 +77,26 @@ def new_trace(keep_values: bool = False) -> Iterator[tuple[int, Tape]]:
         yield trace, tape
     finally:
         del _tapes[trace]
+
+
+@contextmanager
+def new_forward_trace() -> Iterator[int]:
+    """A forward-mode trace id, larger than any before it (so it nests with every other trace)."""
+    trace = next(_trace_ids)
+    _forward_traces.add(trace)
+    try:
+        yield trace
+    finally:
+        _forward_traces.discard(trace)
+
+
+class JVPNode:
+    """What a box of a forward trace carries: the tangent of its value (autograd's JVPNode)."""
+
+    __slots__ = ("tangent",)
+
+    def __init__(self, tangent: Any) -> None:
+        self.tangent = tangent  # an array (or a Python number) shaped like the value
 
 
 class Node:
@@ -148,7 +181,7 @@ class Box:
     __array_priority__ = 100.0
     __hash__ = None  # == is elementwise, as for arrays
 
-    def __init__(self, value: Any, trace: int, node: Node) -> None:
+    def __init__(self, value: Any, trace: int, node: Node | JVPNode) -> None:
         self._value = value
         self._trace = trace
         self._node = node
@@ -248,6 +281,9 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
                 ans = fun(*raw, **kwargs)
             except (ValueError, TypeError) as error:
                 raise _explain(error, name, raw) from error
+        if _forward_traces and top in _forward_traces:
+            tangent = _push_tangents(traced, parents, ans, raw, kwargs)
+            return ans if tangent is None else Box(ans, top, JVPNode(tangent))
         saved_ans = ans
         tape = _tapes.get(top)
         if tape is not None and not tape.keep_values:
@@ -273,6 +309,8 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
     traced.vjps = ()  # one rule per positional argument, set by defvjp
     traced.vjp_argnum = None  # or one rule for every argument, set by defvjp_argnum
     traced.saves_args = traced.saves_ans = True  # what backward keeps, set by defvjp
+    traced.jvps = ()  # one forward rule per positional argument, set by defjvp
+    traced.jvp_argnum = None  # or one forward rule for every argument, set by defjvp_argnum
     traced.kernels = KernelTable(name)
     traced.kernel = traced.kernels.register
     # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
@@ -289,6 +327,36 @@ def _missing_vjp(name: str, argnum: int) -> NotImplementedError:
         f"{name}: no VJP is defined for argument {argnum}; register one with "
         f"gradcore.defvjp({name}, ...), or wrap the argument in stop_gradient"
     )
+
+
+def _missing_jvp(name: str, argnum: int) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name}: no JVP (forward-mode rule) is defined for argument {argnum}; register one "
+        f"with gradcore.defjvp({name}, ...), or wrap the argument in stop_gradient"
+    )
+
+
+def _push_tangents(prim: Callable, parents: list, ans: Any, args: list, kwargs: dict) -> Any:
+    """The tangent of ``prim``'s output: the sum over its traced arguments of each argument's
+    tangent pushed through that argument's JVP rule; None if no rule gives one (a constant).
+
+    The rules see the arguments and the output as they are, boxes of outer traces included,
+    so what they compute is traced by those traces (``+`` is gradcore's add on boxes).
+    """
+    total = None
+    for argnum, parent in parents:
+        if prim.jvp_argnum is not None:
+            tangent = prim.jvp_argnum(argnum, parent.tangent, ans, args, kwargs)
+        else:
+            if argnum >= len(prim.jvps):
+                raise _missing_jvp(prim.name, argnum)
+            rule = prim.jvps[argnum]
+            if rule is None:  # declared as having no derivative
+                continue
+            tangent = rule(parent.tangent, ans, *args, **kwargs)
+        if tangent is not None:
+            total = tangent if total is None else total + tangent
+    return total
 
 
 def _describe(value: Any) -> str:
@@ -359,6 +427,24 @@ def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
     _set_saves(prim, saves)
     prim.vjps = ()
     prim.vjp_argnum = vjp
+
+
+def defjvp(prim: Callable, *jvps: Callable | None) -> None:
+    """Register ``jvp(t, ans, *args, **kwargs)`` for each positional argument, in order.
+
+    The forward counterpart of ``defvjp``: ``t`` is the tangent of that argument (its shape),
+    and the rule returns its contribution to the tangent of the output (the output's shape and
+    dtype); the contributions of the arguments are summed. ``None`` marks an argument that has
+    no derivative. Nothing needs to be kept: the rule runs as the op does.
+    """
+    prim.jvps = jvps
+    prim.jvp_argnum = None
+
+
+def defjvp_argnum(prim: Callable, jvp: Callable) -> None:
+    """Register one forward rule ``jvp(argnum, t, ans, args, kwargs)`` for every argument."""
+    prim.jvps = ()
+    prim.jvp_argnum = jvp
 
 
 def nondifferentiable(fun: Callable) -> Callable:
