@@ -294,19 +294,24 @@ def _jvp(
 
 
 def _check_tangent(op_name: str, argnum: int, primal: Any, tangent: Any) -> None:
-    """A tangent lives where its primal does: same shape, dtype and device."""
+    """A tangent lives where its primal does: same shape, device and dtype."""
+    primal, tangent = getval(primal), getval(tangent)
     if shape(tangent) != shape(primal):
         raise ValueError(
             f"{op_name}: a tangent of argument {argnum} has shape {shape(tangent)} but its "
             f"primal has shape {shape(primal)}; tangents have the shapes of the primals"
         )
-    if _describe_dtype(tangent) != _describe_dtype(primal):
+    if type(primal) in PY_SCALARS or type(tangent) in PY_SCALARS:
+        same_dtype = type(primal) is type(tangent)
+    else:
+        common_backend(op_name, primal, tangent)  # DeviceError if on two devices
+        same_dtype = tangent.dtype == primal.dtype
+    if not same_dtype:
         raise TypeError(
             f"{op_name}: a tangent of argument {argnum} has dtype {_describe_dtype(tangent)} "
             f"but its primal has dtype {_describe_dtype(primal)}; tangents have the dtypes of "
             "the primals"
         )
-    common_backend(op_name, getval(primal), getval(tangent))  # DeviceError if on two devices
 
 
 def jvp(fun: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple[Any, Any]:
