@@ -981,3 +981,340 @@ defjvp(affine,
 defjvp(sigmoid_cross_entropy,
        lambda t, ans, z, y: t * (sigmoid(z) - y),
        lambda t, ans, z, y: -(z * t))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# more elementwise functions
+
+log1p = _unary("log1p", math.log1p, "log1p({0})")
+expm1 = _unary("expm1", math.expm1, "expm1({0})")
+
+defvjp(log1p, lambda g, ans, x: g / (1.0 + x), saves="args")
+defjvp(log1p, lambda t, ans, x: t / (1.0 + x))
+defvjp(expm1, lambda g, ans, x: g * (ans + 1.0), saves="ans")
+defjvp(expm1, lambda t, ans, x: t * (ans + 1.0))
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_expression(xp: Any, x: Any) -> Any:
+    """erf in Array API operations alone, for devices without an erf kernel (the standard has
+    none): ``2/sqrt(pi) e^(-a^2) sum_n (2a^2)^n a / (1 3 5 ... (2n+1))`` for ``a = |x|``.
+
+    Every term is positive, so nothing cancels: within a few ulp of the C library's erf. Past
+    |x| = 6, erf is 1 to double precision, and 100 terms reach it from 6.
+    """
+    a = xp.minimum(xp.abs(x), 6.0)
+    z = 2.0 * a * a
+    total = xp.ones_like(a)
+    for n in range(100, 0, -1):  # Horner: 1 + z/3 (1 + z/5 (1 + ...))
+        total = 1.0 + total * z / (2 * n + 1)
+    return xp.sign(x) * (_TWO_OVER_SQRT_PI * a * xp.exp(-(a * a)) * total)
+
+
+@primitive
+def erf(x):
+    """The error function ``2/sqrt(pi) integral_0^x e^(-s^2) ds``."""
+    if type(x) in PY_SCALARS:
+        return math.erf(x)
+    backend = backend_of(x)
+    kernel = erf.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else _erf_expression(backend.xp, x)
+
+
+defvjp(erf, lambda g, ans, x: g * (_TWO_OVER_SQRT_PI * exp(-square(x))), saves="args")
+defjvp(erf, lambda t, ans, x: t * (_TWO_OVER_SQRT_PI * exp(-square(x))))
+_elementwise(erf, "erf({0})")
+
+
+@primitive
+def softplus(x, beta=1.0, threshold=20.0):
+    """``log(1 + e^(beta x)) / beta``, as PyTorch's: ``x`` itself where ``beta x > threshold``.
+
+    Computed as ``max(z, 0) + log1p(e^-|z|)`` for ``z = beta x``, so that ``e^...`` never
+    overflows and very negative ``x`` keep their digits.
+    """
+    if type(x) in PY_SCALARS:
+        z = x * beta
+        if z > threshold:
+            return x
+        return (builtins.max(z, 0.0) + math.log1p(math.exp(-builtins.abs(z)))) / beta
+    xp = backend_of(x).xp
+    z = x * beta if beta != 1.0 else x
+    smooth = xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
+    return xp.where(z > threshold, x, smooth / beta if beta != 1.0 else smooth)
+
+
+def _softplus_derivative(x, beta, threshold):
+    """``sigmoid(beta x)``, and 1 where softplus is linear (PyTorch's threshold)."""
+    z = x * beta
+    return where(greater(z, threshold), 1.0, sigmoid(z))
+
+
+defvjp(softplus, lambda g, ans, x, beta=1.0, threshold=20.0:
+       g * _softplus_derivative(x, beta, threshold), saves="args")  # fmt: skip
+defjvp(softplus, lambda t, ans, x, beta=1.0, threshold=20.0:
+       t * _softplus_derivative(x, beta, threshold))  # fmt: skip
+
+
+@primitive
+def logaddexp(x, y):
+    """``log(e^x + e^y)`` without overflow (``max(x, y) + log1p(e^-|x - y|)``)."""
+    if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+        if x == y:  # equal infinities included
+            return x + math.log(2.0)
+        return builtins.max(x, y) + math.log1p(math.exp(-builtins.abs(x - y)))
+    return common_backend("logaddexp", x, y).xp.logaddexp(x, y)
+
+
+# d/dx = e^x / (e^x + e^y) = sigmoid(x - y): exact where x - ans would lose x's digits
+defvjp(logaddexp,
+       lambda g, ans, x, y: unbroadcast(x, g * sigmoid(x - y)),
+       lambda g, ans, x, y: unbroadcast(y, g * sigmoid(y - x)), saves="args")  # fmt: skip
+defjvp(logaddexp,
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(x - y), ans),
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(y - x), ans))  # fmt: skip
+_elementwise(
+    logaddexp, "({0} == {1} ? {0} + log((T)2) : max({0}, {1}) + log1p(exp(-fabs({0} - {1}))))"
+)
+
+
+@primitive
+def leaky_relu(x, negative_slope=0.01):
+    """``x`` for positive ``x``, else ``negative_slope * x`` (PyTorch's default slope)."""
+    if type(x) in PY_SCALARS:
+        return x if x > 0 else negative_slope * x
+    return backend_of(x).xp.where(x > 0, x, x * negative_slope)
+
+
+# at 0 the slope is negative_slope, as in PyTorch
+defvjp(leaky_relu, lambda g, ans, x, negative_slope=0.01:
+       where(greater(x, 0.0), g, g * negative_slope), saves="args")  # fmt: skip
+defjvp(leaky_relu, lambda t, ans, x, negative_slope=0.01:
+       where(greater(x, 0.0), t, t * negative_slope))  # fmt: skip
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_TWO_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_TWO_PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@primitive
+def gelu(x, approximate="none"):
+    """``x Phi(x)``, Phi the standard normal CDF: ``0.5 x (1 + erf(x / sqrt 2))``; with
+    ``approximate="tanh"``, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (PyTorch's two)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu(approximate={approximate!r}): approximate is 'none' or 'tanh'")
+    if type(x) in PY_SCALARS:
+        if approximate == "tanh":
+            return 0.5 * x * (1.0 + math.tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1.0 + math.erf(x * _SQRT_HALF))
+    xp = backend_of(x).xp
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + xp.tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x))))
+    return 0.5 * x * (1.0 + erf.fun(x * _SQRT_HALF))
+
+
+def _gelu_derivative(x, approximate):
+    if approximate == "tanh":
+        th = tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x)))
+        slope = _SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * square(x))
+        return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - square(th)) * slope
+    # Phi(x) + x phi(x)
+    return 0.5 * (1.0 + erf(x * _SQRT_HALF)) + x * (_INV_SQRT_TWO_PI * exp(-0.5 * square(x)))
+
+
+defvjp(gelu, lambda g, ans, x, approximate="none": g * _gelu_derivative(x, approximate),
+       saves="args")  # fmt: skip
+defjvp(gelu, lambda t, ans, x, approximate="none": t * _gelu_derivative(x, approximate))
+
+
+# ---------------------------------------------------------------------------------------------
+# more reductions and orderings
+
+
+@primitive
+def min(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.min(x, axis=axis, keepdims=keepdims)
+
+
+# as for max: the minima share the cotangent equally (PyTorch's amin)
+defvjp(min, _max_vjp, saves="both")
+defjvp(min, _max_jvp)
+
+
+@primitive
+def prod(x, axis=None, keepdims=False):
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.prod(x, axis=axis, keepdims=keepdims)
+
+
+def _prod_partials(x, axis):
+    """``d prod / d x_i``, the product of the other elements of x_i's slice, exact when the
+    slice holds zeros (where ``prod / x_i`` would divide by zero), and so are its derivatives.
+
+    With ``r`` the product of the slice's nonzero elements and ``z`` the sum of its zero
+    elements (0, but its derivative reaches each zero): no zero, ``r / x_i``; one zero, ``r``
+    at the zero and ``z r / x_i`` elsewhere; two, the other zero times ``r`` at each zero
+    (``(z - x_i) r``) and 0 elsewhere; more, 0. Each is written so that the factors that are 0
+    keep their derivatives: second derivatives are exact too, as PyTorch's are.
+    """
+    is_zero = equal(x, 0.0)
+    zeros = sum(astype(is_zero, x.dtype), axis=axis, keepdims=True)
+    nonzero = where(is_zero, 1.0, x)
+    r = prod(nonzero, axis=axis, keepdims=True)
+    z = sum(where(is_zero, x, 0.0), axis=axis, keepdims=True)
+    one_zero = where(is_zero, r, z * r / nonzero)
+    two_zeros = where(is_zero, (z - x) * r, 0.0)
+    return where(
+        equal(zeros, 0.0),
+        r / nonzero,
+        where(equal(zeros, 1.0), one_zero, where(equal(zeros, 2.0), two_zeros, 0.0)),
+    )
+
+
+def _prod_vjp(g, ans, x, axis=None, keepdims=False):
+    if ndim(x) == 0:
+        return g
+    return _restore_reduced(g, x, axis, keepdims) * _prod_partials(x, axis)
+
+
+def _prod_jvp(t, ans, x, axis=None, keepdims=False):
+    if ndim(x) == 0:
+        return t
+    return sum(t * _prod_partials(x, axis), axis=axis, keepdims=keepdims)
+
+
+defvjp(prod, _prod_vjp, saves="args")
+defjvp(prod, _prod_jvp)
+
+
+@primitive
+def var(x, axis=None, ddof=0, keepdims=False):
+    """Variance over ``axis``, dividing by ``n - ddof`` (NumPy's ``ddof``: 0 by default)."""
+    if type(x) in PY_SCALARS:
+        return 0.0
+    return backend_of(x).xp.var(x, axis=axis, correction=ddof, keepdims=keepdims)
+
+
+@primitive
+def std(x, axis=None, ddof=0, keepdims=False):
+    """Standard deviation over ``axis``, dividing by ``n - ddof``; its gradient is 0 where it is
+    0 (PyTorch's subgradient), not NaN."""
+    if type(x) in PY_SCALARS:
+        return 0.0
+    return backend_of(x).xp.std(x, axis=axis, correction=ddof, keepdims=keepdims)
+
+
+def _centered(x, axis):
+    return x - mean(x, axis=axis, keepdims=True)
+
+
+def _var_vjp(g, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return g * 0.0
+    scale = 2.0 / (_count(x, axis) - ddof)
+    return _restore_reduced(g, x, axis, keepdims) * _centered(x, axis) * scale
+
+
+def _var_jvp(t, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return t * 0.0
+    scale = 2.0 / (_count(x, axis) - ddof)
+    return sum(t * _centered(x, axis), axis=axis, keepdims=keepdims) * scale
+
+
+def _std_vjp(g, ans, x, axis=None, ddof=0, keepdims=False):
+    """d std = d var / (2 std), and 0 where std is 0."""
+    if ndim(x) == 0:
+        return g * 0.0
+    s = _restore_reduced(ans, x, axis, keepdims)
+    g = _restore_reduced(g, x, axis, keepdims)
+    scale = 1.0 / (_count(x, axis) - ddof)
+    return where(equal(s, 0.0), 0.0, g * _centered(x, axis) * scale / replace_zero(s, 1.0))
+
+
+def _std_jvp(t, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return t * 0.0
+    scale = 1.0 / (_count(x, axis) - ddof)
+    dot = sum(t * _centered(x, axis), axis=axis, keepdims=keepdims) * scale
+    return where(equal(ans, 0.0), 0.0, dot / replace_zero(ans, 1.0))
+
+
+defvjp(var, _var_vjp, saves="args")
+defjvp(var, _var_jvp)
+defvjp(std, _std_vjp, saves="both")
+defjvp(std, _std_jvp)
+
+
+@primitive
+def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002 - NumPy's name
+    """The vector norm over ``axis`` (all elements by default, whatever the rank), ``ord`` 1,
+    2 or inf, as ``torch.linalg.vector_norm``; its gradient at 0 is 0, not NaN."""
+    if ord not in (1, 2, math.inf):
+        raise ValueError(f"norm(ord={ord!r}): ord is 1, 2 or inf (a vector norm)")
+    if type(x) in PY_SCALARS:
+        return float(builtins.abs(x))
+    xp = backend_of(x).xp
+    if ord == 2:
+        return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+    if ord == 1:
+        return xp.sum(xp.abs(x), axis=axis, keepdims=keepdims)
+    return xp.max(xp.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _norm_partials(ans, x, ord, axis, keepdims):
+    """``d norm / d x``: ``x / norm`` (0 where the norm is 0), ``sign(x)``, or for inf the
+    sign at the elements of largest magnitude, shared equally among ties (PyTorch's)."""
+    if ndim(x) == 0:
+        return sign(x)
+    n = _restore_reduced(ans, x, axis, keepdims)
+    if ord == 2:
+        return where(equal(n, 0.0), 0.0, x / replace_zero(n, 1.0))
+    if ord == 1:
+        return sign(x)
+    winners = astype(equal(abs(x), n), x.dtype)
+    return sign(x) * winners / sum(winners, axis=axis, keepdims=True)
+
+
+defvjp(norm, lambda g, ans, x, ord=2, axis=None, keepdims=False:
+       _restore_reduced(g, x, axis, keepdims) * _norm_partials(ans, x, ord, axis, keepdims),
+       saves="both")  # fmt: skip
+defjvp(norm, lambda t, ans, x, ord=2, axis=None, keepdims=False:
+       sum(t * _norm_partials(ans, x, ord, axis, keepdims), axis=axis,
+           keepdims=keepdims))  # fmt: skip
+
+
+@primitive
+def cumsum(x, axis=None):
+    """Running sums along ``axis``; over the flattened array when ``axis`` is None (NumPy's)."""
+    if type(x) in PY_SCALARS:
+        raise TypeError("cumsum needs an array; create one with gradcore.array")
+    xp = backend_of(x).xp
+    if axis is None:
+        x, axis = xp.reshape(x, (-1,)), 0
+    return xp.cumulative_sum(x, axis=axis)
+
+
+def _cumsum_vjp(g, ans, x, axis=None):
+    """The adjoint of a running sum is a running sum from the other end."""
+    if axis is None:
+        return reshape(flip(cumsum(flip(g))), shape(x))
+    return flip(cumsum(flip(g, axis), axis), axis)
+
+
+@primitive
+def flip(x, axis=None):
+    """``x`` with the order of its elements reversed along ``axis`` (every axis by default)."""
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.flip(x, axis=axis)
+
+
+defvjp(cumsum, _cumsum_vjp, saves="shapes")
+defjvp(cumsum, lambda t, ans, x, axis=None: cumsum(t, axis))
+defvjp(flip, lambda g, ans, x, axis=None: flip(g, axis), saves="shapes")
+defjvp(flip, lambda t, ans, x, axis=None: flip(t, axis))
