@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from gradcore.backend import PY_SCALARS, backend_for_device, backend_of, common_backend, isdtype
 from gradcore.ops import add, astype, multiply, ones_like, reshape, shape, stack, zeros_like
@@ -82,18 +82,18 @@ class _Traced:
         self.python_floats: list[list[bool]] = []
         _check_argnums(op_name, argnums, args)
         with new_trace(keep_values) as (self.trace, self.tape):
-            args = list(args)
+            boxed = list(args)
             for argnum in argnums:
                 leaves, treedef = tree_flatten(args[argnum])
                 boxes = [self._box(op_name, argnum, leaf, len(leaves) > 1) for leaf in leaves]
                 self.treedefs.append(treedef)
-                self.leaf_nodes.append([box._node for box in boxes])
+                self.leaf_nodes.append([cast(Node, box._node) for box in boxes])
                 self.python_floats.append([type(getval(leaf)) is float for leaf in leaves])
-                args[argnum] = tree_unflatten(treedef, boxes)
-            out_leaves, self.out_treedef = tree_flatten(fun(*args, **kwargs))
+                boxed[argnum] = tree_unflatten(treedef, boxes)
+            out_leaves, self.out_treedef = tree_flatten(fun(*boxed, **kwargs))
         # (position, node) of each output leaf that depends on the inputs
         self.ends = [
-            (i, leaf._node)
+            (i, cast(Node, leaf._node))
             for i, leaf in enumerate(out_leaves)
             if type(leaf) is Box and leaf._trace == self.trace
         ]
@@ -265,7 +265,7 @@ def _jvp(
     """``fun(*args, **kwargs)`` with the arguments ``argnums`` moving along ``tangents`` (one
     pytree per argnum): the output and its tangent, in one pass."""
     with new_forward_trace() as trace:
-        args = list(args)
+        boxed = list(args)
         for argnum, tangent in zip(argnums, tangents):
             leaves, treedef = tree_flatten(args[argnum])
             tangent_leaves, tangent_treedef = tree_flatten(tangent)
@@ -280,13 +280,13 @@ def _jvp(
                 _check_floating(op_name, argnum, leaf, len(leaves) > 1)
                 _check_tangent(op_name, argnum, leaf, leaf_tangent)
                 boxes.append(Box(leaf, trace, JVPNode(leaf_tangent)))
-            args[argnum] = tree_unflatten(treedef, boxes)
-        out_leaves, out_treedef = tree_flatten(fun(*args, **kwargs))
+            boxed[argnum] = tree_unflatten(treedef, boxes)
+        out_leaves, out_treedef = tree_flatten(fun(*boxed, **kwargs))
     values, out_tangents = [], []
     for leaf in out_leaves:
         if type(leaf) is Box and leaf._trace == trace:
             values.append(leaf._value)
-            out_tangents.append(leaf._node.tangent)
+            out_tangents.append(cast(JVPNode, leaf._node).tangent)
         else:  # the output does not depend on the inputs
             values.append(leaf)
             out_tangents.append(zeros_like(leaf))

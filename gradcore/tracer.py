@@ -17,8 +17,9 @@ either.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import MethodType
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, KernelTable, common_backend
@@ -28,7 +29,9 @@ __all__ = [
     "Box",
     "JVPNode",
     "Node",
+    "Nondifferentiable",
     "NotKeptError",
+    "Primitive",
     "backward_pass",
     "defjvp",
     "defjvp_argnum",
@@ -104,7 +107,14 @@ class Node:
 
     __slots__ = ("primitive", "args", "kwargs", "ans", "parents")
 
-    def __init__(self, primitive, args, kwargs, ans, parents) -> None:
+    def __init__(
+        self,
+        primitive: Primitive | None,
+        args: Any,
+        kwargs: Any,
+        ans: Any,
+        parents: Sequence[tuple[int, Any]],
+    ) -> None:
         self.primitive = primitive  # None for a leaf (an input of grad)
         self.args = args  # raw argument values, as the VJPs receive them
         self.kwargs = kwargs
@@ -131,7 +141,7 @@ class _NotKept:
     __slots__ = ()
     _what = "a value"
     __array_ufunc__ = None  # NumPy and CuPy defer to our operators, which raise
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def _refuse(self, *_: Any, **__: Any) -> Any:
         raise NotKeptError(
@@ -179,7 +189,7 @@ class Box:
     # Box.__radd__ (both read __array_ufunc__; __array_priority__ is the older protocol).
     __array_ufunc__ = None
     __array_priority__ = 100.0
-    __hash__ = None  # == is elementwise, as for arrays
+    __hash__ = None  # type: ignore[assignment]  # == is elementwise, as for arrays
 
     def __init__(self, value: Any, trace: int, node: Node | JVPNode) -> None:
         self._value = value
@@ -242,29 +252,79 @@ def _unbox_unless_recorded(x: Any) -> Any:
     return x
 
 
-def primitive(fun: Callable, name: str | None = None) -> Callable:
-    """Make ``fun`` traceable as one step; give it VJP rules with ``defvjp``.
+# The shapes of the rules hung on a primitive (see defvjp and defjvp).
+VJP = Callable[..., Any]  # (g, ans, *args, **kwargs) -> the cotangent of one argument
+VJPArgnum = Callable[[int, Any, Any, Any, dict], Any]  # (argnum, g, ans, args, kwargs)
+JVP = Callable[..., Any]  # (t, ans, *args, **kwargs) -> one argument's share of the tangent
+JVPArgnum = Callable[[int, Any, Any, Any, dict], Any]  # (argnum, t, ans, args, kwargs)
 
-    The returned function computes ``fun`` on raw values. Given boxes, it unwraps those of the
-    innermost trace, computes, and records a ``Node`` on that trace's tape. It is a plain
-    function (not a callable object) because it runs for every op: that keeps calls cheap and
-    lets it serve directly as a Box method (``Box.__mul__ = multiply``).
+
+class Primitive:
+    """An op that tracing records as one step, and everything the transformations hang on it.
+
+    Calling it computes ``fun`` on raw values. Given boxes, it unwraps those of the innermost
+    trace, computes, and records a ``Node`` on that trace's tape (reverse mode), or pushes the
+    tangents through its JVP rules (forward mode). Like a function, it binds as a method, so
+    it serves directly as a Box operator (``Box.__mul__ = multiply``).
     """
-    name = name or fun.__name__
 
-    def traced(*args: Any, **kwargs: Any) -> Any:
+    name: str
+    fun: Callable[..., Any]
+    # reverse mode, set by defvjp: one rule per positional argument, or one for every argument
+    vjps: tuple[VJP | None, ...]
+    vjp_argnum: VJPArgnum | None
+    saves_args: bool  # what backward keeps of the arguments' values...
+    saves_ans: bool  # ... and of the output
+    # forward mode, set by defjvp: one rule per positional argument, or one for every argument
+    jvps: tuple[JVP | None, ...]
+    jvp_argnum: JVPArgnum | None
+    kernels: KernelTable  # fused kernels per device, registered with .kernel(device, path)
+    # for gc.jit, which computes an op once when it can and reuses dead arguments' memory:
+    shape_only: bool  # True: the result depends on the arguments' shapes alone
+    # (*args, **kwargs) -> the op's work for such arguments, unchecked, or None
+    lower: Callable[..., Callable[..., Any] | None] | None
+    # (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
+    # written over argument argnum; or None
+    into_argument: Callable[..., tuple[Callable[..., Any], tuple[int, ...]] | None] | None
+    # an elementwise op as one CUDA C expression over {0}, {1}... of type T, which gc.jit fuses
+    cuda_expression: str | None
+
+    def __init__(self, fun: Callable[..., Any], name: str | None = None) -> None:
+        self.name = name or fun.__name__
+        self.fun = self.__wrapped__ = fun
+        self.__name__ = self.__qualname__ = self.name
+        self.__doc__ = fun.__doc__
+        self.vjps, self.vjp_argnum = (), None
+        self.saves_args = self.saves_ans = True
+        self.jvps, self.jvp_argnum = (), None
+        self.kernels = KernelTable(self.name)
+        self.shape_only = False
+        self.lower = self.into_argument = None
+        self.cuda_expression = None
+
+    def kernel(self, device: str, path: str) -> None:
+        """Use the kernel ``path`` ("module:function") for arrays of ``device``."""
+        self.kernels.register(device, path)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         top = 0
         for arg in args:
             if type(arg) is Box and arg._trace > top:
                 top = arg._trace
         if not top:
             try:
-                return fun(*args, **kwargs)
+                return self.fun(*args, **kwargs)
             except (ValueError, TypeError) as error:
-                raise _explain(error, name, args) from error
+                raise _explain(error, self.name, args) from error
 
         raw = list(args)
-        parents = []
+        parents: list[tuple[int, Any]] = []  # (argnum, its Node or JVPNode)
         nested = False  # do the unboxed values still hold boxes of outer traces?
         for argnum, arg in enumerate(args):
             if type(arg) is Box:
@@ -275,51 +335,37 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
                 else:
                     nested = True
         if nested:  # call ourselves, so that the outer traces record this op too
-            ans = traced(*raw, **kwargs)
+            ans = self(*raw, **kwargs)
         else:
             try:
-                ans = fun(*raw, **kwargs)
+                ans = self.fun(*raw, **kwargs)
             except (ValueError, TypeError) as error:
-                raise _explain(error, name, raw) from error
+                raise _explain(error, self.name, raw) from error
         if _forward_traces and top in _forward_traces:
-            tangent = _push_tangents(traced, parents, ans, raw, kwargs)
+            tangent = _push_tangents(self, parents, ans, raw, kwargs)
             return ans if tangent is None else Box(ans, top, JVPNode(tangent))
         saved_ans = ans
         tape = _tapes.get(top)
         if tape is not None and not tape.keep_values:
             # Keep for backward only what the rules read: memory is activations.
-            if not traced.saves_args:
+            if not self.saves_args:
                 for argnum, _ in parents:
                     value = raw[argnum]
                     if type(value) not in PY_SCALARS and (  # a traced number costs nothing
                         type(value) is not Box or type(getval(value)) not in PY_SCALARS
                     ):
                         raw[argnum] = ArraySpec(value)
-            if not traced.saves_ans:
+            if not self.saves_ans:
                 saved_ans = OUTPUT_NOT_KEPT
-        node = Node(traced, raw, kwargs, saved_ans, parents)
+        node = Node(self, raw, kwargs, saved_ans, parents)
         if tape is not None:  # None: a box that outlived its trace, nothing will read this
             tape.append(node)
         return Box(ans, top, node)
 
-    traced.__name__ = traced.name = name
-    traced.__qualname__ = name
-    traced.__doc__ = fun.__doc__
-    traced.__wrapped__ = traced.fun = fun
-    traced.vjps = ()  # one rule per positional argument, set by defvjp
-    traced.vjp_argnum = None  # or one rule for every argument, set by defvjp_argnum
-    traced.saves_args = traced.saves_ans = True  # what backward keeps, set by defvjp
-    traced.jvps = ()  # one forward rule per positional argument, set by defjvp
-    traced.jvp_argnum = None  # or one forward rule for every argument, set by defjvp_argnum
-    traced.kernels = KernelTable(name)
-    traced.kernel = traced.kernels.register
-    # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
-    traced.shape_only = False  # True: the result depends on the arguments' shapes alone
-    traced.lower = None  # or (*args, **kwargs) -> the op's work for such arguments, unchecked
-    # or (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
-    # written over argument argnum
-    traced.into_argument = None
-    return traced
+
+def primitive(fun: Callable[..., Any], name: str | None = None) -> Primitive:
+    """Make ``fun`` traceable as one step; give it rules with ``defvjp`` and ``defjvp``."""
+    return Primitive(fun, name)
 
 
 def _missing_vjp(name: str, argnum: int) -> NotImplementedError:
@@ -336,7 +382,7 @@ def _missing_jvp(name: str, argnum: int) -> NotImplementedError:
     )
 
 
-def _push_tangents(prim: Callable, parents: list, ans: Any, args: list, kwargs: dict) -> Any:
+def _push_tangents(prim: Primitive, parents: list, ans: Any, args: list, kwargs: dict) -> Any:
     """The tangent of ``prim``'s output: the sum over its traced arguments of each argument's
     tangent pushed through that argument's JVP rule; None if no rule gives one (a constant).
 
@@ -395,7 +441,7 @@ SAVES = {
 }
 
 
-def _set_saves(prim: Callable, saves: str) -> None:
+def _set_saves(prim: Primitive, saves: str) -> None:
     if saves not in SAVES:
         raise ValueError(
             f"defvjp({prim.name}): saves must be one of {', '.join(map(repr, SAVES))}, "
@@ -404,7 +450,7 @@ def _set_saves(prim: Callable, saves: str) -> None:
     prim.saves_args, prim.saves_ans = SAVES[saves]
 
 
-def defvjp(prim: Callable, *vjps: Callable | None, saves: str = "both") -> None:
+def defvjp(prim: Primitive, *vjps: VJP | None, saves: str = "both") -> None:
     """Register ``vjp(g, ans, *args, **kwargs)`` for each positional argument, in order.
 
     ``None`` marks an argument that has no gradient (it is treated as a constant). ``saves``
@@ -418,7 +464,7 @@ def defvjp(prim: Callable, *vjps: Callable | None, saves: str = "both") -> None:
     prim.vjp_argnum = None
 
 
-def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
+def defvjp_argnum(prim: Primitive, vjp: VJPArgnum, saves: str = "both") -> None:
     """Register one rule ``vjp(argnum, g, ans, args, kwargs)`` for every argument.
 
     For ops that take any number of arrays (concatenate, stack), where the rule for each
@@ -429,7 +475,7 @@ def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
     prim.vjp_argnum = vjp
 
 
-def defjvp(prim: Callable, *jvps: Callable | None) -> None:
+def defjvp(prim: Primitive, *jvps: JVP | None) -> None:
     """Register ``jvp(t, ans, *args, **kwargs)`` for each positional argument, in order.
 
     The forward counterpart of ``defvjp``: ``t`` is the tangent of that argument (its shape),
@@ -441,31 +487,45 @@ def defjvp(prim: Callable, *jvps: Callable | None) -> None:
     prim.jvp_argnum = None
 
 
-def defjvp_argnum(prim: Callable, jvp: Callable) -> None:
+def defjvp_argnum(prim: Primitive, jvp: JVPArgnum) -> None:
     """Register one forward rule ``jvp(argnum, t, ans, args, kwargs)`` for every argument."""
     prim.jvps = ()
     prim.jvp_argnum = jvp
 
 
-def nondifferentiable(fun: Callable) -> Callable:
-    """An op whose output is constant under tracing (comparisons, argmax): unbox and compute."""
+class Nondifferentiable:
+    """An op whose output is constant under tracing (comparisons, argmax): it unboxes its
+    arguments and computes. While a jit records, it is recorded as a step all the same."""
 
-    recorded = primitive(fun)  # while a jit records: the op becomes a step of its program
+    name: str
+    fun: Callable[..., Any]
+    recorded: Primitive  # the op as a step of a jit program
 
-    def unboxed(*args: Any, **kwargs: Any) -> Any:
-        args = [_unbox_unless_recorded(a) for a in args]
+    def __init__(self, fun: Callable[..., Any]) -> None:
+        self.name = self.__name__ = self.__qualname__ = fun.__name__
+        self.fun = self.__wrapped__ = fun
+        self.__doc__ = fun.__doc__
+        self.recorded = Primitive(fun)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<nondifferentiable {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(_unbox_unless_recorded(a) for a in args)
         if recordings and Box in map(type, args):
-            return recorded(*args, **kwargs)
+            return self.recorded(*args, **kwargs)
         try:
-            return fun(*args, **kwargs)
+            return self.fun(*args, **kwargs)
         except (ValueError, TypeError) as error:
-            raise _explain(error, fun.__name__, args) from error
+            raise _explain(error, self.name, args) from error
 
-    unboxed.__name__ = unboxed.name = fun.__name__
-    unboxed.__doc__ = fun.__doc__
-    unboxed.__wrapped__ = unboxed.fun = fun
-    unboxed.recorded = recorded
-    return unboxed
+
+def nondifferentiable(fun: Callable[..., Any]) -> Nondifferentiable:
+    """Make ``fun`` an op whose output is a constant under differentiation."""
+    return Nondifferentiable(fun)
 
 
 def stop_gradient(x: Any) -> Any:
@@ -503,6 +563,7 @@ def backward_pass(
         if g is None:  # the outputs do not depend on this node
             continue
         prim = node.primitive
+        assert prim is not None  # leaves (inputs) are not on the tape
         rules, one_rule = prim.vjps, prim.vjp_argnum
         for argnum, parent in node.parents:
             try:
