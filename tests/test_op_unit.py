@@ -78,7 +78,16 @@ def test_every_op_declares_what_backward_keeps():
     prims = [v for v in vars(ops).values() if callable(v) and hasattr(v, "saves_args")]
     assert len(prims) > 35
     keep_everything = {p.name for p in prims if p.saves_args and p.saves_ans}
-    assert keep_everything == {"maximum", "minimum", "clip", "max", "logsumexp"}
+    assert keep_everything == {
+        "maximum",
+        "minimum",
+        "clip",
+        "max",
+        "min",
+        "logsumexp",
+        "std",
+        "norm",
+    }
 
 
 def test_varargs_ops_have_one_rule_for_every_argument():
