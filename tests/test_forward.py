@@ -189,6 +189,26 @@ def test_hessian_of_a_quadratic_form_is_exact(device):
     np.testing.assert_allclose(host(hv), a @ [1.0, 0.0, 2.0], rtol=1e-14)
 
 
+def test_hvp_of_a_network_loss_against_differences_of_its_gradient(device):
+    """A Hessian-vector product of a real training loss: an MLP with softmax cross-entropy."""
+    params = gc.nn.init_mlp([4, 5, 3], seed=1, device=device, dtype="float64")
+    rng = np.random.default_rng(3)
+    x = on(device, rng.normal(size=(6, 4)))
+    labels = on(device, np.eye(3)[rng.integers(3, size=6)])
+
+    def loss(params):
+        return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, x, activation=gc.tanh), labels)
+
+    v = [{k: on(device, rng.normal(size=host(p[k]).shape)) for k in p} for p in params]
+    (hv,) = gc.hvp(loss, (params,), (v,))
+    plus = gc.grad(loss)([{k: p[k] + EPS * d[k] for k in p} for p, d in zip(params, v)])
+    minus = gc.grad(loss)([{k: p[k] - EPS * d[k] for k in p} for p, d in zip(params, v)])
+    for layer in range(2):
+        for k in ("W", "b"):
+            numeric = (host(plus[layer][k]) - host(minus[layer][k])) / (2 * EPS)
+            np.testing.assert_allclose(host(hv[layer][k]), numeric, rtol=1e-5, atol=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------
 # nesting: the trace ids keep the perturbations of nested traces apart
 
@@ -365,6 +385,16 @@ def test_jitted_jvp_equals_the_eager_one_bit_for_bit(device, seed, dtype):
             assert host(g).dtype == np.dtype(dtype)
             np.testing.assert_array_equal(host(g), host(e))
     assert len(jitted.programs) == 1
+
+
+def test_jvp_of_a_jitted_function_differentiates_the_function(device):
+    f = random_program(5, device)
+    x, y, tx, ty = inputs(device, 5, count=4)
+    jitted = gc.jit(f)
+    jitted(x, y)  # recorded
+    got = gc.jvp(jitted, (x, y), (tx, ty))
+    expected = gc.jvp(f, (x, y), (tx, ty))
+    np.testing.assert_array_equal(host(got[1]), host(expected[1]))
 
 
 def test_jitted_hvp_equals_the_eager_one_bit_for_bit(device):
