@@ -3,7 +3,9 @@
 Each kernel is an element-wise body in CuPy's ``ElementwiseKernel`` form: ``T`` is the array
 dtype (CuPy's ``float16``, ``float``, ``double``), inputs are read-only values, outputs are
 references written in place, and scalars arrive by value. Arithmetic on CuPy's ``float16``
-yields ``float``, so every value stored into a ``T`` is cast back explicitly.
+yields ``float``, so every value stored into a ``T`` is cast back explicitly. The sigmoid's
+bodies are not written here: ``cuda_c`` writes them from the op's formula
+(``gradcore.formulas``), the one every device evaluates.
 
 The launch functions are what the ops register for the "cuda" device ("module:function"
 strings): each takes native CuPy arrays, and its ``dtypes`` attribute names the dtypes it
