@@ -92,7 +92,10 @@ def _function(name: str) -> Callable[..., Value]:
 # The Array API names a formula may use, as CUDA C (CUDA's overloads pick float or double;
 # CUDA's max and min, like fmax and fmin, drop a NaN operand).
 CUDA = SimpleNamespace(
-    **{name: _function(name) for name in ("exp", "log", "sin", "cos", "tanh", "sqrt")},
+    **{
+        name: _function(name)
+        for name in ("exp", "log", "sin", "cos", "tanh", "sqrt", "log1p", "expm1", "erf")
+    },
     abs=_function("fabs"),
     maximum=_function("max"),
     minimum=_function("min"),

@@ -84,7 +84,16 @@ SGD_UPDATE = Kernel(
     ),
 )
 
-KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE)
+# The standard has no erf; CUDA's own, one launch (the generic path is a few dozen).
+ERF = Kernel(
+    name="gradcore_erf",
+    inputs=("x",),
+    scalars=(),
+    outputs=("y",),
+    body=formula_body(formulas.erf, ("x",), "y"),
+)
+
+KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE, ERF)
 
 
 @cache
@@ -106,6 +115,12 @@ def sigmoid_grad(y: Any, g: Any) -> Any:
     """``g * y * (1 - y)`` for CuPy arrays of one dtype and shape, one launch."""
     with y.device:
         return elementwise_kernel(SIGMOID_GRAD)(y, g)
+
+
+def erf(x: Any) -> Any:
+    """The error function of a CuPy array, one launch."""
+    with x.device:
+        return elementwise_kernel(ERF)(x)
 
 
 def sgd_update(
@@ -134,5 +149,5 @@ def sgd_update(
         )
 
 
-for _launch in (sigmoid, sigmoid_grad, sgd_update):
+for _launch in (sigmoid, sigmoid_grad, sgd_update, erf):
     _launch.dtypes = FLOAT_DTYPES

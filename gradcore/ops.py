@@ -12,8 +12,10 @@ Python numbers alone returns a Python number, as the ``math`` module would.
 The VJP rules are the derivative table, in the form the field knows:
 ``defvjp(op, lambda g, ans, x, y: ..., saves=...)``: ``g`` is the output's cotangent, ``ans``
 the op's output, and ``saves`` says which of the two the rules read, so that backward keeps
-nothing else. Rules are written in gradcore ops, so they are traced like any other code and
-higher derivatives come for free.
+nothing else. Beside each, the forward rule (JVP) in the same form,
+``defjvp(op, lambda t, ans, x, y: ...)``: ``t`` is the tangent of that argument, and the rule
+returns its share of the output's tangent. Rules are written in gradcore ops, so they are
+traced like any other code and higher derivatives, in either mode, come for free.
 
 An elementwise op's ``formula`` is the op as a function of a namespace ``m`` and its arguments
 (``lambda m, x, y: x + y``; the longer ones in ``gradcore.formulas``, shared with the kernels):
@@ -34,6 +36,7 @@ from gradcore import formulas
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
 from gradcore.tracer import (
     Box,
+    Primitive,
     defjvp,
     defjvp_argnum,
     defvjp,
@@ -99,6 +102,18 @@ def unbroadcast(x: Any, g: Any) -> Any:
     return g
 
 
+def broadcast_like(t: Any, ans: Any) -> Any:
+    """An argument's tangent ``t`` as a tangent of the output ``ans``: broadcast to its shape
+    and cast to its dtype (the forward counterpart of ``unbroadcast``)."""
+    if type(getval(ans)) in PY_SCALARS:
+        return t
+    if type(getval(t)) in PY_SCALARS:
+        return t * ones_like(ans)  # a Python number takes the array's dtype
+    if shape(t) != shape(ans):
+        t = broadcast_to(t, shape(ans))
+    return t if t.dtype == ans.dtype else astype(t, ans.dtype)
+
+
 def replace_zero(x: Any, value: float) -> Any:
     """``x`` with its zeros replaced by ``value`` (keeps ``log`` finite in the power rule)."""
     return where(equal(x, 0), value, x)
@@ -160,19 +175,29 @@ def negative(x):
 # The table gradcore was specified with.
 defvjp(add, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, g),
        saves="shapes")  # fmt: skip
+defjvp(add, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(t, ans))  # fmt: skip
 defvjp(multiply,
        lambda g, ans, x, y: unbroadcast(x, y * g),
        lambda g, ans, x, y: unbroadcast(y, x * g), saves="args")  # fmt: skip
+defjvp(multiply, lambda t, ans, x, y: t * y, lambda t, ans, x, y: x * t)
 defvjp(subtract, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, -g),
        saves="shapes")  # fmt: skip
+defjvp(subtract, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(-t, ans))  # fmt: skip
 defvjp(divide,
        lambda g, ans, x, y: unbroadcast(x, g / y),
        lambda g, ans, x, y: unbroadcast(y, -g * x / y**2), saves="args")  # fmt: skip
+defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * x / y**2)
 defvjp(power,
        lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(not_equal(y, 0.0), y - 1, 1.0)),
        lambda g, ans, x, y: unbroadcast(y, g * log(replace_zero(x, 1.0)) * x**y),
        saves="args")  # fmt: skip
+defjvp(power,
+       lambda t, ans, x, y: t * y * x ** where(not_equal(y, 0.0), y - 1, 1.0),
+       lambda t, ans, x, y: t * log(replace_zero(x, 1.0)) * ans)  # fmt: skip
 defvjp(negative, lambda g, ans, x: -g, saves="shapes")
+defjvp(negative, lambda t, ans, x: -t)
 
 _elementwise(add, lambda m, x, y: x + y)
 _elementwise(subtract, lambda m, x, y: x - y)
@@ -233,8 +258,15 @@ def _extremum_vjp_y(g, ans, x, y):
     return unbroadcast(y, _share(g, y, ans, x))
 
 
+def _share_of(t, ans, x, y):
+    """maximum/minimum: ``t`` where x alone wins, half of it on ties, as the VJP shares ``g``."""
+    return broadcast_like(_share(t, x, ans, y), ans)
+
+
 defvjp(maximum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
+defjvp(maximum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
 defvjp(minimum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
+defjvp(minimum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,15 +295,22 @@ sqrt = _unary("sqrt", math.sqrt)
 abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API name
 
 defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
+defjvp(exp, lambda t, ans, x: t * ans)
 defvjp(log, lambda g, ans, x: g / x, saves="args")
+defjvp(log, lambda t, ans, x: t / x)
 defvjp(sin, lambda g, ans, x: g * cos(x), saves="args")
+defjvp(sin, lambda t, ans, x: t * cos(x))
 defvjp(cos, lambda g, ans, x: -g * sin(x), saves="args")
+defjvp(cos, lambda t, ans, x: -t * sin(x))
 defvjp(tanh, lambda g, ans, x: g * (1.0 - square(ans)), saves="ans")
+defjvp(tanh, lambda t, ans, x: t * (1.0 - square(ans)))
 defvjp(abs, lambda g, ans, x: g * sign(x), saves="args")
+defjvp(abs, lambda t, ans, x: t * sign(x))
 # d sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0; we take 0 there, so that the gradient of a
 # norm at the zero vector is 0 rather than NaN.
 defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zero(ans, 1.0)),
        saves="ans")  # fmt: skip
+defjvp(sqrt, lambda t, ans, x: where(equal(ans, 0.0), 0.0, t * 0.5 / replace_zero(ans, 1.0)))
 
 
 @nondifferentiable
@@ -288,6 +327,7 @@ def square(x):
 
 
 defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
+defjvp(square, lambda t, ans, x: t * (2.0 * x))
 _elementwise(square, lambda m, x: x * x)
 
 
@@ -357,9 +397,13 @@ sigmoid_grad.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid_grad")
 sigmoid_grad.kernel("cuda", "gradcore.backends.cuda_kernels:sigmoid_grad")
 # The sigmoid's derivative needs only its output: y (1 - y).
 defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
+defjvp(sigmoid, lambda t, ans, x: sigmoid_grad(ans, t))
 defvjp(sigmoid_grad,
        lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
        lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
+defjvp(sigmoid_grad,
+       lambda t, ans, y, g: t * g * (1.0 - 2.0 * y),
+       lambda t, ans, y, g: sigmoid_grad(y, t))  # fmt: skip
 sigmoid.lower = _lower_to_kernel(sigmoid)
 sigmoid_grad.lower = lambda y, g: _kernel_for(sigmoid_grad, y, g)
 sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
@@ -376,6 +420,7 @@ def relu(x):
 
 
 defvjp(relu, lambda g, ans, x: where(greater(ans, 0.0), g, 0.0), saves="ans")
+defjvp(relu, lambda t, ans, x: where(greater(ans, 0.0), t, 0.0))
 _elementwise(relu, lambda m, x: m.maximum(x, 0.0))
 
 
@@ -388,6 +433,7 @@ def clip(x, min=None, max=None):  # noqa: A002 - NumPy's names
 
 
 defvjp(clip, lambda g, ans, x, min=None, max=None: where(equal(ans, x), g, 0.0), saves="both")
+defjvp(clip, lambda t, ans, x, min=None, max=None: where(equal(ans, x), t, 0.0))
 
 
 @primitive
@@ -403,6 +449,10 @@ defvjp(where,
        lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
        lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
        saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
+defjvp(where,
+       None,
+       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
+       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
 _elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
 
 
@@ -429,7 +479,160 @@ def _astype_vjp(g, ans, x, dtype):
     return None
 
 
+def _astype_jvp(t, ans, x, dtype):
+    """Between floating types the tangent is cast along; to integers or bool, none."""
+    if type(x) in PY_SCALARS or (_is_floating(x.dtype) and _is_floating(dtype)):
+        return astype(t, dtype)
+    return None
+
+
 defvjp(astype, _astype_vjp, saves="shapes")
+defjvp(astype, _astype_jvp)
+
+
+log1p = _unary("log1p", math.log1p)
+expm1 = _unary("expm1", math.expm1)
+
+defvjp(log1p, lambda g, ans, x: g / (1.0 + x), saves="args")
+defjvp(log1p, lambda t, ans, x: t / (1.0 + x))
+defvjp(expm1, lambda g, ans, x: g * (ans + 1.0), saves="ans")
+defjvp(expm1, lambda t, ans, x: t * (ans + 1.0))
+
+
+def _by_formula(name: str, formula: Callable, doc: str) -> Primitive:
+    """An elementwise op computed by its formula on every device: the backend's namespace for
+    arrays, ``formulas.PYTHON`` for Python numbers, and the generated kernels where gc.jit
+    fuses it (one formula, so fused and eager agree). Parameters are positional arguments, so
+    that a fused kernel receives them as it receives any number."""
+
+    def impl(*args):
+        if builtins.all(type(a) in PY_SCALARS for a in args):
+            return formula(formulas.PYTHON, *args)
+        return formula(common_backend(name, *args).xp, *args)
+
+    impl.__name__ = name
+    impl.__doc__ = doc
+    return _elementwise(primitive(impl), formula)
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+@primitive
+def erf(x):
+    """The error function ``2/sqrt(pi) integral_0^x e^(-s^2) ds``: the device's own where it
+    has one (CUDA), else ``formulas.erf`` (the Array API standard has none)."""
+    if type(x) in PY_SCALARS:
+        return math.erf(x)
+    backend = backend_of(x)
+    kernel = erf.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else formulas.erf(backend.xp, x)
+
+
+erf.kernel("cuda", "gradcore.backends.cuda_kernels:erf")
+_elementwise(erf, formulas.erf)
+defvjp(erf, lambda g, ans, x: g * (_TWO_OVER_SQRT_PI * exp(-square(x))), saves="args")
+defjvp(erf, lambda t, ans, x: t * (_TWO_OVER_SQRT_PI * exp(-square(x))))
+
+_softplus = _by_formula("softplus", formulas.softplus, formulas.softplus.__doc__)
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+    """``log(1 + e^(beta x)) / beta``, and ``x`` where ``beta x > threshold`` (PyTorch's):
+    stable for every ``x``. ``beta`` and ``threshold`` are constants (no gradient)."""
+    return _softplus(x, beta, threshold)
+
+
+def _softplus_derivative(x, beta, threshold):
+    """``sigmoid(beta x)``, and 1 where softplus is linear (PyTorch's threshold)."""
+    z = x * beta
+    return where(greater(z, threshold), 1.0, sigmoid(z))
+
+
+defvjp(_softplus, lambda g, ans, x, beta, threshold: g * _softplus_derivative(x, beta, threshold),
+       None, None, saves="args")  # fmt: skip
+defjvp(_softplus, lambda t, ans, x, beta, threshold: t * _softplus_derivative(x, beta, threshold),
+       None, None)  # fmt: skip
+
+
+@primitive
+def logaddexp(x, y):
+    """``log(e^x + e^y)`` without overflow (``formulas.logaddexp``)."""
+    if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+        return formulas.logaddexp(formulas.PYTHON, x, y)
+    backend = common_backend("logaddexp", x, y)
+    # the formula's where may meet both operands: the standard's where takes one number at most
+    if type(x) in PY_SCALARS:
+        x = backend.xp.asarray(x, dtype=y.dtype, device=backend.array_device(y))
+    if type(y) in PY_SCALARS:
+        y = backend.xp.asarray(y, dtype=x.dtype, device=backend.array_device(x))
+    return formulas.logaddexp(backend.xp, x, y)
+
+
+_elementwise(logaddexp, formulas.logaddexp)
+
+# d/dx = e^x / (e^x + e^y) = sigmoid(x - y): exact where x - ans would lose x's digits
+defvjp(logaddexp,
+       lambda g, ans, x, y: unbroadcast(x, g * sigmoid(x - y)),
+       lambda g, ans, x, y: unbroadcast(y, g * sigmoid(y - x)), saves="args")  # fmt: skip
+defjvp(logaddexp,
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(x - y), ans),
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(y - x), ans))  # fmt: skip
+
+_leaky_relu = _by_formula(
+    "leaky_relu", lambda m, x, slope: m.where(x > 0.0, x, x * slope), "x, or slope * x below 0."
+)
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
+    """``x`` for positive ``x``, else ``negative_slope * x`` (PyTorch's default slope)."""
+    return _leaky_relu(x, negative_slope)
+
+
+# at 0 the slope is negative_slope, as in PyTorch; the slope itself is differentiable (PReLU)
+defvjp(_leaky_relu,
+       lambda g, ans, x, slope: unbroadcast(x, where(greater(x, 0.0), g, g * slope)),
+       lambda g, ans, x, slope: unbroadcast(slope, where(greater(x, 0.0), 0.0, g * x)),
+       saves="args")  # fmt: skip
+defjvp(_leaky_relu,
+       lambda t, ans, x, slope: broadcast_like(where(greater(x, 0.0), t, t * slope), ans),
+       lambda t, ans, x, slope: broadcast_like(where(greater(x, 0.0), 0.0, t * x),
+                                               ans))  # fmt: skip
+
+_gelu = _by_formula("gelu", formulas.gelu, formulas.gelu.__doc__)
+_gelu_tanh = _by_formula("gelu_tanh", formulas.gelu_tanh, formulas.gelu_tanh.__doc__)
+
+
+def gelu(x: Any, approximate: str = "none") -> Any:
+    """``x Phi(x)``, Phi the standard normal CDF, as PyTorch's ``gelu``: exact through erf, or
+    with ``approximate="tanh"`` its tanh approximation."""
+    if approximate == "none":
+        return _gelu(x)
+    if approximate == "tanh":
+        return _gelu_tanh(x)
+    raise ValueError(f"gelu(approximate={approximate!r}): approximate is 'none' or 'tanh'")
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_TWO_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_TWO_PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_derivative(x):
+    """``Phi(x) + x phi(x)``."""
+    return 0.5 * (1.0 + erf(x * _SQRT_HALF)) + x * (_INV_SQRT_TWO_PI * exp(-0.5 * square(x)))
+
+
+def _gelu_tanh_derivative(x):
+    th = tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x)))
+    slope = _SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * square(x))
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - square(th)) * slope
+
+
+defvjp(_gelu, lambda g, ans, x: g * _gelu_derivative(x), saves="args")
+defjvp(_gelu, lambda t, ans, x: t * _gelu_derivative(x))
+defvjp(_gelu_tanh, lambda g, ans, x: g * _gelu_tanh_derivative(x), saves="args")
+defjvp(_gelu_tanh, lambda t, ans, x: t * _gelu_tanh_derivative(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,12 +717,27 @@ def _max_vjp(g, ans, x, axis=None, keepdims=False):
     return g * winners / sum(winners, axis=axis, keepdims=True)
 
 
+def _max_jvp(t, ans, x, axis=None, keepdims=False):
+    """The mean of the tangents of the maxima: ties share, as in the VJP."""
+    if ndim(x) == 0:
+        return t
+    winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
+    return sum(t * winners, axis=axis, keepdims=keepdims) / sum(winners, axis=axis,
+                                                                 keepdims=keepdims)  # fmt: skip
+
+
 defvjp(sum, _sum_vjp, saves="shapes")
+defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
 defvjp(mean, _mean_vjp, saves="shapes")
+defjvp(mean, lambda t, ans, x, axis=None, keepdims=False: mean(t, axis=axis, keepdims=keepdims))
 defvjp(max, _max_vjp, saves="both")
+defjvp(max, _max_jvp)
 defvjp(logsumexp, lambda g, ans, x, axis=None, keepdims=False:
        _restore_reduced(g, x, axis, keepdims)
        * exp(x - _restore_reduced(ans, x, axis, keepdims)), saves="both")  # fmt: skip
+defjvp(logsumexp, lambda t, ans, x, axis=None, keepdims=False:
+       sum(t * exp(x - _restore_reduced(ans, x, axis, keepdims)), axis=axis,
+           keepdims=keepdims))  # fmt: skip
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
@@ -548,630 +766,7 @@ log_softmax.lower = _lower_to_kernel(log_softmax)
 # Its VJP needs only its output: g - softmax(x) sum(g), with softmax(x) = exp(ans).
 defvjp(log_softmax, lambda g, ans, x, axis=-1: g - exp(ans) * sum(g, axis=axis, keepdims=True),
        saves="ans")  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# shapes
-
-
-@primitive
-def reshape(x, shape):
-    return backend_of(x).xp.reshape(x, tuple(shape))
-
-
-@primitive
-def transpose(x, axes=None):
-    if axes is None:
-        axes = tuple(reversed(range(x.ndim)))
-    return backend_of(x).xp.permute_dims(x, tuple(axes))
-
-
-def matrix_transpose(x: Any) -> Any:
-    """Swap the last two axes (``x.mT``)."""
-    rank = ndim(x)
-    return transpose(x, (*range(rank - 2), rank - 1, rank - 2))
-
-
-@primitive
-def broadcast_to(x, shape):
-    if type(x) in PY_SCALARS:
-        raise TypeError("broadcast_to needs an array; create one with gradcore.array")
-    return backend_of(x).xp.broadcast_to(x, tuple(shape))
-
-
-@primitive
-def expand_dims(x, axis):
-    xp = backend_of(x).xp
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    rank = x.ndim + len(axes)
-    for a in sorted(a % rank for a in axes):
-        x = xp.expand_dims(x, axis=a)
-    return x
-
-
-@primitive
-def squeeze(x, axis=None):
-    if axis is None:
-        axis = tuple(i for i, n in enumerate(x.shape) if n == 1)
-    return backend_of(x).xp.squeeze(x, axis=axis)
-
-
-def _transpose_vjp(g, ans, x, axes=None):
-    if axes is None:
-        return transpose(g)
-    inverse = [0] * len(axes)
-    for position, axis in enumerate(axes):
-        inverse[axis % len(axes)] = position
-    return transpose(g, tuple(inverse))
-
-
-defvjp(reshape, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
-defvjp(transpose, _transpose_vjp, saves="shapes")
-defvjp(broadcast_to, lambda g, ans, x, *_, **__: unbroadcast(x, g), saves="shapes")
-defvjp(expand_dims, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
-defvjp(squeeze, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
-
-
-@primitive
-def getitem(x, index):
-    """``x[index]``: basic slicing and integer-array indexing."""
-    return x[index]
-
-
-@primitive
-def untake(g, index, shape):
-    """Zeros of ``shape`` with ``g`` added at ``index``: the adjoint of ``getitem``."""
-    backend = backend_of(g)
-    out = backend.xp.zeros(shape, dtype=g.dtype, device=backend.array_device(g))
-    backend.scatter_add(out, index, g)
-    return out
-
-
-defvjp(getitem, lambda g, ans, x, index: untake(g, index, shape(x)), saves="shapes")
-defvjp(untake, lambda g2, ans, g, index, *_: getitem(g2, index), saves="shapes")
-
-
-@primitive
-def _concatenate(axis, *arrays):
-    return common_backend("concatenate", *arrays).xp.concat(arrays, axis=axis)
-
-
-@primitive
-def _stack(axis, *arrays):
-    return common_backend("stack", *arrays).xp.stack(arrays, axis=axis)
-
-
-def concatenate(arrays: Sequence[Any], axis: int = 0) -> Any:
-    """Join arrays along an existing axis."""
-    return _concatenate(axis, *arrays)
-
-
-def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
-    """Join arrays along a new axis."""
-    return _stack(axis, *arrays)
-
-
-# Index tuples end in ``...``: the Array API standard refuses an index that names fewer axes
-# than the array has (NumPy's implicit trailing slices are not standard). Argument 0 is the
-# axis; the arrays are arguments 1, 2, ...
-def _concatenate_vjp(argnum, g, ans, args, kwargs):
-    axis, arrays = args[0] % ndim(g), args[1:]
-    start = 0
-    for array in arrays[: argnum - 1]:
-        start += shape(array)[axis]
-    stop = start + shape(arrays[argnum - 1])[axis]
-    return getitem(g, (slice(None),) * axis + (slice(start, stop), ...))
-
-
-def _stack_vjp(argnum, g, ans, args, kwargs):
-    axis = args[0] % ndim(g)
-    return getitem(g, (slice(None),) * axis + (argnum - 1, ...))
-
-
-defvjp_argnum(_concatenate, _concatenate_vjp, saves="shapes")
-defvjp_argnum(_stack, _stack_vjp, saves="shapes")
-
-
-# ---------------------------------------------------------------------------------------------
-# linear algebra
-
-
-@primitive
-def matmul(x, y):
-    return common_backend("matmul", x, y).xp.matmul(x, y)
-
-
-def _matmul_vjp(wrt: int) -> Callable:
-    """matmul's rule for either argument; 1-d operands are promoted to matrices and back."""
-
-    def vjp(g, ans, x, y):
-        if ndim(x) == 2 and ndim(y) == 2:  # the common case: no promotion, no broadcasting
-            return matmul(g, y.T) if wrt == 0 else matmul(x.T, g)
-        x2 = x if ndim(x) > 1 else expand_dims(x, 0)
-        y2 = y if ndim(y) > 1 else expand_dims(y, -1)
-        if ndim(x) == 1:
-            g = expand_dims(g, -2)
-        if ndim(y) == 1:
-            g = expand_dims(g, -1)
-        if wrt == 0:
-            return reshape(unbroadcast(x2, matmul(g, matrix_transpose(y2))), shape(x))
-        return reshape(unbroadcast(y2, matmul(matrix_transpose(x2), g)), shape(y))
-
-    return vjp
-
-
-_matmul_vjp_x, _matmul_vjp_y = _matmul_vjp(0), _matmul_vjp(1)
-defvjp(matmul, _matmul_vjp_x, _matmul_vjp_y, saves="args")
-
-
-def dot(x: Any, y: Any) -> Any:
-    """Vector and matrix products as ``matmul``; a scalar operand multiplies."""
-    if ndim(x) == 0 or ndim(y) == 0:
-        return multiply(x, y)
-    if ndim(x) > 2 or ndim(y) > 2:
-        raise ValueError(
-            f"dot: operands of shapes {shape(x)} and {shape(y)}; dot takes at most 2-d "
-            "arrays, use matmul for stacks of matrices"
-        )
-    return matmul(x, y)
-
-
-# ---------------------------------------------------------------------------------------------
-# fused layers and losses: each runs once or twice per training step, so one node instead of
-# several takes tracing overhead and temporaries out of every step (as PyTorch's linear and
-# cross_entropy do)
-
-
-@primitive
-def affine(x, w, b):
-    """``x @ w + b`` as one op; a layer's bias (a vector of the product's dtype) is added in
-    place into the product, saving a temporary the size of the layer's output."""
-    out = common_backend("affine", x, w, b).xp.matmul(x, w)
-    if type(b) in PY_SCALARS or b.ndim > 1 or b.dtype != out.dtype:
-        return out + b
-    out += b
-    return out
-
-
-def _lower_affine(x: Any, w: Any, b: Any) -> Callable | None:
-    """For gc.jit: affine as the matmul and the in-place bias add, without the checks."""
-    if any(type(a) in PY_SCALARS for a in (x, w, b)):
-        return None
-    backend = common_backend("affine", x, w, b)
-    if b.ndim > 1 or b.dtype != backend.xp.result_type(x, w):
-        return None
-    matmul = backend.xp.matmul
-
-    def affine_unchecked(x, w, b):
-        out = matmul(x, w)
-        out += b
-        return out
-
-    return affine_unchecked
-
-
-affine.lower = _lower_affine
-defvjp(affine,
-       lambda g, ans, x, w, b: _matmul_vjp_x(g, ans, x, w),
-       lambda g, ans, x, w, b: _matmul_vjp_y(g, ans, x, w),
-       lambda g, ans, x, w, b: unbroadcast(b, g), saves="args")  # fmt: skip
-
-
-@primitive
-def sigmoid_cross_entropy(z, y):
-    """Elementwise ``-y log sigmoid(z) - (1 - y) log(1 - sigmoid(z))`` from the logits ``z``.
-
-    Computed as ``max(z, 0) - z y + log1p(e^-|z|)``, that is ``logsumexp([0, z]) - z y`` with
-    the maximum taken out, so ``e^...`` never overflows.
-    """
-    xp = common_backend("sigmoid_cross_entropy", z, y).xp
-    return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
-
-
-# The derivative the hand derivation gives: dL/dz = sigmoid(z) - y, computed as exactly that.
-defvjp(sigmoid_cross_entropy,
-       lambda g, ans, z, y: multiply(g, sigmoid(z) - y),
-       lambda g, ans, z, y: negative(multiply(g, z)), saves="args")  # fmt: skip
-
-
-def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
-    """``-sum(log_softmax(logits) * targets) / n`` over ``(n, classes)`` rows.
-
-    Three ops, not one: ``log_softmax``'s VJP reads only its output, so backward uses the
-    log-probabilities forward computed, as a hand derivation does, instead of computing them
-    again. dL/dz comes out as ``(softmax(z) * sum(t) - t) / n``: the textbook
-    ``(softmax(z) - t) / n`` for one-hot rows, exact for soft targets too.
-    """
-    return sum(log_softmax(logits, axis=-1) * targets) * (-1.0 / shape(logits)[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
-
-
-# comparisons of two Python numbers give a Python bool, as Python's own operators do
-_PYTHON_COMPARISONS = {
-    "equal": operator.eq,
-    "not_equal": operator.ne,
-    "less": operator.lt,
-    "less_equal": operator.le,
-    "greater": operator.gt,
-    "greater_equal": operator.ge,
-}
-
-
-def _comparison(name: str):
-    def compare(x, y):
-        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
-            return _PYTHON_COMPARISONS[name](x, y)
-        return getattr(common_backend(name, x, y).xp, name)(x, y)
-
-    compare.__name__ = name
-    return nondifferentiable(compare)
-
-
-equal = _comparison("equal")
-not_equal = _comparison("not_equal")
-less = _comparison("less")
-less_equal = _comparison("less_equal")
-greater = _comparison("greater")
-greater_equal = _comparison("greater_equal")
-
-
-@nondifferentiable
-def argmax(x, axis=None, keepdims=False):
-    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
-
-
-@nondifferentiable
-def zeros_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(0)
-    return backend_of(x).xp.zeros_like(x)
-
-
-@nondifferentiable
-def ones_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(1)
-    return backend_of(x).xp.ones_like(x)
-
-
-# gc.jit computes these once per program: their arguments' values do not matter.
-zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
-
-
-# ---------------------------------------------------------------------------------------------
-# operators on traced values
-
-
-def _reflected(op: Callable) -> Callable:
-    return lambda self, other: op(other, self)
-
-
-# Primitives are plain functions, so they bind as methods: ``box * 2`` calls multiply(box, 2).
-for _name, _fun in [
-    ("add", add),
-    ("sub", subtract),
-    ("mul", multiply),
-    ("truediv", divide),
-    ("pow", power),
-    ("matmul", matmul),
-]:
-    setattr(Box, f"__{_name}__", _fun)
-    setattr(Box, f"__r{_name}__", _reflected(_fun))
-Box.__eq__ = equal
-Box.__ne__ = not_equal
-Box.__lt__ = less
-Box.__le__ = less_equal
-Box.__gt__ = greater
-Box.__ge__ = greater_equal
-Box.__getitem__ = getitem
-Box.__neg__ = negative
-Box.__abs__ = abs
-Box.T = property(transpose)
-Box.mT = property(matrix_transpose)
-
-
-# ---------------------------------------------------------------------------------------------
-# forward rules (JVPs): ``defjvp(op, lambda t, ans, x, ...: ...)``, where ``t`` is the tangent
-# of that argument and the rule returns its share of the output's tangent
-
-
-def broadcast_like(t: Any, ans: Any) -> Any:
-    """An argument's tangent ``t`` as a tangent of the output ``ans``: broadcast to its shape
-    and cast to its dtype (the forward counterpart of ``unbroadcast``)."""
-    if type(getval(ans)) in PY_SCALARS:
-        return t
-    if type(getval(t)) in PY_SCALARS:
-        return t * ones_like(ans)  # a Python number takes the array's dtype
-    if shape(t) != shape(ans):
-        t = broadcast_to(t, shape(ans))
-    return t if t.dtype == ans.dtype else astype(t, ans.dtype)
-
-
-def _share_of(t, ans, x, y):
-    """maximum/minimum: ``t`` where x alone wins, half of it on ties, as the VJP shares ``g``."""
-    return broadcast_like(_share(t, x, ans, y), ans)
-
-
-def _astype_jvp(t, ans, x, dtype):
-    """Between floating types the tangent is cast along; to integers or bool, none."""
-    if type(x) in PY_SCALARS or (_is_floating(x.dtype) and _is_floating(dtype)):
-        return astype(t, dtype)
-    return None
-
-
-def _max_jvp(t, ans, x, axis=None, keepdims=False):
-    """The mean of the tangents of the maxima: ties share, as in the VJP."""
-    if ndim(x) == 0:
-        return t
-    winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
-    return sum(t * winners, axis=axis, keepdims=keepdims) / sum(winners, axis=axis,
-                                                                 keepdims=keepdims)  # fmt: skip
-
-
-def _concatenate_jvp(argnum, t, ans, args, kwargs):
-    """The tangent of one joined array, zeros in the places of the others."""
-    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
-    return _concatenate(args[0], *parts)
-
-
-def _stack_jvp(argnum, t, ans, args, kwargs):
-    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
-    return _stack(args[0], *parts)
-
-
-defjvp(add, lambda t, ans, x, y: broadcast_like(t, ans),
-       lambda t, ans, x, y: broadcast_like(t, ans))  # fmt: skip
-defjvp(subtract, lambda t, ans, x, y: broadcast_like(t, ans),
-       lambda t, ans, x, y: broadcast_like(-t, ans))  # fmt: skip
-defjvp(multiply, lambda t, ans, x, y: t * y, lambda t, ans, x, y: x * t)
-defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * x / y**2)
-defjvp(power,
-       lambda t, ans, x, y: t * y * x ** where(not_equal(y, 0.0), y - 1, 1.0),
-       lambda t, ans, x, y: t * log(replace_zero(x, 1.0)) * ans)  # fmt: skip
-defjvp(negative, lambda t, ans, x: -t)
-defjvp(maximum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
-defjvp(minimum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
-defjvp(exp, lambda t, ans, x: t * ans)
-defjvp(log, lambda t, ans, x: t / x)
-defjvp(sin, lambda t, ans, x: t * cos(x))
-defjvp(cos, lambda t, ans, x: -t * sin(x))
-defjvp(tanh, lambda t, ans, x: t * (1.0 - square(ans)))
-defjvp(abs, lambda t, ans, x: t * sign(x))
-defjvp(sqrt, lambda t, ans, x: where(equal(ans, 0.0), 0.0, t * 0.5 / replace_zero(ans, 1.0)))
-defjvp(square, lambda t, ans, x: t * (2.0 * x))
-defjvp(sigmoid, lambda t, ans, x: sigmoid_grad(ans, t))
-defjvp(sigmoid_grad,
-       lambda t, ans, y, g: t * g * (1.0 - 2.0 * y),
-       lambda t, ans, y, g: sigmoid_grad(y, t))  # fmt: skip
-defjvp(relu, lambda t, ans, x: where(greater(ans, 0.0), t, 0.0))
-defjvp(clip, lambda t, ans, x, min=None, max=None: where(equal(ans, x), t, 0.0))
-defjvp(where,
-       None,
-       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
-       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
-defjvp(astype, _astype_jvp)
-defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
-defjvp(mean, lambda t, ans, x, axis=None, keepdims=False: mean(t, axis=axis, keepdims=keepdims))
-defjvp(max, _max_jvp)
-defjvp(logsumexp, lambda t, ans, x, axis=None, keepdims=False:
-       sum(t * exp(x - _restore_reduced(ans, x, axis, keepdims)), axis=axis,
-           keepdims=keepdims))  # fmt: skip
 defjvp(log_softmax, lambda t, ans, x, axis=-1: t - sum(exp(ans) * t, axis=axis, keepdims=True))
-defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
-defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
-defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
-defjvp(expand_dims, lambda t, ans, x, axis: expand_dims(t, axis))
-defjvp(squeeze, lambda t, ans, x, axis=None: reshape(t, shape(ans)))
-defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
-defjvp(untake, lambda t, ans, g, index, shape: untake(t, index, shape))
-defjvp_argnum(_concatenate, _concatenate_jvp)
-defjvp_argnum(_stack, _stack_jvp)
-defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
-defjvp(affine,
-       lambda t, ans, x, w, b: matmul(t, w),
-       lambda t, ans, x, w, b: matmul(x, t),
-       lambda t, ans, x, w, b: broadcast_like(t, ans))  # fmt: skip
-defjvp(sigmoid_cross_entropy,
-       lambda t, ans, z, y: t * (sigmoid(z) - y),
-       lambda t, ans, z, y: -(z * t))  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# more elementwise functions
-
-log1p = _unary("log1p", math.log1p, "log1p({0})")
-expm1 = _unary("expm1", math.expm1, "expm1({0})")
-
-defvjp(log1p, lambda g, ans, x: g / (1.0 + x), saves="args")
-defjvp(log1p, lambda t, ans, x: t / (1.0 + x))
-defvjp(expm1, lambda g, ans, x: g * (ans + 1.0), saves="ans")
-defjvp(expm1, lambda t, ans, x: t * (ans + 1.0))
-
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-
-# Rational approximations of erf on [0, 1] and of erfc on [1, 8], coefficients highest power
-# first (Cephes, S. L. Moshier; as in SciPy): within about 2 ulp of the C library's erf.
-_ERF_NUMERATOR = (
-    9.60497373987051638749e0,
-    9.00260197203842689217e1,
-    2.23200534594684319226e3,
-    7.00332514112805075473e3,
-    5.55923013010394962768e4,
-)
-_ERF_DENOMINATOR = (
-    1.0,
-    3.35617141647503099647e1,
-    5.21357949780152679795e2,
-    4.59432382970980127987e3,
-    2.26290000613890934246e4,
-    4.92673942608635921086e4,
-)
-_ERFC_NUMERATOR = (
-    2.46196981473530512524e-10,
-    5.64189564831068821977e-1,
-    7.46321056442269912687e0,
-    4.86371970985681366614e1,
-    1.96520832956077098242e2,
-    5.26445194995477358631e2,
-    9.34528527171957607540e2,
-    1.02755188689515710272e3,
-    5.57535335369399327526e2,
-)
-_ERFC_DENOMINATOR = (
-    1.0,
-    1.32281951154744992508e1,
-    8.67072140885989742329e1,
-    3.54937778887819891062e2,
-    9.75708501743205489753e2,
-    1.82390916687909736289e3,
-    2.24633760818710981792e3,
-    1.65666309194161350182e3,
-    5.57535340817727675546e2,
-)
-
-
-def _polynomial(z: Any, coefficients: Sequence[float]) -> Any:
-    """Horner's rule, the highest power first."""
-    total = z * coefficients[0] + coefficients[1]
-    for c in coefficients[2:]:
-        total = total * z + c
-    return total
-
-
-def _erf_expression(xp: Any, x: Any) -> Any:
-    """erf in Array API operations alone, for devices without an erf of their own (the
-    standard has none): ``x P(x^2) / Q(x^2)`` for |x| <= 1, else ``1 - erfc(|x|)`` signed, with
-    ``erfc(a) = e^(-a^2) R(a) / S(a)``. Past |x| = 6 erf is 1 to double precision, so ``a``
-    stops there; inputs are clipped per branch, so an infinity computes nothing invalid."""
-    small = xp.minimum(xp.maximum(x, -1.0), 1.0)
-    z = small * small
-    inner = small * _polynomial(z, _ERF_NUMERATOR) / _polynomial(z, _ERF_DENOMINATOR)
-    a = xp.minimum(xp.abs(x), 6.0)
-    erfc = xp.exp(-(a * a)) * _polynomial(a, _ERFC_NUMERATOR) / _polynomial(a, _ERFC_DENOMINATOR)
-    return xp.where(xp.abs(x) <= 1.0, inner, xp.sign(x) * (1.0 - erfc))
-
-
-@primitive
-def erf(x):
-    """The error function ``2/sqrt(pi) integral_0^x e^(-s^2) ds``."""
-    if type(x) in PY_SCALARS:
-        return math.erf(x)
-    backend = backend_of(x)
-    kernel = erf.kernels.lookup(backend, x.dtype)
-    return kernel(x) if kernel is not None else _erf_expression(backend.xp, x)
-
-
-defvjp(erf, lambda g, ans, x: g * (_TWO_OVER_SQRT_PI * exp(-square(x))), saves="args")
-defjvp(erf, lambda t, ans, x: t * (_TWO_OVER_SQRT_PI * exp(-square(x))))
-_elementwise(erf, "erf({0})")
-
-
-@primitive
-def softplus(x, beta=1.0, threshold=20.0):
-    """``log(1 + e^(beta x)) / beta``, as PyTorch's: ``x`` itself where ``beta x > threshold``.
-
-    Computed as ``max(z, 0) + log1p(e^-|z|)`` for ``z = beta x``, so that ``e^...`` never
-    overflows and very negative ``x`` keep their digits.
-    """
-    if type(x) in PY_SCALARS:
-        z = x * beta
-        if z > threshold:
-            return x
-        return (builtins.max(z, 0.0) + math.log1p(math.exp(-builtins.abs(z)))) / beta
-    xp = backend_of(x).xp
-    z = x * beta if beta != 1.0 else x
-    smooth = xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
-    return xp.where(z > threshold, x, smooth / beta if beta != 1.0 else smooth)
-
-
-def _softplus_derivative(x, beta, threshold):
-    """``sigmoid(beta x)``, and 1 where softplus is linear (PyTorch's threshold)."""
-    z = x * beta
-    return where(greater(z, threshold), 1.0, sigmoid(z))
-
-
-defvjp(softplus, lambda g, ans, x, beta=1.0, threshold=20.0:
-       g * _softplus_derivative(x, beta, threshold), saves="args")  # fmt: skip
-defjvp(softplus, lambda t, ans, x, beta=1.0, threshold=20.0:
-       t * _softplus_derivative(x, beta, threshold))  # fmt: skip
-
-
-@primitive
-def logaddexp(x, y):
-    """``log(e^x + e^y)`` without overflow (``max(x, y) + log1p(e^-|x - y|)``)."""
-    if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
-        if x == y:  # equal infinities included
-            return x + math.log(2.0)
-        return builtins.max(x, y) + math.log1p(math.exp(-builtins.abs(x - y)))
-    return common_backend("logaddexp", x, y).xp.logaddexp(x, y)
-
-
-# d/dx = e^x / (e^x + e^y) = sigmoid(x - y): exact where x - ans would lose x's digits
-defvjp(logaddexp,
-       lambda g, ans, x, y: unbroadcast(x, g * sigmoid(x - y)),
-       lambda g, ans, x, y: unbroadcast(y, g * sigmoid(y - x)), saves="args")  # fmt: skip
-defjvp(logaddexp,
-       lambda t, ans, x, y: broadcast_like(t * sigmoid(x - y), ans),
-       lambda t, ans, x, y: broadcast_like(t * sigmoid(y - x), ans))  # fmt: skip
-_elementwise(
-    logaddexp, "({0} == {1} ? {0} + log((T)2) : max({0}, {1}) + log1p(exp(-fabs({0} - {1}))))"
-)
-
-
-@primitive
-def leaky_relu(x, negative_slope=0.01):
-    """``x`` for positive ``x``, else ``negative_slope * x`` (PyTorch's default slope)."""
-    if type(x) in PY_SCALARS:
-        return x if x > 0 else negative_slope * x
-    return backend_of(x).xp.where(x > 0, x, x * negative_slope)
-
-
-# at 0 the slope is negative_slope, as in PyTorch
-defvjp(leaky_relu, lambda g, ans, x, negative_slope=0.01:
-       where(greater(x, 0.0), g, g * negative_slope), saves="args")  # fmt: skip
-defjvp(leaky_relu, lambda t, ans, x, negative_slope=0.01:
-       where(greater(x, 0.0), t, t * negative_slope))  # fmt: skip
-
-_SQRT_HALF = math.sqrt(0.5)
-_SQRT_TWO_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_TWO_PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@primitive
-def gelu(x, approximate="none"):
-    """``x Phi(x)``, Phi the standard normal CDF: ``0.5 x (1 + erf(x / sqrt 2))``; with
-    ``approximate="tanh"``, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (PyTorch's two)."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu(approximate={approximate!r}): approximate is 'none' or 'tanh'")
-    if type(x) in PY_SCALARS:
-        if approximate == "tanh":
-            return 0.5 * x * (1.0 + math.tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * x**3)))
-        return 0.5 * x * (1.0 + math.erf(x * _SQRT_HALF))
-    xp = backend_of(x).xp
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + xp.tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x))))
-    return 0.5 * x * (1.0 + erf.fun(x * _SQRT_HALF))
-
-
-def _gelu_derivative(x, approximate):
-    if approximate == "tanh":
-        th = tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x)))
-        slope = _SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * square(x))
-        return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - square(th)) * slope
-    # Phi(x) + x phi(x)
-    return 0.5 * (1.0 + erf(x * _SQRT_HALF)) + x * (_INV_SQRT_TWO_PI * exp(-0.5 * square(x)))
-
-
-defvjp(gelu, lambda g, ans, x, approximate="none": g * _gelu_derivative(x, approximate),
-       saves="args")  # fmt: skip
-defjvp(gelu, lambda t, ans, x, approximate="none": t * _gelu_derivative(x, approximate))
-
-
-# ---------------------------------------------------------------------------------------------
-# more reductions and orderings
 
 
 @primitive
@@ -1360,3 +955,354 @@ defvjp(cumsum, _cumsum_vjp, saves="shapes")
 defjvp(cumsum, lambda t, ans, x, axis=None: cumsum(t, axis))
 defvjp(flip, lambda g, ans, x, axis=None: flip(g, axis), saves="shapes")
 defjvp(flip, lambda t, ans, x, axis=None: flip(t, axis))
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes
+
+
+@primitive
+def reshape(x, shape):
+    return backend_of(x).xp.reshape(x, tuple(shape))
+
+
+@primitive
+def transpose(x, axes=None):
+    if axes is None:
+        axes = tuple(reversed(range(x.ndim)))
+    return backend_of(x).xp.permute_dims(x, tuple(axes))
+
+
+def matrix_transpose(x: Any) -> Any:
+    """Swap the last two axes (``x.mT``)."""
+    rank = ndim(x)
+    return transpose(x, (*range(rank - 2), rank - 1, rank - 2))
+
+
+@primitive
+def broadcast_to(x, shape):
+    if type(x) in PY_SCALARS:
+        raise TypeError("broadcast_to needs an array; create one with gradcore.array")
+    return backend_of(x).xp.broadcast_to(x, tuple(shape))
+
+
+@primitive
+def expand_dims(x, axis):
+    xp = backend_of(x).xp
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    rank = x.ndim + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = xp.expand_dims(x, axis=a)
+    return x
+
+
+@primitive
+def squeeze(x, axis=None):
+    if axis is None:
+        axis = tuple(i for i, n in enumerate(x.shape) if n == 1)
+    return backend_of(x).xp.squeeze(x, axis=axis)
+
+
+def _transpose_vjp(g, ans, x, axes=None):
+    if axes is None:
+        return transpose(g)
+    inverse = [0] * len(axes)
+    for position, axis in enumerate(axes):
+        inverse[axis % len(axes)] = position
+    return transpose(g, tuple(inverse))
+
+
+defvjp(reshape, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
+defvjp(transpose, _transpose_vjp, saves="shapes")
+defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
+defvjp(broadcast_to, lambda g, ans, x, *_, **__: unbroadcast(x, g), saves="shapes")
+defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
+defvjp(expand_dims, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(expand_dims, lambda t, ans, x, axis: expand_dims(t, axis))
+defvjp(squeeze, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(squeeze, lambda t, ans, x, axis=None: reshape(t, shape(ans)))
+
+
+@primitive
+def getitem(x, index):
+    """``x[index]``: basic slicing and integer-array indexing."""
+    return x[index]
+
+
+@primitive
+def untake(g, index, shape):
+    """Zeros of ``shape`` with ``g`` added at ``index``: the adjoint of ``getitem``."""
+    backend = backend_of(g)
+    out = backend.xp.zeros(shape, dtype=g.dtype, device=backend.array_device(g))
+    backend.scatter_add(out, index, g)
+    return out
+
+
+defvjp(getitem, lambda g, ans, x, index: untake(g, index, shape(x)), saves="shapes")
+defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
+defvjp(untake, lambda g2, ans, g, index, *_: getitem(g2, index), saves="shapes")
+defjvp(untake, lambda t, ans, g, index, shape: untake(t, index, shape))
+
+
+@primitive
+def _concatenate(axis, *arrays):
+    return common_backend("concatenate", *arrays).xp.concat(arrays, axis=axis)
+
+
+@primitive
+def _stack(axis, *arrays):
+    return common_backend("stack", *arrays).xp.stack(arrays, axis=axis)
+
+
+def concatenate(arrays: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays along an existing axis."""
+    return _concatenate(axis, *arrays)
+
+
+def stack(arrays: Sequence[Any], axis: int = 0) -> Any:
+    """Join arrays along a new axis."""
+    return _stack(axis, *arrays)
+
+
+# Index tuples end in ``...``: the Array API standard refuses an index that names fewer axes
+# than the array has (NumPy's implicit trailing slices are not standard). Argument 0 is the
+# axis; the arrays are arguments 1, 2, ...
+def _concatenate_vjp(argnum, g, ans, args, kwargs):
+    axis, arrays = args[0] % ndim(g), args[1:]
+    start = 0
+    for array in arrays[: argnum - 1]:
+        start += shape(array)[axis]
+    stop = start + shape(arrays[argnum - 1])[axis]
+    return getitem(g, (slice(None),) * axis + (slice(start, stop), ...))
+
+
+def _stack_vjp(argnum, g, ans, args, kwargs):
+    axis = args[0] % ndim(g)
+    return getitem(g, (slice(None),) * axis + (argnum - 1, ...))
+
+
+def _concatenate_jvp(argnum, t, ans, args, kwargs):
+    """The tangent of one joined array, zeros in the places of the others."""
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _concatenate(args[0], *parts)
+
+
+def _stack_jvp(argnum, t, ans, args, kwargs):
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _stack(args[0], *parts)
+
+
+defvjp_argnum(_concatenate, _concatenate_vjp, saves="shapes")
+defjvp_argnum(_concatenate, _concatenate_jvp)
+defvjp_argnum(_stack, _stack_vjp, saves="shapes")
+defjvp_argnum(_stack, _stack_jvp)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra
+
+
+@primitive
+def matmul(x, y):
+    return common_backend("matmul", x, y).xp.matmul(x, y)
+
+
+def _matmul_vjp(wrt: int) -> Callable:
+    """matmul's rule for either argument; 1-d operands are promoted to matrices and back."""
+
+    def vjp(g, ans, x, y):
+        if ndim(x) == 2 and ndim(y) == 2:  # the common case: no promotion, no broadcasting
+            return matmul(g, y.T) if wrt == 0 else matmul(x.T, g)
+        x2 = x if ndim(x) > 1 else expand_dims(x, 0)
+        y2 = y if ndim(y) > 1 else expand_dims(y, -1)
+        if ndim(x) == 1:
+            g = expand_dims(g, -2)
+        if ndim(y) == 1:
+            g = expand_dims(g, -1)
+        if wrt == 0:
+            return reshape(unbroadcast(x2, matmul(g, matrix_transpose(y2))), shape(x))
+        return reshape(unbroadcast(y2, matmul(matrix_transpose(x2), g)), shape(y))
+
+    return vjp
+
+
+_matmul_vjp_x, _matmul_vjp_y = _matmul_vjp(0), _matmul_vjp(1)
+defvjp(matmul, _matmul_vjp_x, _matmul_vjp_y, saves="args")
+defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
+
+
+def dot(x: Any, y: Any) -> Any:
+    """Vector and matrix products as ``matmul``; a scalar operand multiplies."""
+    if ndim(x) == 0 or ndim(y) == 0:
+        return multiply(x, y)
+    if ndim(x) > 2 or ndim(y) > 2:
+        raise ValueError(
+            f"dot: operands of shapes {shape(x)} and {shape(y)}; dot takes at most 2-d "
+            "arrays, use matmul for stacks of matrices"
+        )
+    return matmul(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused layers and losses: each runs once or twice per training step, so one node instead of
+# several takes tracing overhead and temporaries out of every step (as PyTorch's linear and
+# cross_entropy do)
+
+
+@primitive
+def affine(x, w, b):
+    """``x @ w + b`` as one op; a layer's bias (a vector of the product's dtype) is added in
+    place into the product, saving a temporary the size of the layer's output."""
+    out = common_backend("affine", x, w, b).xp.matmul(x, w)
+    if type(b) in PY_SCALARS or b.ndim > 1 or b.dtype != out.dtype:
+        return out + b
+    out += b
+    return out
+
+
+def _lower_affine(x: Any, w: Any, b: Any) -> Callable | None:
+    """For gc.jit: affine as the matmul and the in-place bias add, without the checks."""
+    if any(type(a) in PY_SCALARS for a in (x, w, b)):
+        return None
+    backend = common_backend("affine", x, w, b)
+    if b.ndim > 1 or b.dtype != backend.xp.result_type(x, w):
+        return None
+    matmul = backend.xp.matmul
+
+    def affine_unchecked(x, w, b):
+        out = matmul(x, w)
+        out += b
+        return out
+
+    return affine_unchecked
+
+
+affine.lower = _lower_affine
+defvjp(affine,
+       lambda g, ans, x, w, b: _matmul_vjp_x(g, ans, x, w),
+       lambda g, ans, x, w, b: _matmul_vjp_y(g, ans, x, w),
+       lambda g, ans, x, w, b: unbroadcast(b, g), saves="args")  # fmt: skip
+defjvp(affine,
+       lambda t, ans, x, w, b: matmul(t, w),
+       lambda t, ans, x, w, b: matmul(x, t),
+       lambda t, ans, x, w, b: broadcast_like(t, ans))  # fmt: skip
+
+
+@primitive
+def sigmoid_cross_entropy(z, y):
+    """Elementwise ``-y log sigmoid(z) - (1 - y) log(1 - sigmoid(z))`` from the logits ``z``.
+
+    Computed as ``max(z, 0) - z y + log1p(e^-|z|)``, that is ``logsumexp([0, z]) - z y`` with
+    the maximum taken out, so ``e^...`` never overflows.
+    """
+    xp = common_backend("sigmoid_cross_entropy", z, y).xp
+    return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+# The derivative the hand derivation gives: dL/dz = sigmoid(z) - y, computed as exactly that.
+defvjp(sigmoid_cross_entropy,
+       lambda g, ans, z, y: multiply(g, sigmoid(z) - y),
+       lambda g, ans, z, y: negative(multiply(g, z)), saves="args")  # fmt: skip
+defjvp(sigmoid_cross_entropy,
+       lambda t, ans, z, y: t * (sigmoid(z) - y),
+       lambda t, ans, z, y: -(z * t))  # fmt: skip
+
+
+def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
+    """``-sum(log_softmax(logits) * targets) / n`` over ``(n, classes)`` rows.
+
+    Three ops, not one: ``log_softmax``'s VJP reads only its output, so backward uses the
+    log-probabilities forward computed, as a hand derivation does, instead of computing them
+    again. dL/dz comes out as ``(softmax(z) * sum(t) - t) / n``: the textbook
+    ``(softmax(z) - t) / n`` for one-hot rows, exact for soft targets too.
+    """
+    return sum(log_softmax(logits, axis=-1) * targets) * (-1.0 / shape(logits)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
+
+
+# comparisons of two Python numbers give a Python bool, as Python's own operators do
+_PYTHON_COMPARISONS = {
+    "equal": operator.eq,
+    "not_equal": operator.ne,
+    "less": operator.lt,
+    "less_equal": operator.le,
+    "greater": operator.gt,
+    "greater_equal": operator.ge,
+}
+
+
+def _comparison(name: str):
+    def compare(x, y):
+        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+            return _PYTHON_COMPARISONS[name](x, y)
+        return getattr(common_backend(name, x, y).xp, name)(x, y)
+
+    compare.__name__ = name
+    return nondifferentiable(compare)
+
+
+equal = _comparison("equal")
+not_equal = _comparison("not_equal")
+less = _comparison("less")
+less_equal = _comparison("less_equal")
+greater = _comparison("greater")
+greater_equal = _comparison("greater_equal")
+
+
+@nondifferentiable
+def argmax(x, axis=None, keepdims=False):
+    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
+
+
+@nondifferentiable
+def zeros_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(0)
+    return backend_of(x).xp.zeros_like(x)
+
+
+@nondifferentiable
+def ones_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(1)
+    return backend_of(x).xp.ones_like(x)
+
+
+# gc.jit computes these once per program: their arguments' values do not matter.
+zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
+
+
+# ---------------------------------------------------------------------------------------------
+# operators on traced values
+
+
+def _reflected(op: Callable) -> Callable:
+    return lambda self, other: op(other, self)
+
+
+# Primitives bind as methods, as functions do: ``box * 2`` calls multiply(box, 2).
+for _name, _fun in [
+    ("add", add),
+    ("sub", subtract),
+    ("mul", multiply),
+    ("truediv", divide),
+    ("pow", power),
+    ("matmul", matmul),
+]:
+    setattr(Box, f"__{_name}__", _fun)
+    setattr(Box, f"__r{_name}__", _reflected(_fun))
+Box.__eq__ = equal
+Box.__ne__ = not_equal
+Box.__lt__ = less
+Box.__le__ = less_equal
+Box.__gt__ = greater
+Box.__ge__ = greater_equal
+Box.__getitem__ = getitem
+Box.__neg__ = negative
+Box.__abs__ = abs
+Box.T = property(transpose)
+Box.mT = property(matrix_transpose)

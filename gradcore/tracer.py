@@ -286,8 +286,9 @@ class Primitive:
     # (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
     # written over argument argnum; or None
     into_argument: Callable[..., tuple[Callable[..., Any], tuple[int, ...]] | None] | None
-    # an elementwise op as one CUDA C expression over {0}, {1}... of type T, which gc.jit fuses
-    cuda_expression: str | None
+    # an elementwise op as a function of a namespace m and its arguments (gradcore.formulas),
+    # which device code generators evaluate to fuse gc.jit's chains of elementwise ops
+    formula: Callable[..., Any] | None
 
     def __init__(self, fun: Callable[..., Any], name: str | None = None) -> None:
         self.name = name or fun.__name__
@@ -300,7 +301,7 @@ class Primitive:
         self.kernels = KernelTable(self.name)
         self.shape_only = False
         self.lower = self.into_argument = None
-        self.cuda_expression = None
+        self.formula = None
 
     def kernel(self, device: str, path: str) -> None:
         """Use the kernel ``path`` ("module:function") for arrays of ``device``."""
