@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from gradcore.backend import PY_SCALARS, backend_for_device, backend_of, common_backend, isdtype
+from gradcore.backend import PY_SCALARS, array_backend, backend_for_device, common_backend, isdtype
 from gradcore.ops import add, astype, multiply, ones_like, reshape, shape, stack, zeros_like
 from gradcore.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from gradcore.tracer import Box, JVPNode, Node, backward_pass, getval, new_forward_trace, new_trace
@@ -146,7 +146,7 @@ def _finish(g: Any, leaf: Node, was_python_float: bool) -> Any:
     if type(g) is Box:
         return g
     if g.ndim == 0:
-        return backend_of(g).xp.asarray(g)  # NumPy reductions return scalars, not arrays
+        return array_backend(g).xp.asarray(g)  # NumPy reductions return scalars, not arrays
     return g
 
 
@@ -391,7 +391,7 @@ def _basis(leaf: Any, index: int) -> Any:
     value = getval(leaf)
     if type(value) in PY_SCALARS:
         return 1.0
-    backend = backend_of(value)
+    backend = array_backend(value)
     xp = backend.xp
     size = math.prod(value.shape)
     unit = xp.eye(1, size, k=index, dtype=value.dtype, device=backend.array_device(value))
@@ -406,7 +406,7 @@ def _block(parts: list[Any], out_leaf: Any, in_leaf: Any, axis: int) -> Any:
     if len(parts) == 1 and shape(parts[0]) == block_shape:
         return parts[0]
     like = getval(in_leaf) if type(getval(in_leaf)) not in PY_SCALARS else getval(out_leaf)
-    backend = backend_of(like)
+    backend = array_backend(like)
     device = backend.array_device(like)
     if not parts:  # an empty input or output
         return backend.xp.zeros(block_shape, dtype=like.dtype, device=device)
@@ -519,13 +519,13 @@ def hvp(fun: Callable, primals: Sequence[Any], tangents: Sequence[Any]) -> tuple
 def _to_float64(x: Any) -> Any:
     if type(x) in PY_SCALARS:
         x = backend_for_device("cpu").xp.asarray(float(x))
-    xp = backend_of(x).xp
+    xp = array_backend(x).xp
     return xp.astype(x, xp.float64)
 
 
 def _random_like(tree: Any, seed: int) -> Any:
     def draw(leaf: Any) -> Any:
-        backend = backend_of(leaf)
+        backend = array_backend(leaf)
         return backend.rng(seed).normal(tuple(leaf.shape), dtype=backend.xp.float64)
 
     return tree_map(draw, tree)
@@ -534,7 +534,7 @@ def _random_like(tree: Any, seed: int) -> Any:
 def _inner(a: Any, b: Any) -> float:
     total = 0.0
     for x, y in zip(tree_leaves(a), tree_leaves(b)):
-        total += float(backend_of(x).xp.sum(x * y))
+        total += float(array_backend(x).xp.sum(x * y))
     return total
 
 

@@ -33,9 +33,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore import formulas
-from gradcore.backend import PY_SCALARS, backend_of, common_backend
+from gradcore.backend import PY_SCALARS, array_backend, backend_of, common_backend
 from gradcore.tracer import (
     Box,
+    Nondifferentiable,
     Primitive,
     defjvp,
     defjvp_argnum,
@@ -66,7 +67,7 @@ def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, .
     return tuple(sorted(a % rank if rank else a for a in axes))
 
 
-def _elementwise(prim: Callable, formula: Callable) -> Callable:
+def _elementwise(prim: Primitive, formula: Callable) -> Primitive:
     """Give ``prim`` its ``formula``: the op as a function of a namespace ``m`` and its
     arguments (see ``gradcore.formulas``), which device code generators evaluate."""
     prim.formula = formula
@@ -117,6 +118,96 @@ def broadcast_like(t: Any, ans: Any) -> Any:
 def replace_zero(x: Any, value: float) -> Any:
     """``x`` with its zeros replaced by ``value`` (keeps ``log`` finite in the power rule)."""
     return where(equal(x, 0), value, x)
+
+
+def _log_of_base(x: Any) -> Any:
+    """``log x`` for the power rule's exponent, 0 where ``x`` is 0 (where ``x**y`` is 0 too)."""
+    return log(replace_zero(x, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# constant-valued ops: comparisons, signs, argmax and fresh arrays do not depend on inputs
+# smoothly (first, since the rules below use them), and where, which selects between values
+
+
+# comparisons of two Python numbers give a Python bool, as Python's own operators do
+_PYTHON_COMPARISONS = {
+    "equal": operator.eq,
+    "not_equal": operator.ne,
+    "less": operator.lt,
+    "less_equal": operator.le,
+    "greater": operator.gt,
+    "greater_equal": operator.ge,
+}
+
+
+def _comparison(name: str) -> Nondifferentiable:
+    def compare(x, y):
+        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+            return _PYTHON_COMPARISONS[name](x, y)
+        return getattr(common_backend(name, x, y).xp, name)(x, y)
+
+    compare.__name__ = name
+    return nondifferentiable(compare)
+
+
+equal = _comparison("equal")
+not_equal = _comparison("not_equal")
+less = _comparison("less")
+less_equal = _comparison("less_equal")
+greater = _comparison("greater")
+greater_equal = _comparison("greater_equal")
+
+
+@nondifferentiable
+def argmax(x, axis=None, keepdims=False):
+    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
+
+
+@nondifferentiable
+def zeros_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(0)
+    return backend_of(x).xp.zeros_like(x)
+
+
+@nondifferentiable
+def ones_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(1)
+    return backend_of(x).xp.ones_like(x)
+
+
+# gc.jit computes these once per program: their arguments' values do not matter.
+zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
+
+
+@nondifferentiable
+def sign(x):
+    """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
+    if type(x) in PY_SCALARS:
+        return float((x > 0) - (x < 0))
+    return backend_of(x).xp.sign(x)
+
+
+@primitive
+def where(condition, x, y):
+    """``x`` where ``condition`` holds, else ``y``; only ``x`` and ``y`` are differentiable."""
+    if type(condition) in PY_SCALARS:
+        return x if condition else y
+    return common_backend("where", condition, x, y).xp.where(condition, x, y)
+
+
+defvjp(where,
+       None,
+       lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
+       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
+       saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
+defjvp(where,
+       None,
+       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
+       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
+_elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,11 +282,11 @@ defvjp(divide,
 defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * x / y**2)
 defvjp(power,
        lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(not_equal(y, 0.0), y - 1, 1.0)),
-       lambda g, ans, x, y: unbroadcast(y, g * log(replace_zero(x, 1.0)) * x**y),
+       lambda g, ans, x, y: unbroadcast(y, g * _log_of_base(x) * x**y),
        saves="args")  # fmt: skip
 defjvp(power,
        lambda t, ans, x, y: t * y * x ** where(not_equal(y, 0.0), y - 1, 1.0),
-       lambda t, ans, x, y: t * log(replace_zero(x, 1.0)) * ans)  # fmt: skip
+       lambda t, ans, x, y: t * _log_of_base(x) * ans)  # fmt: skip
 defvjp(negative, lambda g, ans, x: -g, saves="shapes")
 defjvp(negative, lambda t, ans, x: -t)
 
@@ -216,8 +307,8 @@ def _into_argument(name: str, in_place: Callable) -> Callable:
     def into_argument(argnum: int, x: Any, y: Any) -> tuple[Callable, tuple[int, ...]] | None:
         if argnum == 0:
             return in_place, (0, 1)
-        ufunc = getattr(backend_of(y).xp, name, None)
-        return (ufunc, (0, 1, 1)) if hasattr(ufunc, "nout") else None
+        ufunc = getattr(array_backend(y).xp, name, None)
+        return (ufunc, (0, 1, 1)) if ufunc is not None and hasattr(ufunc, "nout") else None
 
     return into_argument
 
@@ -228,7 +319,7 @@ multiply.into_argument = _into_argument("multiply", operator.imul)
 divide.into_argument = _into_argument("divide", operator.itruediv)
 
 
-def _extremum(name: str, python: Callable) -> Callable:
+def _extremum(name: str, python: Callable) -> Primitive:
     def extremum(x, y):
         if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
             return python(x, y)
@@ -273,7 +364,7 @@ defjvp(minimum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
 # elementwise functions
 
 
-def _unary(name: str, python: Callable) -> Callable:
+def _unary(name: str, python: Callable) -> Primitive:
     """An elementwise function of one array, from the backend namespace of the same name."""
 
     def impl(x):
@@ -294,6 +385,16 @@ tanh = _unary("tanh", math.tanh)
 sqrt = _unary("sqrt", math.sqrt)
 abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API name
 
+
+@primitive
+def square(x):
+    return x * x
+
+
+defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
+defjvp(square, lambda t, ans, x: t * (2.0 * x))
+_elementwise(square, lambda m, x: x * x)
+
 defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
 defjvp(exp, lambda t, ans, x: t * ans)
 defvjp(log, lambda g, ans, x: g / x, saves="args")
@@ -313,24 +414,6 @@ defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zer
 defjvp(sqrt, lambda t, ans, x: where(equal(ans, 0.0), 0.0, t * 0.5 / replace_zero(ans, 1.0)))
 
 
-@nondifferentiable
-def sign(x):
-    """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
-    if type(x) in PY_SCALARS:
-        return float((x > 0) - (x < 0))
-    return backend_of(x).xp.sign(x)
-
-
-@primitive
-def square(x):
-    return x * x
-
-
-defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
-defjvp(square, lambda t, ans, x: t * (2.0 * x))
-_elementwise(square, lambda m, x: x * x)
-
-
 @primitive
 def sigmoid(x):
     """Logistic function, one fused kernel where the device has one: exact for every input.
@@ -344,7 +427,7 @@ def sigmoid(x):
     return kernel(x) if kernel is not None else formulas.sigmoid(backend.xp, x)
 
 
-def _kernel_for(op: Callable, *args: Any) -> Callable | None:
+def _kernel_for(op: Primitive, *args: Any) -> Callable | None:
     """For gc.jit: the kernel ``op`` calls for these arguments (arrays of one type, shape and
     dtype), or None."""
     first = args[0]
@@ -352,24 +435,24 @@ def _kernel_for(op: Callable, *args: Any) -> Callable | None:
         type(a) is not type(first) or a.shape != first.shape or a.dtype != first.dtype for a in args
     ):
         return None
-    return op.kernels.lookup(backend_of(first), first.dtype)
+    return op.kernels.lookup(array_backend(first), first.dtype)
 
 
-def _lower_to_kernel(op: Callable) -> Callable:
+def _lower_to_kernel(op: Primitive) -> Callable:
     """``op.lower`` for an op that runs its kernel on its first argument, where it has one."""
     return lambda x, *args, **kwargs: _kernel_for(op, x)
 
 
-def _kernel_or_namespace(op: Callable, x: Any, *args: Any, **kwargs: Any) -> Any:
+def _kernel_or_namespace(op: Primitive, x: Any, *args: Any, **kwargs: Any) -> Any:
     """``op`` on an array: its kernel for the array's device and dtype where it has one (the
     same result, without the library's Python layers), else the namespace function of its
     name."""
-    backend = backend_of(x)
+    backend = array_backend(x)
     kernel = op.kernels.lookup(backend, x.dtype)
     return (kernel or getattr(backend.xp, op.name))(x, *args, **kwargs)
 
 
-def _kernel_into(op: Callable, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
+def _kernel_into(op: Primitive, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
     """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``
     (its last parameter): the arguments, then that one again."""
     kernel = _kernel_for(op, *args)
@@ -437,26 +520,6 @@ defjvp(clip, lambda t, ans, x, min=None, max=None: where(equal(ans, x), t, 0.0))
 
 
 @primitive
-def where(condition, x, y):
-    """``x`` where ``condition`` holds, else ``y``; only ``x`` and ``y`` are differentiable."""
-    if type(condition) in PY_SCALARS:
-        return x if condition else y
-    return common_backend("where", condition, x, y).xp.where(condition, x, y)
-
-
-defvjp(where,
-       None,
-       lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
-       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
-       saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
-defjvp(where,
-       None,
-       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
-       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
-_elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
-
-
-@primitive
 def astype(x, dtype):
     if type(x) in PY_SCALARS:
         return x
@@ -499,7 +562,7 @@ defvjp(expm1, lambda g, ans, x: g * (ans + 1.0), saves="ans")
 defjvp(expm1, lambda t, ans, x: t * (ans + 1.0))
 
 
-def _by_formula(name: str, formula: Callable, doc: str) -> Primitive:
+def _by_formula(name: str, formula: Callable, doc: str | None) -> Primitive:
     """An elementwise op computed by its formula on every device: the backend's namespace for
     arrays, ``formulas.PYTHON`` for Python numbers, and the generated kernels where gc.jit
     fuses it (one formula, so fused and eager agree). Parameters are positional arguments, so
@@ -1221,62 +1284,6 @@ def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
-
-
-# comparisons of two Python numbers give a Python bool, as Python's own operators do
-_PYTHON_COMPARISONS = {
-    "equal": operator.eq,
-    "not_equal": operator.ne,
-    "less": operator.lt,
-    "less_equal": operator.le,
-    "greater": operator.gt,
-    "greater_equal": operator.ge,
-}
-
-
-def _comparison(name: str):
-    def compare(x, y):
-        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
-            return _PYTHON_COMPARISONS[name](x, y)
-        return getattr(common_backend(name, x, y).xp, name)(x, y)
-
-    compare.__name__ = name
-    return nondifferentiable(compare)
-
-
-equal = _comparison("equal")
-not_equal = _comparison("not_equal")
-less = _comparison("less")
-less_equal = _comparison("less_equal")
-greater = _comparison("greater")
-greater_equal = _comparison("greater_equal")
-
-
-@nondifferentiable
-def argmax(x, axis=None, keepdims=False):
-    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
-
-
-@nondifferentiable
-def zeros_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(0)
-    return backend_of(x).xp.zeros_like(x)
-
-
-@nondifferentiable
-def ones_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(1)
-    return backend_of(x).xp.ones_like(x)
-
-
-# gc.jit computes these once per program: their arguments' values do not matter.
-zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
-
-
-# ---------------------------------------------------------------------------------------------
 # operators on traced values
 
 
@@ -1295,14 +1302,17 @@ for _name, _fun in [
 ]:
     setattr(Box, f"__{_name}__", _fun)
     setattr(Box, f"__r{_name}__", _reflected(_fun))
-Box.__eq__ = equal
-Box.__ne__ = not_equal
-Box.__lt__ = less
-Box.__le__ = less_equal
-Box.__gt__ = greater
-Box.__ge__ = greater_equal
-Box.__getitem__ = getitem
-Box.__neg__ = negative
-Box.__abs__ = abs
-Box.T = property(transpose)
-Box.mT = property(matrix_transpose)
+for _attribute, _value in [
+    ("__eq__", equal),
+    ("__ne__", not_equal),
+    ("__lt__", less),
+    ("__le__", less_equal),
+    ("__gt__", greater),
+    ("__ge__", greater_equal),
+    ("__getitem__", getitem),
+    ("__neg__", negative),
+    ("__abs__", abs),
+    ("T", property(transpose)),
+    ("mT", property(matrix_transpose)),
+]:
+    setattr(Box, _attribute, _value)
