@@ -128,7 +128,7 @@ def emit(formula: Callable[..., Any], operands: list[str], prefix: str) -> tuple
     def code(node: Value) -> str:
         return names.get(id(node)) or node.template.format(*map(code, node.args))
 
-    lines = []
+    lines: list[str] = []
     for node in order:
         if node.args and uses[id(node)] > 1:
             name = f"{prefix}{len(lines)}"

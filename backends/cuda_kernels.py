@@ -24,6 +24,7 @@ from typing import Any
 from gradcore.backends import cuda_c
 
 from gradcore import formulas
+from gradcore.backend import kernel
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -105,24 +106,28 @@ def elementwise_kernel(kernel: Kernel) -> Any:
     return cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.body, kernel.name)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def sigmoid(x: Any) -> Any:
     """Logistic function of a CuPy array, one launch."""
     with x.device:
         return elementwise_kernel(SIGMOID)(x)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def sigmoid_grad(y: Any, g: Any) -> Any:
     """``g * y * (1 - y)`` for CuPy arrays of one dtype and shape, one launch."""
     with y.device:
         return elementwise_kernel(SIGMOID_GRAD)(y, g)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def erf(x: Any) -> Any:
     """The error function of a CuPy array, one launch."""
     with x.device:
         return elementwise_kernel(ERF)(x)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def sgd_update(
     param: Any,
     grad: Any,
@@ -147,7 +152,3 @@ def sgd_update(
             param,
             velocity,
         )
-
-
-for _launch in (sigmoid, sigmoid_grad, sgd_update, erf):
-    _launch.dtypes = FLOAT_DTYPES

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "Backend",
@@ -27,6 +27,7 @@ __all__ = [
     "backend_of",
     "common_backend",
     "isdtype",
+    "kernel",
     "register_backend",
     "registered_devices",
     "split_device",
@@ -248,6 +249,23 @@ def common_backend(op_name: str, *values: Any) -> Backend:
                 "use gradcore.to_device(x, device) first"
             )
     return found if found is not None else backend_for_device(DEFAULT_DEVICE)
+
+
+KernelFunction = TypeVar("KernelFunction", bound=Callable[..., Any])
+
+
+def kernel(
+    dtypes: tuple[str, ...] | None = None, takes_out: bool = False
+) -> Callable[[KernelFunction], KernelFunction]:
+    """Declare what is read of a kernel function besides calling it: the dtype names it
+    handles (``KernelTable.lookup`` gives None for others; None: every dtype), and whether its
+    last parameter is an ``out`` (gc.jit may then hand it a dead argument's memory)."""
+
+    def declare(function: KernelFunction) -> KernelFunction:
+        vars(function).update(dtypes=dtypes, takes_out=takes_out)
+        return function
+
+    return declare
 
 
 class KernelTable:
