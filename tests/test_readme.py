@@ -47,4 +47,5 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
     last_block = re.findall(r"--- README python block \d+", done.stdout)
     where = last_block[-1] if last_block else "before the first block"
     assert done.returncode == 0, f"failed in {where}:\n{done.stderr[-3000:]}"
-    assert last_block[-1] == f"--- README python block {len(PYTHON_BLOCK.findall(README.read_text()))}"
+    blocks = len(PYTHON_BLOCK.findall(README.read_text()))
+    assert last_block[-1] == f"--- README python block {blocks}"
