@@ -85,7 +85,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         "PyTorch is not measured: its allocator reports to neither",
     ]
     measure = _peak_cuda if device == "cuda" else _peak_cpu
-    factories = implementations(device, notes, with_torch=False)
+    factories = implementations(device, notes, peers=False)
     rows = []
     for case in cases(quick):
         params, x, y = problem(case)
