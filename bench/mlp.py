@@ -334,8 +334,16 @@ class TorchCompiledStep(TorchStep):
     kernels) and the optimizer's update as another; ``backward()`` between them stays eager.
     On the CPU Inductor needs a C++ compiler."""
 
+    # Each instance (a worker holds one per case) is a new object Dynamo's guards see: allow
+    # more recompilations of the same code than the default 8, or later cases would run eager.
+    RECOMPILE_LIMIT = 64
+
     def __init__(self, params, x, y, loss: str, device: str) -> None:
         super().__init__(params, x, y, loss, device)
+        import torch._dynamo.config
+
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, self.RECOMPILE_LIMIT)
         self.objective = self.torch.compile(lambda: self.loss(self.model(self.x), self.y))
         self.update = self.torch.compile(self.optimizer.step)
 
