@@ -14,11 +14,22 @@ says so; ``table`` runs the same code on any device (the tests run it on the CPU
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from bench import sigmoid
 from bench.harness import compare
-from bench.mlp import FLOOR, Case, ExpertStep, JitStep, TorchStep, installed, problem
+from bench.mlp import (
+    FLOOR,
+    Case,
+    ExpertStep,
+    JitStep,
+    TorchStep,
+    check_updates_agree,
+    installed,
+    one_step_params,
+    problem,
+)
 from gradcore.backend import backend_for_device
 
 BATCHES = (32, 128, 1024, 4096)
@@ -71,12 +82,18 @@ def mlp_rows(device: str, batches: tuple[int, ...], repeat: int) -> list[dict[st
     for batch in batches:
         case = Case(SIZES, "softmax", batch)
         params, x, y = problem(case)
-        steps = {
-            FLOOR[device]: ExpertStep(params, x, y, case.loss, xp_name),
-            "gradcore jit": JitStep(params, x, y, case.loss, device),
+        factories = {
+            FLOOR[device]: functools.partial(ExpertStep, xp_name=xp_name),
+            "gradcore jit": functools.partial(JitStep, device=device),
         }
         if installed("torch"):
-            steps[torch_name] = TorchStep(params, x, y, case.loss, device)
+            factories[torch_name] = functools.partial(TorchStep, device=device)
+        # one step of each from the same start moves every parameter alike, before any timing
+        check_updates_agree(
+            {name: one_step_params(f(params, x, y, case.loss)) for name, f in factories.items()},
+            params,
+        )
+        steps = {name: f(params, x, y, case.loss) for name, f in factories.items()}
 
         def synchronize_all(steps: dict[str, Any] = steps) -> None:
             for step in steps.values():

@@ -236,6 +236,13 @@ class ExpertStep:
                 layer[k] += velocity[k]
         return loss
 
+    @property
+    def buffer_bytes(self) -> int:
+        """The buffers kept from step to step (the memory suite counts them in the peak)."""
+        kept = self.activations[1:] + self.deltas[1:] + self.slopes[1:]
+        kept += [g for layer in self.grads for g in layer.values()]
+        return sum(a.nbytes for a in kept) + self.row_max.nbytes + self.row_sum.nbytes
+
     def synchronize(self) -> None:
         if self.xp is not np:
             self.xp.cuda.Device().synchronize()
