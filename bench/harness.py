@@ -174,11 +174,15 @@ class Worker:
         child.close()
 
     def _ask(self, *message: Any) -> Any:
-        self._connection.send(message)
         try:
+            self._connection.send(message)
             status, answer = self._connection.recv()
-        except EOFError:
-            raise WorkerError(f"{self.name}: the worker process died") from None
+        except (EOFError, BrokenPipeError):
+            raise WorkerError(
+                f"{self.name}: the worker process died (exit code {self._process.exitcode}); "
+                "a script that starts workers must guard its code with "
+                "`if __name__ == '__main__':`"
+            ) from None
         if status == "error":
             raise WorkerError(f"{self.name}: {answer}")
         return answer
