@@ -546,28 +546,29 @@ def start_workers(
     factories: dict[str, Callable[..., Any]], case_list: list[Case], notes: list[str]
 ) -> dict[str, Worker]:
     """A worker per implementation, each case built in it (key: the case's name) and checked to
-    agree with the floor; a peer whose build or step fails is dropped with the reason in notes."""
+    agree with the floor; a peer that fails to build or to step (``torch.compile`` compiles at
+    its first step) is dropped with the reason in notes."""
     workers: dict[str, Worker] = {}
+    stepped: dict[str, dict[str, Any]] = {case.name: {} for case in case_list}
     for name, factory in factories.items():
         worker = Worker(name)
         try:
             for case in case_list:
                 worker.build(case.name, factory, *problem(case), case.loss)
+                worker.build(("check", case.name), factory, *problem(case), case.loss)
+                stepped[case.name][name] = worker.apply(("check", case.name), one_step_params)
         except WorkerError as error:
             worker.close()
-            reason = str(error).strip().splitlines()[-1]
             if not workers:  # the floor itself: nothing to compare with
                 raise
-            notes.append(f"{name} skipped: it failed to build ({reason})")
+            reason = str(error).strip().splitlines()[-1]
+            notes.append(f"{name} skipped: it failed to build or to step ({reason})")
+            for found in stepped.values():
+                found.pop(name, None)
             continue
         workers[name] = worker
     for case in case_list:
-        initial = problem(case)[0]
-        stepped = {}
-        for name, worker in workers.items():
-            worker.build(("check", case.name), factories[name], *problem(case), case.loss)
-            stepped[name] = worker.apply(("check", case.name), one_step_params)
-        check_updates_agree(stepped, initial)
+        check_updates_agree(stepped[case.name], problem(case)[0])
     return workers
 
 

@@ -188,3 +188,24 @@ def test_torch_compile_step_agrees_with_the_floor() -> None:
 )
 def test_train_suite_reads_the_printed_accuracy(output: str, expected: float | None) -> None:
     assert printed_accuracy(output) == pytest.approx(expected)
+
+
+class _BrokenStep(mlp.ExpertStep):
+    """A peer that builds but fails at its first step, as torch.compile does without a compiler."""
+
+    def __call__(self) -> None:
+        raise RuntimeError("compiler not found")
+
+
+@pytest.mark.slow
+def test_a_peer_that_fails_to_step_is_skipped_with_the_reason() -> None:
+    notes: list[str] = []
+    factories = {"numpy (expert)": mlp.ExpertStep, "broken": _BrokenStep}
+    workers = mlp.start_workers(factories, [mlp.Case((5, 4, 3), "softmax", 6)], notes)
+    try:
+        assert list(workers) == ["numpy (expert)"]
+    finally:
+        for worker in workers.values():
+            worker.close()
+    reason = "(RuntimeError: compiler not found)"
+    assert notes == [f"broken skipped: it failed to build or to step {reason}"]
