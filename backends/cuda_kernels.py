@@ -94,7 +94,16 @@ ERF = Kernel(
     body=formula_body(formulas.erf, ("x",), "y"),
 )
 
-KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE, ERF)
+# GELU through CUDA's erf, as gc.jit's fused chains compute it.
+GELU = Kernel(
+    name="gradcore_gelu",
+    inputs=("x",),
+    scalars=(),
+    outputs=("y",),
+    body=formula_body(formulas.gelu, ("x",), "y"),
+)
+
+KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE, ERF, GELU)
 
 
 @cache
@@ -125,6 +134,13 @@ def erf(x: Any) -> Any:
     """The error function of a CuPy array, one launch."""
     with x.device:
         return elementwise_kernel(ERF)(x)
+
+
+@kernel(dtypes=FLOAT_DTYPES)
+def gelu(x: Any) -> Any:
+    """``x Phi(x)`` of a CuPy array, one launch."""
+    with x.device:
+        return elementwise_kernel(GELU)(x)
 
 
 @kernel(dtypes=FLOAT_DTYPES)

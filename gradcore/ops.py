@@ -662,7 +662,20 @@ defjvp(_leaky_relu,
        lambda t, ans, x, slope: broadcast_like(where(greater(x, 0.0), 0.0, t * x),
                                                ans))  # fmt: skip
 
-_gelu = _by_formula("gelu", formulas.gelu, formulas.gelu.__doc__)
+
+def _gelu_exact(x):
+    """``x Phi(x)`` by ``formulas.gelu``; on CUDA one launch of that formula, which calls CUDA's
+    erf as gc.jit's fused chains do (the generic path computes erf in array operations)."""
+    if type(x) in PY_SCALARS:
+        return formulas.gelu(formulas.PYTHON, x)
+    backend = backend_of(x)
+    kernel = _gelu.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else formulas.gelu(backend.xp, x)
+
+
+_gelu = primitive(_gelu_exact, name="gelu")
+_gelu.kernel("cuda", "gradcore.backends.cuda_kernels:gelu")
+_elementwise(_gelu, formulas.gelu)
 _gelu_tanh = _by_formula("gelu_tanh", formulas.gelu_tanh, formulas.gelu_tanh.__doc__)
 
 
