@@ -1,9 +1,15 @@
 """Layer 5: scikit-learn estimators built on gradcore's trainer: MLPClassifier, MLPRegressor.
 
 They take scikit-learn's parameter names and defaults (those of its ``solver="sgd"``), so that
-code moves over by changing the import, and add ``device="cuda"``. Training is
-``gradcore.train.fit``, one epoch per call, so that scikit-learn's stopping rules (training loss
-or, with ``early_stopping``, a validation score) are applied between epochs as it applies them.
+code moves over by changing the import, and add ``device="cuda"``. They follow its arithmetic:
+its init, its loss (with the L2 term per minibatch), its momentum and Nesterov updates, its
+``loss_curve_``, its stopping rules, ``warm_start`` and ``partial_fit``, and the dtype of the
+data (float64 in, float64 ``coefs_``). With the same initial weights and ``shuffle=False`` a
+fit follows scikit-learn's to rounding.
+
+Each estimator keeps one ``gradcore.train.Trainer``: its step is recorded once and replayed at
+every epoch, every ``partial_fit`` and every refit with data of the same shapes. scikit-learn's
+bookkeeping and stopping rule are a callback (``_Stopping``) that runs after each epoch.
 
 ``est.save(path)`` and ``load(path)`` keep a fitted model in one ``.npz`` that holds only arrays
 and JSON (read with ``allow_pickle=False``, so loading cannot run code); the estimators also
@@ -32,7 +38,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gradcore import nn, ops, optim, train
+from gradcore.callbacks import Callback, DivergenceGuard
 from gradcore.devices import array, available_devices, to_numpy
+from gradcore.tracer import stop_gradient
 from gradcore.version import __version__
 
 __all__ = [
@@ -97,6 +105,7 @@ class _MLP(BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         tol: float = 1e-4,
         verbose: bool = False,
+        warm_start: bool = False,
         momentum: float = 0.9,
         nesterovs_momentum: bool = True,
         early_stopping: bool = False,
@@ -117,6 +126,7 @@ class _MLP(BaseEstimator):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
+        self.warm_start = warm_start
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
@@ -176,131 +186,113 @@ class _MLP(BaseEstimator):
     # training
 
     def fit(self, X: Any, y: Any) -> _MLP:
-        """Train from scratch for up to ``max_iter`` epochs, stopping as scikit-learn does."""
+        """Train for up to ``max_iter`` epochs, stopping as scikit-learn does; from fresh
+        weights, or from the fitted ones with ``warm_start`` (the optimizer starts afresh)."""
         return self._fit(X, y, incremental=False)
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLP:
         self._check_params()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
-        first = not (incremental and hasattr(self, "coefs_"))
+        first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
         X, y = validate_data(
             self, X, y, reset=first, dtype=(np.float64, np.float32), **self._y_checks()
         )
-        targets = self._targets(y, first, classes)
-        device = resolve_device(self.device)
+        targets = self._targets(y, first, classes, X.dtype)
+        self._rng = check_random_state(self.random_state)  # as scikit-learn: at every call
         if first:
             self._start(X, self._n_outputs(targets))
         X = self._standardized(X)
-
-        X_val = y_val = None
+        device = resolve_device(self.device)
+        validation = None
         if self.early_stopping:
-            stratify = targets if is_classifier(self) else None
+            # scikit-learn stratifies the split only for one output column (binary)
+            stratify = targets if is_classifier(self) and self.n_outputs_ == 1 else None
             X, X_val, targets, y_val = train_test_split(
-                X,
-                targets,
-                test_size=self.validation_fraction,
-                random_state=self._rng,
+                X, targets, test_size=self.validation_fraction, random_state=self._rng,
                 stratify=stratify,
-            )
+            )  # fmt: skip
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' or the "
                     "size of your dataset."
                 )
-            X_val = array(X_val, dtype="float32", device=device)
-            y_val = array(y_val, device=device)
-        X = array(X, dtype="float32", device=device)
-        y_device = array(targets, device=device)
+            validation = array(X_val, device=device), array(y_val, device=device)
 
-        n = X.shape[0]
-        batch_size = min(200, n) if self.batch_size == "auto" else self.batch_size
-        if batch_size > n:
-            warnings.warn(
-                f"batch_size {batch_size} is larger than the {n} training rows; it is clipped "
-                f"to {n}",
-                stacklevel=3,
-            )
-            batch_size = n
-
-        optimizer = optim.SGD(
+        trainer = self._trainer_for(device, self._batch_size(X.shape[0]))
+        trainer.optimizer = optim.SGD(
             self.learning_rate_schedule or self.learning_rate_init,
             momentum=self.momentum,
             nesterov=self.nesterovs_momentum,
         )
-        if incremental and getattr(self, "_optimizer_state", None) is not None:
-            optimizer.load_state_dict(self._optimizer_state)
-        params = self._device_params(device)
-        loss = self._loss()
-
-        best = None
-        for _ in range(1 if incremental else self.max_iter):
-            history = train.fit(
-                loss,
-                params,
-                X,
-                y_device,
-                optimizer=optimizer,
-                epochs=1,
-                batch_size=batch_size,
-                device=device,
-                shuffle=self.shuffle,
-                seed=int(self._rng.randint(np.iinfo(np.int32).max)),
-                progress=False,
+        if incremental and self._optimizer_state is not None:
+            trainer.optimizer.load_state_dict(self._optimizer_state)  # partial_fit goes on
+        trainer.rng = np.random.default_rng(self._rng.randint(np.iinfo(np.int32).max))
+        stopping = next(c for c in trainer.callbacks if isinstance(c, _Stopping))
+        stopping.start(incremental, validation)
+        params = self._device_params(device, X.dtype)
+        trainer.fit(params, X, targets, epochs=1 if incremental else self.max_iter)
+        if not incremental and not trainer.stop_training:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
             )
-            self.n_iter_ += 1
-            self.loss_curve_.append(history.loss[0])
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_curve_[-1]:.8f}")
-            if X_val is not None:
-                score = self._validation_score(nn.mlp(params, X_val, self._act()), y_val)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                improved = score >= self.best_validation_score_ + self.tol
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best = [{key: array(a) for key, a in layer.items()} for layer in params]
-            else:
-                improved = self.loss_curve_[-1] <= self.best_loss_ - self.tol
-                self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
-            self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
-            if self._no_improvement_count > self.n_iter_no_change:
-                if self.verbose:
-                    watched = "Validation score" if X_val is not None else "Training loss"
-                    print(
-                        f"{watched} did not improve more than tol={self.tol:f} for "
-                        f"{self.n_iter_no_change} consecutive epochs. Stopping."
-                    )
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
-                    "the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=3,
-                )
-        final = best if best is not None else params
+        final = stopping.best if stopping.best is not None else params
         self.coefs_ = [to_numpy(layer["W"]) for layer in final]
         self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
-        self._optimizer_state = to_numpy(optimizer.state_dict())
+        self._optimizer_state = to_numpy(trainer.optimizer.state_dict())
         return self
 
+    def _batch_size(self, n: int) -> int:
+        """scikit-learn's: "auto" is ``min(200, n)``; a larger size is clipped, with a warning."""
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(
+                f"batch_size {self.batch_size} is larger than the {n} training rows; it is "
+                f"clipped to {n}",
+                stacklevel=4,
+            )
+        return min(self.batch_size, n)
+
+    def _trainer_for(self, device: str, batch_size: int) -> train.Trainer:
+        """The estimator's trainer, kept from call to call (its step is recorded once) until a
+        parameter that the step depends on changes. As in scikit-learn, a large loss does not
+        stop training; a NaN or infinite one does (scikit-learn would finish with NaN weights)."""
+        key = (device, batch_size, self.shuffle, self.activation, float(self.alpha),
+               self.n_outputs_)  # fmt: skip
+        if getattr(self, "_trainer_key", None) != key:
+            self._trainer = train.Trainer(
+                self._loss(), batch_size=batch_size, device=device,
+                callbacks=[_Stopping(self), DivergenceGuard(factor=None)], shuffle=self.shuffle,
+            )  # fmt: skip
+            self._trainer_key = key
+        return self._trainer
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and copies leave the trainer out (its recorded step is rebuilt on use)."""
+        state = dict(self.__dict__)
+        state.pop("_trainer", None)
+        state.pop("_trainer_key", None)
+        return state
+
     def _start(self, X: np.ndarray, outputs: int) -> None:
-        """Fresh weights, statistics and counters for a first ``fit``/``partial_fit``."""
+        """Fresh weights (scikit-learn's init), statistics and counters for a first fit."""
         self._reset_counters()
         sizes = [X.shape[1], *self._hidden_sizes(), outputs]
-        layers = nn.init_mlp(
-            sizes,
-            seed=int(self._rng.randint(np.iinfo(np.int32).max)),
-            init="he" if self.activation == "relu" else "glorot",
-        )
-        self.coefs_ = [to_numpy(layer["W"]) for layer in layers]
-        self.intercepts_ = [to_numpy(layer["b"]) for layer in layers]
+        # Glorot's uniform bound, with scikit-learn's factor 2 for logistic units; biases are
+        # drawn from the same range, in scikit-learn's order, so a random_state gives its init.
+        factor = 2.0 if self.activation in ("logistic", "sigmoid") else 6.0
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            self.coefs_.append(self._rng.uniform(-bound, bound, (fan_in, fan_out)).astype(X.dtype))
+            self.intercepts_.append(self._rng.uniform(-bound, bound, fan_out).astype(X.dtype))
         self.n_outputs_ = outputs
         self.out_activation_ = self._out_activation(outputs)
-        self.n_iter_ = 0
+        self.n_iter_ = self.t_ = 0
         self.loss_curve_: list[float] = []
         if self.standardize:
             scale = X.std(axis=0)
@@ -310,8 +302,7 @@ class _MLP(BaseEstimator):
             self.mean_ = self.scale_ = None
 
     def _reset_counters(self) -> None:
-        """What stopping and shuffling track; a loaded model starts them afresh."""
-        self._rng = check_random_state(self.random_state)
+        """What stopping tracks; a loaded model starts it afresh."""
         self._no_improvement_count = 0
         self._optimizer_state = None
         if self.early_stopping:
@@ -326,7 +317,9 @@ class _MLP(BaseEstimator):
         """The data loss plus scikit-learn's L2 term, ``alpha / 2 * sum(W**2) / batch_rows``.
 
         That is scikit-learn's ``alpha``: in the loss, over the weights but not the biases,
-        divided by the rows of each minibatch, so ``loss_curve_`` includes it as there.
+        divided by the rows of each minibatch, so ``loss_curve_`` includes it as there. The
+        function reads the estimator's parameters when it is made: ``_trainer_for`` makes a
+        new one when they change.
         """
         activation, alpha, data_loss = self._act(), float(self.alpha), self._data_loss
 
@@ -345,14 +338,16 @@ class _MLP(BaseEstimator):
     def _act(self) -> Callable[[Any], Any]:
         return ACTIVATIONS[self.activation]
 
-    def _device_params(self, device: str, dtype: str = "float32") -> list[dict[str, Any]]:
+    def _device_params(self, device: str, dtype: Any) -> list[dict[str, Any]]:
         return [
             {"W": array(W, dtype, device), "b": array(b, dtype, device)}
             for W, b in zip(self.coefs_, self.intercepts_)
         ]
 
     def _standardized(self, X: np.ndarray) -> np.ndarray:
-        return X if self.mean_ is None else (X - self.mean_) / self.scale_
+        if self.mean_ is None:
+            return X
+        return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)
 
     def _forward(self, X: Any) -> np.ndarray:
         """The last layer's outputs for ``X``, computed on the device, as a host array.
@@ -363,7 +358,7 @@ class _MLP(BaseEstimator):
         check_is_fitted(self)
         X = self._standardized(validate_data(self, X, reset=False, dtype=np.float64))
         device = resolve_device(self.device)
-        params, activation = self._device_params(device, "float64"), self._act()
+        params, activation = self._device_params(device, np.float64), self._act()
         chunks = [
             to_numpy(nn.mlp(params, array(X[lo : lo + _PREDICT_CHUNK], device=device), activation))
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
@@ -412,6 +407,55 @@ class _MLP(BaseEstimator):
         return train.write_npz(path, arrays)
 
 
+class _Stopping(Callback):
+    """scikit-learn's bookkeeping and stopping rule after each epoch: ``n_iter_``, ``t_``,
+    ``loss_curve_`` (the mean of the epoch's minibatch losses, which the steps returned: no
+    extra pass over the data), and ``n_iter_no_change`` epochs without an improvement of the
+    training loss by ``tol`` (or, with ``early_stopping``, of the validation score) stop it."""
+
+    def __init__(self, estimator: _MLP) -> None:
+        self.estimator = estimator
+        self.validation: tuple[Any, Any] | None = None
+        self.best: list[dict[str, Any]] | None = None  # early stopping: the best params
+
+    def start(self, incremental: bool, validation: tuple[Any, Any] | None) -> None:
+        """Before a ``fit`` or ``partial_fit``: scikit-learn counts ``n_iter_`` per ``fit``."""
+        if not incremental:
+            self.estimator.n_iter_ = 0
+        self.validation, self.best = validation, None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        est = self.estimator
+        est.n_iter_ += 1
+        est.t_ += self.trainer.rows
+        est.loss_curve_.append(logs["loss"])
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_curve_[-1]:.8f}")
+        if self.validation is not None:
+            params = self.trainer.params
+            X_val, y_val = self.validation
+            score = est._validation_score(nn.mlp(params, X_val, est._act()), y_val)
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            improved = score >= est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best = [{key: array(a) for key, a in layer.items()} for layer in params]
+        else:
+            improved = est.loss_curve_[-1] <= est.best_loss_ - est.tol
+            est.best_loss_ = min(est.best_loss_, est.loss_curve_[-1])
+        est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
+        if est._no_improvement_count > est.n_iter_no_change:
+            if est.verbose:
+                watched = "Validation score" if self.validation is not None else "Training loss"
+                print(
+                    f"{watched} did not improve more than tol={est.tol:f} for "
+                    f"{est.n_iter_no_change} consecutive epochs. Stopping."
+                )
+            self.trainer.stop_training = True
+
+
 class MLPClassifier(ClassifierMixin, _MLP):
     """scikit-learn's ``MLPClassifier`` trained by gradcore, on the CPU or a GPU (``device``).
 
@@ -425,7 +469,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     """
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One epoch over ``X, y``, continuing the weights and the optimizer's momentum.
+        """One epoch over ``X, y``, continuing the weights and the optimizer's momentum (which
+        ``fit`` with ``warm_start`` does not: it starts a fresh optimizer, as scikit-learn).
 
         The first call needs ``classes``, every label there will ever be, as in scikit-learn.
         """
@@ -457,8 +502,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     def _out_activation(self, outputs: int) -> str:
         return "logistic" if outputs == 1 else "softmax"
 
-    def _targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
-        """Class indices: float 0/1 for the sigmoid output, integers for softmax."""
+    def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
+        """Class indices: 0/1 in the data's dtype for the sigmoid output, integers for softmax."""
         check_classification_targets(y)
         if (
             not first
@@ -477,7 +522,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
         if unseen.size:
             raise ValueError(f"y holds classes {unseen.tolist()} not in classes_ {self.classes_}")
         index = np.searchsorted(self.classes_, y)
-        return index.astype(np.float32) if len(self.classes_) == 2 else index.astype(np.int64)
+        return index.astype(dtype) if len(self.classes_) == 2 else index.astype(np.int64)
 
     def _data_loss(self, logits: Any, targets: Any) -> Any:
         if self.n_outputs_ == 1:
@@ -492,8 +537,7 @@ class MLPRegressor(RegressorMixin, _MLP):
     """scikit-learn's ``MLPRegressor`` trained by gradcore: linear outputs, mean squared error.
 
     The parameters are those of ``MLPClassifier``. ``y`` may have several columns (one output
-    each). The loss is the mean squared error itself, where scikit-learn uses half of it, so
-    ``loss_curve_`` reads twice scikit-learn's for the same fit.
+    each). The loss is scikit-learn's: half the mean squared error.
     """
 
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
@@ -519,14 +563,21 @@ class MLPRegressor(RegressorMixin, _MLP):
     def _out_activation(self, outputs: int) -> str:
         return "identity"
 
-    def _targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+    def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
         y = y.reshape(-1, 1) if y.ndim == 1 else y
         if not first and y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[1]} columns; the model has {self.n_outputs_} outputs")
-        return y.astype(np.float32)
+        return y.astype(dtype)
 
     def _data_loss(self, outputs: Any, targets: Any) -> Any:
-        return nn.mse(outputs, targets)
+        """scikit-learn's ``squared_loss``: half the mean over every entry. Its gradient is not
+        that loss's but ``(outputs - targets) / rows``, the gradient of the sum over outputs;
+        so the loss is scaled by the number of outputs and the excess taken off as a constant:
+        the value is scikit-learn's, and so is the gradient."""
+        half = nn.mse(outputs, targets) * 0.5
+        if self.n_outputs_ == 1:
+            return half
+        return half * float(self.n_outputs_) - stop_gradient(half) * float(self.n_outputs_ - 1)
 
     def _validation_score(self, outputs: Any, targets: np.ndarray) -> float:
         return float(r2_score(to_numpy(targets), to_numpy(outputs)))
@@ -542,7 +593,8 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
     ``device`` replaces the saved one (a model trained on a GPU can score on a CPU machine).
 
     Raises ``ModelFileError`` (a ``ValueError``) naming the path for a file that is not a
-    gradcore model, is damaged, or was written by a newer gradcore in a newer format.
+    gradcore model, is damaged, was written by a newer gradcore in a newer format, or holds
+    NaN or infinite weights (naming the array).
     """
     path = Path(path)
     try:
@@ -563,6 +615,13 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
             f"{path}: model format version {version} is newer than this gradcore "
             f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade gradcore to load it"
         )
+    for name, values in arrays.items():
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise ModelFileError(
+                f"{path}: {name} holds {bad} NaN or infinite value(s) of {values.size}; a model "
+                "whose training diverged cannot predict: train it again"
+            )
     try:
         model = _restore(meta, arrays)
     except (KeyError, TypeError, ValueError) as error:
@@ -589,6 +648,7 @@ def _restore(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPClassifi
     model.n_iter_, model.loss_curve_ = meta["n_iter"], list(meta["loss_curve"])
     model.mean_, model.scale_ = arrays.get("mean"), arrays.get("scale")
     model.metadata_ = meta["metadata"]
+    model.t_ = 0
     model._reset_counters()
     if cls is MLPClassifier:
         classes = arrays["classes"]
