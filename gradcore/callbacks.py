@@ -207,12 +207,15 @@ class DivergenceGuard(Callback):
     """Stops training at a step whose loss is not finite, or (unless ``factor`` is None) above
     ``factor`` times the starting loss, with a ``FloatingPointError`` naming epoch and step.
 
-    The params and the optimizer are put back as they were before that step: the state before
-    the read is kept (device copies, no wait), restored, and the good steps run again.
+    With ``restore`` (the default) the params and the optimizer are put back as they were
+    before that step: the state before each read is kept (device copies, no wait), restored,
+    and the good steps run again. Without it they are left as the bad step made them, and no
+    copies are made: for callers that train a copy of their weights anyway (the estimators).
     """
 
-    def __init__(self, factor: float | None = DIVERGENCE_FACTOR) -> None:
+    def __init__(self, factor: float | None = DIVERGENCE_FACTOR, restore: bool = True) -> None:
         self.factor = factor
+        self.restore = restore
         self._before: Any = None
 
     def bound(self) -> float:
@@ -220,9 +223,10 @@ class DivergenceGuard(Callback):
         return self.factor * start if self.factor is not None and start > 0 else math.inf
 
     def on_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
-        trainer = self.trainer
-        params = [array(p) for p in tree_leaves(trainer.params)]
-        self._before = params, trainer.optimizer.state_dict()
+        if self.restore:
+            trainer = self.trainer
+            params = [array(p) for p in tree_leaves(trainer.params)]
+            self._before = params, trainer.optimizer.state_dict()
 
     def on_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
         bound = self.bound()
@@ -231,12 +235,13 @@ class DivergenceGuard(Callback):
         if bad is None:
             return
         trainer = self.trainer
-        params, optimizer_state = self._before
-        for param, before in zip(tree_leaves(trainer.params), params):
-            param[...] = before
-        trainer.optimizer.load_state_dict(optimizer_state)
         first = logs["first"]
-        trainer.run_steps(first, first + bad)
+        if self.restore:
+            params, optimizer_state = self._before
+            for param, before in zip(tree_leaves(trainer.params), params):
+                param[...] = before
+            trainer.optimizer.load_state_dict(optimizer_state)
+            trainer.run_steps(first, first + bad)
         where = (
             f"epoch {trainer.epoch + 1}/{trainer.epochs}, step {first + bad + 1}/{trainer.steps}"
         )
@@ -250,9 +255,13 @@ class DivergenceGuard(Callback):
             )
         else:
             why = f"the loss is {loss}"
+        kept = (
+            "hold their values from before that step"
+            if self.restore
+            else "are left as it made them"
+        )
         return FloatingPointError(
-            f"fit: diverged at {where}: {why}; params hold their values from before that "
-            "step (a smaller learning rate may help)"
+            f"fit: diverged at {where}: {why}; params {kept} (a smaller learning rate may help)"
         )
 
 

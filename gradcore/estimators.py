@@ -38,6 +38,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gradcore import nn, ops, optim, train
+from gradcore.backend import backend_for_device
 from gradcore.callbacks import Callback, DivergenceGuard
 from gradcore.devices import array, available_devices, to_numpy
 from gradcore.tracer import stop_gradient
@@ -220,13 +221,10 @@ class _MLP(BaseEstimator):
             validation = array(X_val, device=device), array(y_val, device=device)
 
         trainer = self._trainer_for(device, self._batch_size(X.shape[0]))
-        trainer.optimizer = optim.SGD(
-            self.learning_rate_schedule or self.learning_rate_init,
-            momentum=self.momentum,
-            nesterov=self.nesterovs_momentum,
-        )
         if incremental and self._optimizer_state is not None:
             trainer.optimizer.load_state_dict(self._optimizer_state)  # partial_fit goes on
+        else:  # a fresh optimizer, as scikit-learn makes one at every fit
+            trainer.optimizer.load_state_dict({"iterations": 0, "velocity": []})
         trainer.rng = np.random.default_rng(self._rng.randint(np.iinfo(np.int32).max))
         stopping = next(c for c in trainer.callbacks if isinstance(c, _Stopping))
         stopping.start(incremental, validation)
@@ -260,13 +258,21 @@ class _MLP(BaseEstimator):
     def _trainer_for(self, device: str, batch_size: int) -> train.Trainer:
         """The estimator's trainer, kept from call to call (its step is recorded once) until a
         parameter that the step depends on changes. As in scikit-learn, a large loss does not
-        stop training; a NaN or infinite one does (scikit-learn would finish with NaN weights)."""
+        stop training; a NaN or infinite one does (scikit-learn would finish with NaN weights),
+        and ``coefs_`` keep their values, since the trainer trains a copy of them."""
         key = (device, batch_size, self.shuffle, self.activation, float(self.alpha),
-               self.n_outputs_)  # fmt: skip
+               self.n_outputs_, self.learning_rate_schedule or self.learning_rate_init,
+               self.momentum, self.nesterovs_momentum)  # fmt: skip
         if getattr(self, "_trainer_key", None) != key:
+            optimizer = optim.SGD(
+                self.learning_rate_schedule or self.learning_rate_init,
+                momentum=self.momentum,
+                nesterov=self.nesterovs_momentum,
+            )
+            callbacks = [_Stopping(self), DivergenceGuard(None, restore=False)]
             self._trainer = train.Trainer(
-                self._loss(), batch_size=batch_size, device=device,
-                callbacks=[_Stopping(self), DivergenceGuard(factor=None)], shuffle=self.shuffle,
+                self._loss(), optimizer, batch_size=batch_size, device=device,
+                callbacks=callbacks, shuffle=self.shuffle,
             )  # fmt: skip
             self._trainer_key = key
         return self._trainer
@@ -325,8 +331,10 @@ class _MLP(BaseEstimator):
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
             value = data_loss(nn.mlp(params, xb, activation), yb)
-            if alpha:
-                squares = sum(ops.sum(ops.square(layer["W"])) for layer in params)
+            if alpha:  # summed from the first layer's: one op fewer than sum() from 0
+                squares = ops.sum(ops.square(params[0]["W"]))
+                for layer in params[1:]:
+                    squares = squares + ops.sum(ops.square(layer["W"]))
                 value = value + squares * (0.5 * alpha / xb.shape[0])
             return value
 
@@ -357,13 +365,20 @@ class _MLP(BaseEstimator):
         """
         check_is_fitted(self)
         X = self._standardized(validate_data(self, X, reset=False, dtype=np.float64))
-        device = resolve_device(self.device)
-        params, activation = self._device_params(device, np.float64), self._act()
+        backend = backend_for_device(resolve_device(self.device))
+        # The backend's asarray copies nothing on the CPU: float64 weights and rows are used as
+        # they are (the forward pass writes only into arrays it makes).
+        params = [
+            {"W": backend.asarray(W, np.float64), "b": backend.asarray(b, np.float64)}
+            for W, b in zip(self.coefs_, self.intercepts_)
+        ]
         chunks = [
-            to_numpy(nn.mlp(params, array(X[lo : lo + _PREDICT_CHUNK], device=device), activation))
+            nn.mlp(params, backend.asarray(X[lo : lo + _PREDICT_CHUNK]), self._act())
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
         ]
-        return np.concatenate(chunks)
+        if len(chunks) == 1:
+            return backend.to_numpy(chunks[0])
+        return np.concatenate([backend.to_numpy(chunk) for chunk in chunks])
 
     # -----------------------------------------------------------------------------------------
     # saving
@@ -503,7 +518,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
         return "logistic" if outputs == 1 else "softmax"
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
-        """Class indices: 0/1 in the data's dtype for the sigmoid output, integers for softmax."""
+        """Class indices: a column of 0/1 in the data's dtype for the sigmoid output,
+        integers for softmax."""
         check_classification_targets(y)
         if (
             not first
@@ -522,7 +538,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
         if unseen.size:
             raise ValueError(f"y holds classes {unseen.tolist()} not in classes_ {self.classes_}")
         index = np.searchsorted(self.classes_, y)
-        return index.astype(dtype) if len(self.classes_) == 2 else index.astype(np.int64)
+        if len(self.classes_) == 2:  # one column, as the output: no reshape in each step
+            return index.astype(dtype).reshape(-1, 1)
+        return index.astype(np.int64)
 
     def _data_loss(self, logits: Any, targets: Any) -> Any:
         if self.n_outputs_ == 1:

@@ -20,7 +20,6 @@ every rank.
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 import os
@@ -88,22 +87,42 @@ def _make_step(loss_fn: Callable, distributed: bool, jit: bool) -> Callable[...,
     """One training step, ``(params, optimizer, xb, yb) -> loss`` (a device scalar, never read
     here).
 
-    The single place a step is built. With ``jit`` the loss and gradient are recorded once per
-    batch shape and replayed (eager, with one warning, where recording fails). Distributed,
-    the gradients are averaged over the ranks (one fused collective) before the update, so
-    every rank makes the same update. The optimizer is an argument, so that a trainer may be
-    given a fresh one without recording again.
+    The single place a step is built. With ``jit``, the step is recorded once per batch shape
+    (and optimizer) and replayed, eagerly with one warning where recording fails. gradcore's
+    optimizers declare their update to ``gc.jit`` (``update_in_place``), so for them the whole
+    step is one program: gradient and update, no pytree of gradients built between them. Any
+    other optimizer's ``step`` runs eagerly after the recorded gradient: an update that assigns
+    to the arrays it is given would change nothing while recording. Distributed, the
+    gradients are averaged over the ranks (one fused collective) before the update, so every
+    rank makes the same update.
     """
     loss_and_grads = value_and_grad(loss_fn)
-    if jit:
-        loss_and_grads = record_once(loss_and_grads, fallback=True)
 
-    def step(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
-        loss, grads = loss_and_grads(params, xb, yb)
+    def split(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        loss, grads = recorded_grads(params, xb, yb)
         if distributed:
             gd.allreduce_mean(grads)
         optimizer.step(params, grads)
         return loss
+
+    if not jit:
+        recorded_grads = loss_and_grads
+        return split
+    recorded_grads = record_once(loss_and_grads, fallback=True)
+    if distributed:
+        return split
+
+    def whole(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        loss, grads = loss_and_grads(params, xb, yb)
+        optimizer.step(params, grads)
+        return loss
+
+    recorded_whole = record_once(whole, static_argnums=1, fallback=True)
+
+    def step(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        if type(optimizer).__module__ == "gradcore.optim":
+            return recorded_whole(params, optimizer, xb, yb)
+        return split(params, optimizer, xb, yb)
 
     return step
 
@@ -239,7 +258,7 @@ class Trainer:
         self._losses = self._backend.xp.zeros(
             (self.steps,), dtype=dtype, device=self._backend.array_device(X)
         )
-        self._epoch_rng = copy.deepcopy(self.rng.bit_generator.state)
+        self._epoch_rng = self.rng.bit_generator.state
 
     def _epochs(self, callbacks: CallbackList, evaluation: _Evaluation, interrupt: Any) -> None:
         """The epoch loop: steps between reads of their losses, then the epoch's numbers."""
@@ -247,7 +266,7 @@ class Trainer:
         for epoch in range(self.epoch, self.epochs):
             started = time.perf_counter()
             callbacks.on_epoch_begin(epoch, {})
-            self._epoch_rng = copy.deepcopy(self.rng.bit_generator.state)
+            self._epoch_rng = self.rng.bit_generator.state  # a fresh dict each time
             self._Xe, self._ye = self._epoch_data()
             while self.position < self.steps and not self.stop_training:
                 first = self.position
@@ -263,7 +282,7 @@ class Trainer:
             logs = {"loss": self._mean(), **evaluation.after_epoch(self.params, self.X, self.y)}
             logs["time"] = time.perf_counter() - started
             self.epoch, self.position, self.step_losses = epoch + 1, 0, []
-            self._epoch_rng = copy.deepcopy(self.rng.bit_generator.state)
+            self._epoch_rng = self.rng.bit_generator.state  # a fresh dict each time
             callbacks.on_epoch_end(epoch, logs)
             if self._interrupted(interrupt):
                 raise KeyboardInterrupt(callbacks.on_interrupt())
