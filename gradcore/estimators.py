@@ -363,7 +363,7 @@ class _MLP(BaseEstimator):
         In float64: float32 matrix products round differently for different numbers of rows,
         so a row's prediction would depend on which other rows were scored with it.
         """
-        check_is_fitted(self)
+        check_is_fitted(self, ("coefs_", "intercepts_"))  # named: no scan of every attribute
         X = self._standardized(validate_data(self, X, reset=False, dtype=np.float64))
         backend = backend_for_device(resolve_device(self.device))
         # The backend's asarray copies nothing on the CPU: float64 weights and rows are used as
@@ -495,11 +495,14 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
-        logits = self._forward(X)
+        logits = self._forward(X)  # a host array of our own: the softmax is written into it
         if self.n_outputs_ == 1:
-            p = ops.sigmoid(logits)
-            return np.hstack([1.0 - p, p])
-        return ops.softmax(logits, axis=1)
+            p = ops.sigmoid(logits[:, 0])
+            return np.vstack([1.0 - p, p]).T  # as scikit-learn's: a view, no second copy
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits, out=logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return probabilities
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
@@ -518,8 +521,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
         return "logistic" if outputs == 1 else "softmax"
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
-        """Class indices: a column of 0/1 in the data's dtype for the sigmoid output,
-        integers for softmax."""
+        """Targets in the data's dtype: a column of 0/1 for the sigmoid output, one-hot rows
+        for softmax."""
         check_classification_targets(y)
         if (
             not first
@@ -540,7 +543,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
         index = np.searchsorted(self.classes_, y)
         if len(self.classes_) == 2:  # one column, as the output: no reshape in each step
             return index.astype(dtype).reshape(-1, 1)
-        return index.astype(np.int64)
+        # one-hot rows, as scikit-learn's LabelBinarizer: no encoding in each step
+        return (index[:, None] == np.arange(len(self.classes_))).astype(dtype)
 
     def _data_loss(self, logits: Any, targets: Any) -> Any:
         if self.n_outputs_ == 1:
