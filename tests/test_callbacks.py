@@ -298,3 +298,16 @@ def test_a_checkpoint_holding_nan_is_refused_naming_file_and_array(tmp_path, whe
         checkpoints.load_checkpoint(path)
     with pytest.raises(gc.CheckpointError, match=message + ".*cannot be resumed"):
         train.fit(loss_fn, nn.init_mlp([3, 4, 1]), X, y, epochs=2, checkpoint=path, resume=True)
+
+
+def test_a_guard_without_restore_keeps_no_copies_and_leaves_the_params():
+    X, y = problem()
+    guard = DivergenceGuard(restore=False)
+    params = nn.init_mlp([3, 4, 1])
+    with pytest.raises(FloatingPointError, match="step 4/5: .*params are left as it made them"):
+        trainer(guard, optimizer=optim.SGD(1e3, momentum=0.9)).fit(params, X, y, 3)
+    assert guard._before is None
+    restored = nn.init_mlp([3, 4, 1])
+    with pytest.raises(FloatingPointError, match="params hold their values from before"):
+        trainer(optimizer=optim.SGD(1e3, momentum=0.9)).fit(restored, X, y, 3)
+    assert not all(np.array_equal(a, b) for a, b in zip(host(params), host(restored)))

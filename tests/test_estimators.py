@@ -25,6 +25,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import gradcore as gc
 from gradcore import datafiles
 from gradcore.estimators import MLPClassifier, MLPRegressor, ModelFileError, load
+from gradcore.jit import Jitted
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -431,3 +432,38 @@ def test_the_data_dtype_is_kept(dtype):
     model = MLPClassifier((5,), max_iter=3, random_state=0).fit(X, y)
     assert all(a.dtype == dtype for a in model.coefs_ + model.intercepts_)
     assert model.predict_proba(X).dtype == np.float64
+
+
+def test_one_trainer_per_estimator_its_step_recorded_once(monkeypatch):
+    recordings, passes = [], []
+    real_record, real_evaluate = Jitted._record, gc.train._evaluate
+    monkeypatch.setattr(
+        Jitted, "_record", lambda self, *a: recordings.append(1) or real_record(self, *a)
+    )
+    monkeypatch.setattr(gc.train, "_evaluate", lambda *a: passes.append(1) or real_evaluate(*a))
+    X, y = scaled_blobs(3, n=150)  # batches of 32: 4 full and one of 22
+    model = MLPClassifier((5,), batch_size=32, max_iter=6, random_state=0).fit(X, y)
+    assert len(recordings) == 2 and model.n_iter_ == 6
+    assert len(passes) == 1  # the check before training; loss_curve_ is the steps' losses
+    trainer = model._trainer
+    for _ in range(3):
+        model.partial_fit(X, y)
+    model.set_params(warm_start=True, max_iter=2).fit(X, y)
+    assert model._trainer is trainer and len(recordings) == 2
+    model.set_params(alpha=0.1).fit(X, y)  # the loss changed: a new trainer, recorded again
+    assert model._trainer is not trainer and len(recordings) == 4
+    restored = pickle.loads(pickle.dumps(model))
+    assert not hasattr(restored, "_trainer")
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize("name", ["coef/1", "intercept/0"])
+def test_a_model_file_with_nan_weights_is_refused_naming_the_array(tmp_path, name):
+    path = write_model(tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match=rf"m.npz: {name} holds 1 NaN or infinite value"):
+        load(path)
