@@ -246,13 +246,14 @@ class Trainer:
         self.history = History(params=params)
         self.stop_training = False
         self.epoch = self.position = 0
-        self.step_losses, self.start_loss = [], math.nan
+        self.start_loss = math.nan
         # Distributed, each rank trains on its shard: the same number of equal steps everywhere.
         n = gd.local_rows(self.rows, self.batch_size) if self.distributed else self.rows
         size = self.batch_size
         self._batches = [slice(lo, min(lo + size, n)) for lo in range(0, n, size)]
-        self._sizes = np.array([b.stop - b.start for b in self._batches], np.float64)
+        self._sizes = [b.stop - b.start for b in self._batches]
         self.steps = len(self._batches)
+        self._add(0, [])
         self._backend = backend_of(X)
         dtype = tree_leaves(params)[0].dtype  # the loss's dtype, whatever the data's
         self._losses = self._backend.xp.zeros(
@@ -273,7 +274,7 @@ class Trainer:
                 callbacks.on_batch_begin(first, {})
                 reached = self.run_steps(first, min(first + READ_EVERY, self.steps), alone)
                 losses = self._read(first, reached)
-                self.step_losses += losses
+                self._add(first, losses)
                 self.position = reached
                 logs = {"losses": losses, "first": first, "loss": self._mean()}
                 callbacks.on_batch_end(reached - 1, logs)
@@ -281,7 +282,8 @@ class Trainer:
                     raise KeyboardInterrupt(callbacks.on_interrupt())
             logs = {"loss": self._mean(), **evaluation.after_epoch(self.params, self.X, self.y)}
             logs["time"] = time.perf_counter() - started
-            self.epoch, self.position, self.step_losses = epoch + 1, 0, []
+            self.epoch, self.position = epoch + 1, 0
+            self._add(0, [])
             self._epoch_rng = self.rng.bit_generator.state  # a fresh dict each time
             callbacks.on_epoch_end(epoch, logs)
             if self._interrupted(interrupt):
@@ -321,10 +323,20 @@ class Trainer:
             read = gd.allreduce_mean(np.array(read, np.float64))
         return read.tolist()
 
+    def _add(self, first: int, losses: list[float]) -> None:
+        """Count the losses of steps from ``first`` (0: a new epoch) into the epoch's mean,
+        summed in step order as scikit-learn sums its ``loss_curve_``, so that a resumed epoch
+        adds up to the same bits."""
+        if first == 0:
+            self.step_losses, self._total, self._rows = [], 0.0, 0
+        self.step_losses += losses
+        for loss, rows in zip(losses, self._sizes[first:]):
+            self._total += loss * rows
+            self._rows += rows
+
     def _mean(self) -> float:
         """The mean loss per example over the steps so far in the epoch."""
-        done = self._sizes[: len(self.step_losses)]
-        return float(np.dot(self.step_losses, done) / done.sum()) if done.size else math.nan
+        return self._total / self._rows if self._rows else math.nan
 
     def _interrupted(self, interrupt: Any) -> bool:
         """Ctrl-C; distributed, on any rank (every rank stops at the same step)."""
@@ -345,7 +357,8 @@ class Trainer:
     def resume_from(self, meta: Mapping[str, Any]) -> None:
         """Go on from a checkpoint's ``state()`` (params, optimizer, rng: restored by it)."""
         self.epoch, self.position = meta["epoch"], meta["step"]
-        self.step_losses, self.start_loss = list(meta["step_losses"]), meta["start_loss"]
+        self._add(0, list(meta["step_losses"]))
+        self.start_loss = meta["start_loss"]
 
 
 def fit(
