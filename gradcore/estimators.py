@@ -308,7 +308,8 @@ class _MLP(BaseEstimator):
             self.mean_ = self.scale_ = None
 
     def _reset_counters(self) -> None:
-        """What stopping tracks; a loaded model starts it afresh."""
+        """What stopping and partial_fit's optimizer carry between calls; a loaded model starts
+        them afresh."""
         self._no_improvement_count = 0
         self._optimizer_state = None
         if self.early_stopping:
