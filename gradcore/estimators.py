@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
@@ -365,7 +366,8 @@ class _MLP(BaseEstimator):
         so a row's prediction would depend on which other rows were scored with it.
         """
         check_is_fitted(self, ("coefs_", "intercepts_"))  # named: no scan of every attribute
-        X = self._standardized(validate_data(self, X, reset=False, dtype=np.float64))
+        X = np.asarray(validate_data(self, X, reset=False), dtype=np.float64)
+        X = self._standardized(X)
         backend = backend_for_device(resolve_device(self.device))
         # The backend's asarray copies nothing on the CPU: float64 weights and rows are used as
         # they are (the forward pass writes only into arrays it makes).
@@ -498,7 +500,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
         """Class probabilities, one column per entry of ``classes_``."""
         logits = self._forward(X)  # a host array of our own: the softmax is written into it
         if self.n_outputs_ == 1:
-            p = ops.sigmoid(logits[:, 0])
+            p = expit(logits[:, 0], out=logits[:, 0])  # scikit-learn's logistic, in place
             return np.vstack([1.0 - p, p]).T  # as scikit-learn's: a view, no second copy
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits, out=logits)
