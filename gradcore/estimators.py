@@ -379,9 +379,9 @@ class _MLP(BaseEstimator):
             nn.mlp(params, backend.asarray(X[lo : lo + _PREDICT_CHUNK]), self._act())
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
         ]
-        if len(chunks) == 1:
-            return backend.to_numpy(chunks[0])
-        return np.concatenate([backend.to_numpy(chunk) for chunk in chunks])
+        # A NumPy result is already the host array the caller gets: no copy.
+        host = [c if isinstance(c, np.ndarray) else backend.to_numpy(c) for c in chunks]
+        return host[0] if len(host) == 1 else np.concatenate(host)
 
     # -----------------------------------------------------------------------------------------
     # saving
