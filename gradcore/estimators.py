@@ -20,11 +20,13 @@ pickle, as scikit-learn requires.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,8 @@ __all__ = [
 FORMAT = "gradcore-model"
 FORMAT_VERSION = 1  # raise when a reader of the old version could misread a new file
 _PREDICT_CHUNK = 65536  # rows per forward pass, so that scoring a large file fits the device
+_KEPT_CONFIGURATIONS = 8  # trainers (recorded steps) kept for this many recent configurations
+_TRAINERS: dict[tuple, list[Any]] = {}  # configuration -> trainers not lent out now
 
 
 def _identity(x: Any) -> Any:
@@ -221,14 +225,22 @@ class _MLP(BaseEstimator):
                 )
             validation = array(X_val, device=device), array(y_val, device=device)
 
-        trainer = self._trainer_for(device, self._batch_size(X.shape[0]))
+        with self._borrowed_trainer(device, self._batch_size(X.shape[0]), X) as trainer:
+            self._train(trainer, X, targets, incremental, validation)
+        return self
+
+    def _train(
+        self, trainer: train.Trainer, X: Any, targets: Any, incremental: bool, validation: Any
+    ) -> None:
+        """One ``fit`` (``max_iter`` epochs) or ``partial_fit`` (one epoch) on ``trainer``."""
+        device = trainer.device
         if incremental and self._optimizer_state is not None:
             trainer.optimizer.load_state_dict(self._optimizer_state)  # partial_fit goes on
         else:  # a fresh optimizer, as scikit-learn makes one at every fit
             trainer.optimizer.load_state_dict({"iterations": 0, "velocity": []})
         trainer.rng = np.random.default_rng(self._rng.randint(np.iinfo(np.int32).max))
         stopping = next(c for c in trainer.callbacks if isinstance(c, _Stopping))
-        stopping.start(incremental, validation)
+        stopping.start(self, incremental, validation)
         params = self._device_params(device, X.dtype)
         trainer.fit(params, X, targets, epochs=1 if incremental else self.max_iter)
         if not incremental and not trainer.stop_training:
@@ -236,13 +248,12 @@ class _MLP(BaseEstimator):
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
                 "the optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         final = stopping.best if stopping.best is not None else params
         self.coefs_ = [to_numpy(layer["W"]) for layer in final]
         self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
         self._optimizer_state = to_numpy(trainer.optimizer.state_dict())
-        return self
 
     def _batch_size(self, n: int) -> int:
         """scikit-learn's: "auto" is ``min(200, n)``; a larger size is clipped, with a warning."""
@@ -256,34 +267,45 @@ class _MLP(BaseEstimator):
             )
         return min(self.batch_size, n)
 
-    def _trainer_for(self, device: str, batch_size: int) -> train.Trainer:
-        """The estimator's trainer, kept from call to call (its step is recorded once) until a
-        parameter that the step depends on changes. As in scikit-learn, a large loss does not
-        stop training; a NaN or infinite one does (scikit-learn would finish with NaN weights),
-        and ``coefs_`` keep their values, since the trainer trains a copy of them."""
-        key = (device, batch_size, self.shuffle, self.activation, float(self.alpha),
-               self.n_outputs_, self.learning_rate_schedule or self.learning_rate_init,
-               self.momentum, self.nesterovs_momentum)  # fmt: skip
-        if getattr(self, "_trainer_key", None) != key:
+    @contextlib.contextmanager
+    def _borrowed_trainer(self, device: str, batch_size: int, X: Any) -> Iterator[train.Trainer]:
+        """A trainer for this configuration, lent for one ``fit`` or ``partial_fit``.
+
+        Trainers are kept by everything their step depends on (estimator class, activation,
+        alpha, outputs, optimizer settings, batch size, device, the data's columns and dtype),
+        so that every epoch, every ``partial_fit``, every refit and every fresh estimator of
+        that configuration replays the step that the first one recorded (a module-level step,
+        as in flax's examples). A trainer is lent to one call at a time. As in scikit-learn, a
+        large loss does not stop training; a NaN or infinite one does (scikit-learn would
+        finish with NaN weights), and ``coefs_`` keep their values: the trainer trains a copy.
+        """
+        key = (type(self), self.activation, float(self.alpha), self.n_outputs_,
+               self.learning_rate_schedule or self.learning_rate_init, self.momentum,
+               self.nesterovs_momentum, self.shuffle, batch_size, device, X.shape[1:],
+               X.dtype)  # fmt: skip
+        pool = _TRAINERS.pop(key, [])
+        _TRAINERS[key] = pool  # the most recently used configuration goes last
+        while len(_TRAINERS) > _KEPT_CONFIGURATIONS:
+            del _TRAINERS[next(iter(_TRAINERS))]
+        try:
+            trainer = pool.pop()
+        except IndexError:
             optimizer = optim.SGD(
                 self.learning_rate_schedule or self.learning_rate_init,
                 momentum=self.momentum,
                 nesterov=self.nesterovs_momentum,
             )
-            callbacks = [_Stopping(self), DivergenceGuard(None, restore=False)]
-            self._trainer = train.Trainer(
+            callbacks = [_Stopping(), DivergenceGuard(None, restore=False)]
+            trainer = train.Trainer(
                 self._loss(), optimizer, batch_size=batch_size, device=device,
                 callbacks=callbacks, shuffle=self.shuffle,
             )  # fmt: skip
-            self._trainer_key = key
-        return self._trainer
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickles and copies leave the trainer out (its recorded step is rebuilt on use)."""
-        state = dict(self.__dict__)
-        state.pop("_trainer", None)
-        state.pop("_trainer_key", None)
-        return state
+        try:
+            yield trainer
+        finally:
+            trainer.params = trainer.history = None  # nothing of this estimator kept
+            next(c for c in trainer.callbacks if isinstance(c, _Stopping)).estimator = None
+            pool.append(trainer)
 
     def _start(self, X: np.ndarray, outputs: int) -> None:
         """Fresh weights (scikit-learn's init), statistics and counters for a first fit."""
@@ -326,10 +348,12 @@ class _MLP(BaseEstimator):
 
         That is scikit-learn's ``alpha``: in the loss, over the weights but not the biases,
         divided by the rows of each minibatch, so ``loss_curve_`` includes it as there. The
-        function reads the estimator's parameters when it is made: ``_trainer_for`` makes a
-        new one when they change.
+        function reads the estimator's parameters when it is made: ``_borrowed_trainer`` keeps
+        one trainer per configuration.
         """
-        activation, alpha, data_loss = self._act(), float(self.alpha), self._data_loss
+        # Nothing of the estimator itself: the trainer that runs this loss is shared.
+        activation, alpha = self._act(), float(self.alpha)
+        data_loss = functools.partial(self._data_loss, self.n_outputs_)
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
             value = data_loss(nn.mlp(params, xb, activation), yb)
@@ -431,16 +455,16 @@ class _Stopping(Callback):
     extra pass over the data), and ``n_iter_no_change`` epochs without an improvement of the
     training loss by ``tol`` (or, with ``early_stopping``, of the validation score) stop it."""
 
-    def __init__(self, estimator: _MLP) -> None:
-        self.estimator = estimator
+    def __init__(self) -> None:
+        self.estimator: _MLP | None = None  # the estimator being fitted
         self.validation: tuple[Any, Any] | None = None
         self.best: list[dict[str, Any]] | None = None  # early stopping: the best params
 
-    def start(self, incremental: bool, validation: tuple[Any, Any] | None) -> None:
+    def start(self, estimator: _MLP, incremental: bool, validation: tuple | None) -> None:
         """Before a ``fit`` or ``partial_fit``: scikit-learn counts ``n_iter_`` per ``fit``."""
         if not incremental:
-            self.estimator.n_iter_ = 0
-        self.validation, self.best = validation, None
+            estimator.n_iter_ = 0
+        self.estimator, self.validation, self.best = estimator, validation, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         est = self.estimator
@@ -549,8 +573,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
         # one-hot rows, as scikit-learn's LabelBinarizer: no encoding in each step
         return (index[:, None] == np.arange(len(self.classes_))).astype(dtype)
 
-    def _data_loss(self, logits: Any, targets: Any) -> Any:
-        if self.n_outputs_ == 1:
+    @staticmethod
+    def _data_loss(outputs: int, logits: Any, targets: Any) -> Any:
+        if outputs == 1:
             return nn.binary_cross_entropy_with_logits(logits, targets)
         return nn.softmax_cross_entropy(logits, targets)
 
@@ -594,15 +619,16 @@ class MLPRegressor(RegressorMixin, _MLP):
             raise ValueError(f"y has {y.shape[1]} columns; the model has {self.n_outputs_} outputs")
         return y.astype(dtype)
 
-    def _data_loss(self, outputs: Any, targets: Any) -> Any:
+    @staticmethod
+    def _data_loss(outputs: int, predictions: Any, targets: Any) -> Any:
         """scikit-learn's ``squared_loss``: half the mean over every entry. Its gradient is not
         that loss's but ``(outputs - targets) / rows``, the gradient of the sum over outputs;
         so the loss is scaled by the number of outputs and the excess taken off as a constant:
         the value is scikit-learn's, and so is the gradient."""
-        half = nn.mse(outputs, targets) * 0.5
-        if self.n_outputs_ == 1:
+        half = nn.mse(predictions, targets) * 0.5
+        if outputs == 1:
             return half
-        return half * float(self.n_outputs_) - stop_gradient(half) * float(self.n_outputs_ - 1)
+        return half * float(outputs) - stop_gradient(half) * float(outputs - 1)
 
     def _validation_score(self, outputs: Any, targets: np.ndarray) -> float:
         return float(r2_score(to_numpy(targets), to_numpy(outputs)))

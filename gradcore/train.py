@@ -181,6 +181,7 @@ class Trainer:
         # The state of the current fit, which callbacks read.
         self.params: Any = None
         self.history: History | None = None
+        self.X = self.y = self._Xe = self._ye = None
         self.stop_training = False
         self.epoch = self.epochs = self.position = self.steps = self.rows = 0
         self.step_losses: list[float] = []
@@ -236,6 +237,7 @@ class Trainer:
             raise
         finally:
             callbacks.on_train_end(logs)
+            self.X = self.y = self._Xe = self._ye = None  # the trainer keeps no data between fits
         if self.distributed:  # no rank reads a file before rank 0 wrote it
             gd.barrier()
         return self.history

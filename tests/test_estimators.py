@@ -434,7 +434,7 @@ def test_the_data_dtype_is_kept(dtype):
     assert model.predict_proba(X).dtype == np.float64
 
 
-def test_one_trainer_per_estimator_its_step_recorded_once(monkeypatch):
+def test_the_step_is_recorded_once_per_configuration(monkeypatch):
     recordings, passes = [], []
     real_record, real_evaluate = Jitted._record, gc.train._evaluate
     monkeypatch.setattr(
@@ -442,19 +442,24 @@ def test_one_trainer_per_estimator_its_step_recorded_once(monkeypatch):
     )
     monkeypatch.setattr(gc.train, "_evaluate", lambda *a: passes.append(1) or real_evaluate(*a))
     X, y = scaled_blobs(3, n=150)  # batches of 32: 4 full and one of 22
-    model = MLPClassifier((5,), batch_size=32, max_iter=6, random_state=0).fit(X, y)
+    settings = dict(hidden_layer_sizes=(5,), batch_size=32, random_state=0, alpha=0.0123)
+    model = MLPClassifier(max_iter=6, **settings).fit(X, y)
     assert len(recordings) == 2 and model.n_iter_ == 6
     assert len(passes) == 1  # the check before training; loss_curve_ is the steps' losses
-    trainer = model._trainer
     for _ in range(3):
         model.partial_fit(X, y)
     model.set_params(warm_start=True, max_iter=2).fit(X, y)
-    assert model._trainer is trainer and len(recordings) == 2
-    model.set_params(alpha=0.1).fit(X, y)  # the loss changed: a new trainer, recorded again
-    assert model._trainer is not trainer and len(recordings) == 4
+    fresh = MLPClassifier(max_iter=3, **settings).fit(X, y)  # another estimator, same settings
+    assert len(recordings) == 2
+    np.testing.assert_array_equal(
+        fresh.coefs_[0], MLPClassifier(max_iter=3, **settings).fit(X, y).coefs_[0]
+    )
+    model.set_params(alpha=0.1).fit(X, y)  # the loss changed: another trainer, recorded again
+    assert len(recordings) == 4
     restored = pickle.loads(pickle.dumps(model))
-    assert not hasattr(restored, "_trainer")
     np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+    restored.partial_fit(X, y)
+    assert restored.n_iter_ == model.n_iter_ + 1
 
 
 @pytest.mark.parametrize("name", ["coef/1", "intercept/0"])
