@@ -7,9 +7,10 @@ its init, its loss (with the L2 term per minibatch), its momentum and Nesterov u
 data (float64 in, float64 ``coefs_``). With the same initial weights and ``shuffle=False`` a
 fit follows scikit-learn's to rounding.
 
-Each estimator keeps one ``gradcore.train.Trainer``: its step is recorded once and replayed at
-every epoch, every ``partial_fit`` and every refit with data of the same shapes. scikit-learn's
-bookkeeping and stopping rule are a callback (``_Stopping``) that runs after each epoch.
+Training runs on a ``gradcore.train.Trainer`` kept per configuration (``_borrowed_trainer``):
+its step is recorded once and replayed at every epoch, ``partial_fit``, refit and fresh
+estimator with the same settings and data shapes. scikit-learn's bookkeeping and stopping rule
+are a callback (``_Stopping``) that runs after each epoch.
 
 ``est.save(path)`` and ``load(path)`` keep a fitted model in one ``.npz`` that holds only arrays
 and JSON (read with ``allow_pickle=False``, so loading cannot run code); the estimators also
