@@ -75,6 +75,11 @@ ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "tanh": ops.tanh,
     "relu": ops.relu,
 }
+# For predictions on NumPy arrays: the same activations, written over their argument.
+_IN_PLACE: dict[str, Callable[[Any], Any]] = {
+    "relu": lambda h: np.maximum(h, 0.0, out=h),
+    "tanh": lambda h: np.tanh(h, out=h),
+}
 
 
 class ModelFileError(ValueError):
@@ -400,8 +405,12 @@ class _MLP(BaseEstimator):
             {"W": backend.asarray(W, np.float64), "b": backend.asarray(b, np.float64)}
             for W, b in zip(self.coefs_, self.intercepts_)
         ]
+        # On NumPy arrays, relu and tanh are written over the layer's output, which is ours
+        # (the same numbers as the ops, one allocation fewer per layer, as scikit-learn does).
+        on_host = isinstance(params[0]["W"], np.ndarray)
+        activation = _IN_PLACE.get(self.activation) if on_host else None
         chunks = [
-            nn.mlp(params, backend.asarray(X[lo : lo + _PREDICT_CHUNK]), self._act())
+            nn.mlp(params, backend.asarray(X[lo : lo + _PREDICT_CHUNK]), activation or self._act())
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
         ]
         # A NumPy result is already the host array the caller gets: no copy.

@@ -472,3 +472,14 @@ def test_a_model_file_with_nan_weights_is_refused_naming_the_array(tmp_path, nam
     np.savez(path, **arrays)
     with pytest.raises(ModelFileError, match=rf"m.npz: {name} holds 1 NaN or infinite value"):
         load(path)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_predictions_are_the_forward_pass_of_the_ops(activation):
+    X, y = scaled_blobs(3)
+    model = MLPClassifier((6, 5), activation=activation, max_iter=3, random_state=0).fit(X, y)
+    layers = [{"W": W, "b": b} for W, b in zip(model.coefs_, model.intercepts_)]
+    logits = gc.nn.mlp(layers, X, gc.estimators.ACTIVATIONS[activation])
+    np.testing.assert_array_equal(model._forward(X), logits)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(model.predict_proba(X), shifted / shifted.sum(axis=1, keepdims=True))
