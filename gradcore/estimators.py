@@ -284,6 +284,8 @@ class _MLP(BaseEstimator):
         as in flax's examples). A trainer is lent to one call at a time. As in scikit-learn, a
         large loss does not stop training; a NaN or infinite one does (scikit-learn would
         finish with NaN weights), and ``coefs_`` keep their values: the trainer trains a copy.
+        No pass over all the data precedes training: the targets are the estimator's own
+        encoding, checked by scikit-learn's validation, and scikit-learn makes no such pass.
         """
         key = (type(self), self.activation, float(self.alpha), self.n_outputs_,
                self.learning_rate_schedule or self.learning_rate_init, self.momentum,
@@ -304,7 +306,7 @@ class _MLP(BaseEstimator):
             callbacks = [_Stopping(), DivergenceGuard(None, restore=False)]
             trainer = train.Trainer(
                 self._loss(), optimizer, batch_size=batch_size, device=device,
-                callbacks=callbacks, shuffle=self.shuffle,
+                callbacks=callbacks, shuffle=self.shuffle, check_start=False,
             )  # fmt: skip
         try:
             yield trainer

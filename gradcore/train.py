@@ -143,7 +143,10 @@ class Trainer:
     Each epoch shuffles (unless ``shuffle=False``) and keeps the last, smaller batch.
     ``callbacks`` see every epoch (``gradcore.callbacks``); a ``DivergenceGuard`` with
     ``divergence_factor`` is added unless one is given, and a ``ProgressBar`` if ``progress``.
-    ``distributed=True`` trains data parallel (see ``fit``).
+    ``distributed=True`` trains data parallel (see ``fit``). ``check_start=False`` skips the
+    pass over all the data before each ``fit`` (its checks, and the guard's starting loss, so
+    that a guard then stops only non-finite losses): for callers whose targets are their own
+    encoding and who call ``fit`` once per epoch, as the estimators' ``partial_fit`` does.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class Trainer:
         divergence_factor: float | None = DIVERGENCE_FACTOR,
         progress: bool = False,
         distributed: bool = False,
+        check_start: bool = True,
     ) -> None:
         self.batch_size = _integer("batch_size", batch_size, 1)
         self.seed = _integer("seed", seed, 0)
@@ -167,7 +171,7 @@ class Trainer:
             device = gd.init(device)
         backend_for_device(device)  # an unknown or unavailable device fails first
         self.loss_fn, self.device, self.shuffle = loss_fn, device, shuffle
-        self.distributed = distributed
+        self.distributed, self.check_start = distributed, check_start
         self.is_root = not distributed or gd.is_root()
         self.ranks = gd.size() if distributed else 1
         self.optimizer = SGD() if optimizer is None else optimizer
@@ -202,9 +206,9 @@ class Trainer:
         ``params`` end up holding the trained arrays there); floating data is cast to the
         params' dtype and must be finite. ``metrics`` are functions ``(params, X, y) -> float``
         (a list, or a dict by name) evaluated after every epoch on the training and validation
-        data. Before training, the loss of the initial params over all of ``X`` is computed
-        once with the loss's target checks on: a mistake shows now, and the divergence guard
-        measures from it.
+        data. Before training (unless ``check_start=False``), the loss of the initial params
+        over all of ``X`` is computed once with the loss's target checks on: a mistake shows
+        now, and the divergence guard measures from it.
         """
         epochs = _integer("epochs", epochs, 0)
         leaves = _params_on(params, self.device)
@@ -221,15 +225,8 @@ class Trainer:
             if self.distributed:  # every rank starts where, and with what, rank 0 starts
                 gd.start(params, self.optimizer, self.rng, rows=self.rows, epoch=self.epoch,
                          step=self.position)  # fmt: skip
-            start_loss = evaluation.loss(params, X, y)
-            if not math.isfinite(start_loss):
-                raise FloatingPointError(
-                    f"fit: the loss of the initial params is {start_loss}; check loss_fn and "
-                    "the init"
-                )
-            evaluation.check(params, X, y)
-            if math.isnan(self.start_loss):  # a resume keeps the bound of the run's own start
-                self.start_loss = start_loss
+            if self.check_start:
+                self._check_start(evaluation)
             with nn.target_checks(False), _DeferredInterrupt() as interrupt:
                 self._epochs(callbacks, evaluation, interrupt)
         except BaseException as error:
@@ -241,6 +238,18 @@ class Trainer:
         if self.distributed:  # no rank reads a file before rank 0 wrote it
             gd.barrier()
         return self.history
+
+    def _check_start(self, evaluation: _Evaluation) -> None:
+        """The loss of the initial params over all the data, with the loss's target checks on,
+        and the metrics tried once: a mistake shows now, not after an epoch."""
+        start_loss = evaluation.loss(self.params, self.X, self.y)
+        if not math.isfinite(start_loss):
+            raise FloatingPointError(
+                f"fit: the loss of the initial params is {start_loss}; check loss_fn and the init"
+            )
+        evaluation.check(self.params, self.X, self.y)
+        if math.isnan(self.start_loss):  # a resume keeps the bound of the run's own start
+            self.start_loss = start_loss
 
     def _start(self, params: Any, X: Any, y: Any, epochs: int) -> None:
         """The state of a new fit: its data, its batches, its loss buffer, its history."""

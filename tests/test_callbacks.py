@@ -311,3 +311,17 @@ def test_a_guard_without_restore_keeps_no_copies_and_leaves_the_params():
     with pytest.raises(FloatingPointError, match="params hold their values from before"):
         trainer(optimizer=optim.SGD(1e3, momentum=0.9)).fit(restored, X, y, 3)
     assert not all(np.array_equal(a, b) for a, b in zip(host(params), host(restored)))
+
+
+def test_check_start_false_skips_the_pass_over_the_data(monkeypatch):
+    passes = []
+    real = train._evaluate
+    monkeypatch.setattr(train, "_evaluate", lambda *a: passes.append(1) or real(*a))
+    X, y = problem()
+    trainer(check_start=False).fit(nn.init_mlp([3, 4, 1]), X, y, 2)
+    assert passes == []
+    trainer().fit(nn.init_mlp([3, 4, 1]), X, y, 2)
+    assert passes == [1]
+    unchecked = trainer(check_start=False, optimizer=optim.SGD(1e3, momentum=0.9))
+    history = unchecked.fit(nn.init_mlp([3, 4, 1]), X, y, 3)  # no starting loss: no bound
+    assert history.epochs == 3 and math.isnan(unchecked.start_loss)
