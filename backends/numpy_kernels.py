@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -215,7 +215,28 @@ class _Program:
             steps.append((node.ufunc, *operands, *(None,) * (2 - len(operands)), slots[node]))
         return steps, next(scratch_slots) - first_scratch
 
-    def run(self, out: np.ndarray, inputs: Any, out_is_free: bool = False) -> None:
+    def __call__(self, out: np.ndarray | None, *inputs: np.ndarray) -> np.ndarray:
+        """The formula of ``inputs`` (of one shape) into ``out``, which may be one of them,
+        or into a new array; large arrays in chunks split between the cores."""
+        if out is None:
+            out, out_is_free = np.empty(inputs[0].shape, np.result_type(*inputs, 0.5)), True
+        else:  # worth checking when the arrays are beyond the cache
+            out_is_free = out.size > CHUNK and _shares_no_memory(out, inputs)
+        if out.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
+            self.run(out, inputs, out_is_free)
+        elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
+            flat = [np.asarray(a, order="C").reshape(-1) for a in inputs]
+            _parallel(partial(self.run_chunks, out_is_free=out_is_free), out.reshape(-1), *flat)
+        else:
+            out[...] = self(None, *inputs)
+        return out
+
+    def run_chunks(self, out: np.ndarray, *inputs: np.ndarray, out_is_free: bool) -> None:
+        """``run`` over 1-D arrays of one size, chunk by chunk."""
+        for lo in range(0, out.size, CHUNK):
+            self.run(out[lo : lo + CHUNK], [a[lo : lo + CHUNK] for a in inputs], out_is_free)
+
+    def run(self, out: np.ndarray, inputs: Any, out_is_free: bool) -> None:
         """The formula of ``inputs`` into ``out``: arrays of one shape, at most a chunk."""
         operands = _OPERANDS.operands.get((self, out.dtype, out.shape))
         if operands is None:
@@ -227,11 +248,14 @@ class _Program:
             else:
                 ufunc(slots[a], slots[b], out=slots[result])
 
-    def __call__(self, out: np.ndarray, *inputs: np.ndarray) -> None:
-        """The formula of ``inputs`` into ``out``, 1-D arrays of one size, chunk by chunk."""
-        out_is_free = not any(np.may_share_memory(out, a) for a in inputs)
-        for lo in range(0, out.size, CHUNK):
-            self.run(out[lo : lo + CHUNK], [a[lo : lo + CHUNK] for a in inputs], out_is_free)
+
+def _shares_no_memory(out: np.ndarray, inputs: tuple[np.ndarray, ...]) -> bool:
+    """Whether ``out`` may serve as scratch: gc.jit hands an input itself, which identity
+    finds before any bounds are compared."""
+    for a in inputs:
+        if a is out:
+            return False
+    return not any(np.may_share_memory(out, a) for a in inputs)
 
 
 _SIGMOID = _Program(formulas.sigmoid, 1)
@@ -239,16 +263,8 @@ _SIGMOID_GRAD = _Program(formulas.sigmoid_grad, 2)
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``1 / (1 + e^-x)``, chunked, into the output (which may be ``x`` itself)."""
-    if out is None:
-        out = np.empty(x.shape, np.result_type(x, 0.5))
-    if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
-        _SIGMOID.run(out, (x,))
-    elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
-        _parallel(_SIGMOID, out.reshape(-1), np.asarray(x, order="C").reshape(-1))
-    else:
-        out[...] = sigmoid(x)
-    return out
+    """``1 / (1 + e^-x)`` into ``out`` (which may be ``x`` itself) or a new array."""
+    return _SIGMOID(out, x)
 
 
 # float16 takes the op's generic form (the same formula, unchunked): rare on the CPU.
@@ -259,16 +275,7 @@ sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
 def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
     may be either of them."""
-    if out is None:
-        out = np.empty(y.shape, y.dtype)
-    if y.size <= CHUNK:
-        _SIGMOID_GRAD.run(out, (y, g))
-    elif out.flags.c_contiguous:
-        y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
-        _parallel(_SIGMOID_GRAD, out.reshape(-1), y.reshape(-1), g.reshape(-1))
-    else:
-        out[...] = sigmoid_grad(y, g)
-    return out
+    return _SIGMOID_GRAD(out, y, g)
 
 
 sigmoid_grad.takes_out = True
