@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from gradcore.backends import cuda_fusion
 
-from gradcore.backend import DeviceError, backend_for_device
+from gradcore.backend import Backend, DeviceError, backend_for_device
 
 INSTALL_HINT = (
     "install the CuPy wheel that matches your driver's CUDA version (the 'CUDA Version' that "
@@ -96,8 +96,7 @@ def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
     )
     for name in CREATION_FUNCTIONS:
         setattr(namespace, name, _on_device(getattr(compat, name), gpu))
-    namespace.clip = _clip
-    namespace.sign = cupy.sign
+    vars(namespace).update(clip=_clip, sign=cupy.sign)
     return namespace
 
 
@@ -150,9 +149,9 @@ class CupyBackend:
         self.gpu = cupy.cuda.Device(gpu_id)
         self.device = device
         self.xp = gpu_namespace(cupy, compat, self.gpu)
-        self.array_types = (cupy.ndarray,)
+        self.array_types: tuple[type, ...] = (cupy.ndarray,)
 
-    def for_array(self, x: Any) -> CupyBackend:
+    def for_array(self, x: Any) -> Backend:
         gpu_id = x.device.id
         if gpu_id == self.gpu.id:
             return self

@@ -230,7 +230,7 @@ def train(args: argparse.Namespace) -> None:
         X_train,
         y_train,
         optimizer=optimizer,
-        epochs=defaults["epochs"] if args.epochs is None else args.epochs,
+        epochs=int(defaults["epochs"] if args.epochs is None else args.epochs),
         batch_size=args.batch_size,
         device=device,
         seed=args.seed,

@@ -53,8 +53,9 @@ def read_dataset(
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     path = _existing(path)
     if path.suffix.lower() == ".npz":
-        X, y, features, target = _read_npz(path, target or "y")
-        column = f"array {target!r}"
+        X, read, features, target = _read_npz(path, target or "y")
+        assert read is not None  # a target was asked for
+        y, column = read, f"array {target!r}"
         task = task or ("regression" if y.dtype.kind == "f" else "classification")
         if task == "regression" and y.dtype.kind not in "iuf":
             raise DataFileError(f"{path}, {column}: regression needs numbers, not {y.dtype}")

@@ -93,7 +93,7 @@ def train_file(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
     )
     kind = f"{len(np.unique(data.y))} classes" if classify else f"regression on {data.target!r}"
-    tested = f" and {len(y_test)} test" if split else ""
+    tested = f" and {len(y_test)} test" if y_test is not None else ""
     print(
         f"{args.data}: {len(y_train)} training{tested} examples, {data.X.shape[1]} features, "
         f"{kind}; device {estimator.device}"
@@ -108,7 +108,9 @@ def train_file(args: argparse.Namespace) -> None:
         f"{estimator.loss_curve_[-1]:.4f}"
     )
     if estimator.early_stopping:
-        best = int(np.argmax(estimator.validation_scores_)) + 1
+        scores = estimator.validation_scores_
+        assert scores is not None  # kept with early_stopping
+        best = int(np.argmax(scores)) + 1
         print(
             f"early stopping: kept epoch {best}, validation score "
             f"{estimator.best_validation_score_:.4f}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gradcore import ops
-from gradcore.backend import backend_of, isdtype
+from gradcore.backend import array_backend, isdtype
 from gradcore.devices import array
 from gradcore.ops import affine, shape
 from gradcore.tracer import getval, stop_gradient
@@ -107,7 +107,7 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
     """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
     if not hasattr(y, "shape"):
         raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
-    xp = backend_of(getval(y)).xp
+    xp = array_backend(getval(y)).xp
     if shape(z) != shape(y):
         if shape(z) != (*shape(y), 1):
             raise ValueError(
@@ -124,7 +124,7 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
 
 def _check_probabilities(name: str, p: Any) -> None:
     raw = getval(p)
-    if _check_values.get() and bool(backend_of(raw).xp.any((raw < 0.0) | (raw > 1.0))):
+    if _check_values.get() and bool(array_backend(raw).xp.any((raw < 0.0) | (raw > 1.0))):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
             "binary_cross_entropy_with_logits"
@@ -169,7 +169,7 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
     if len(shape(logits)) != 2:
         raise ValueError(f"{name}: logits must have shape (n, classes), got {shape(logits)}")
     n, classes = shape(logits)
-    backend = backend_of(getval(labels))  # soft labels may be traced too
+    backend = array_backend(getval(labels))  # soft labels may be traced too
     xp = backend.xp
     check = _check_values.get()
     if isdtype(getval(labels), "integral"):
@@ -210,7 +210,7 @@ def accuracy(logits: Any, labels: Any) -> float:
     class indices, 0/1 targets or one-hot rows.
     """
     logits = stop_gradient(logits)
-    xp = backend_of(logits).xp
+    xp = array_backend(logits).xp
     if logits.ndim == 2 and logits.shape[1] > 1:
         predicted = xp.argmax(logits, axis=1)
         if labels.ndim == 2:

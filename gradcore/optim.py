@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from gradcore.backend import KernelTable, backend_of
+from gradcore.backend import KernelTable, array_backend
 from gradcore.devices import array, device_of, to_device
 from gradcore.jit import update_in_place
 from gradcore.pytree import tree_leaves
@@ -90,7 +90,7 @@ def sgd_update(
     With ``grad_is_scratch`` the gradient's memory may be reused (``gc.jit`` says so when
     nothing else reads it), which saves a temporary the size of the parameter.
     """
-    backend = backend_of(param)
+    backend = array_backend(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
     if kernel is not None:
         kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
@@ -182,9 +182,11 @@ class SGD:
         overwrite if ``scratch``: a jit replay says so when nothing else reads them)."""
         leaves, grads = arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]
         if not self._placed:
-            self._place_velocity(leaves)
+            self._place_velocity(list(leaves))
         lr = self.current_learning_rate()
-        for param, grad, velocity in zip(leaves, grads, self._velocity):
+        velocities = self._velocity
+        assert velocities is not None  # _place_velocity made them
+        for param, grad, velocity in zip(leaves, grads, velocities):
             sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay,
                        grad_is_scratch=scratch)  # fmt: skip
         self.iterations += 1
@@ -192,7 +194,7 @@ class SGD:
     def _place_velocity(self, leaves: list[Any]) -> None:
         """Zero velocities on first use; loaded ones moved to their parameter's device."""
         if self._velocity is None:
-            self._velocity = [backend_of(p).xp.zeros_like(p) for p in leaves]
+            self._velocity = [array_backend(p).xp.zeros_like(p) for p in leaves]
         elif len(self._velocity) != len(leaves):
             raise ValueError(
                 f"SGD: the loaded state has {len(self._velocity)} velocities but params have "
@@ -206,7 +208,7 @@ class SGD:
                         f"SGD: a loaded velocity has shape {tuple(velocity.shape)} but its "
                         f"parameter has shape {tuple(param.shape)}"
                     )
-                xp = backend_of(param).xp
+                xp = array_backend(param).xp
                 velocity = to_device(velocity, device_of(param))
                 placed.append(xp.astype(velocity, param.dtype, copy=True))
             self._velocity = placed
