@@ -197,6 +197,15 @@ _backends: dict[int, CupyBackend] = {}
 
 
 def _import_cupy(name: str) -> Any:
+    """CuPy, or with ``GRADCORE_SIMULATE_CUDA`` set, the simulated device's stand-in for it
+    (gradcore.backends.cudasim, a test double), installed under CuPy's name first."""
+    try:
+        from gradcore.backends import cudasim
+
+        if cudasim.device_count():
+            cudasim.install()
+    except (ValueError, RuntimeError) as error:
+        raise _unavailable(name, f"the simulated CUDA device cannot start: {error}") from error
     try:
         import cupy
     except Exception as error:

@@ -80,7 +80,8 @@ def array(obj: Any, dtype: Any = None, device: str | None = None) -> Any:
         return xp.asarray(obj, dtype=wanted, copy=True)
     result = target.asarray(obj, dtype=wanted)
     if wanted is None and xp.isdtype(result.dtype, "real floating"):
-        result = xp.astype(result, getattr(xp, DEFAULT_FLOAT), copy=False)
+        # through the backend, which converts on the array's own GPU (not the current one)
+        result = target.asarray(result, dtype=getattr(xp, DEFAULT_FLOAT))
     return result
 
 
