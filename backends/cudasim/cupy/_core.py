@@ -515,6 +515,33 @@ for _name in (
 # ufuncs
 
 
+# CuPy's math ufuncs are kernels calling CUDA's math library (``out0 = exp(in0)``), the same
+# functions a fused kernel calls; here both call the host's C library, so that eager and fused
+# results agree as they do on a GPU (NumPy's own SIMD versions differ in the last bit).
+MATH = {
+    "exp": "exp", "exp2": "exp2", "expm1": "expm1", "log": "log", "log2": "log2",
+    "log10": "log10", "log1p": "log1p", "sin": "sin", "cos": "cos", "tan": "tan",
+    "arcsin": "asin", "arccos": "acos", "arctan": "atan", "sinh": "sinh", "cosh": "cosh",
+    "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh", "cbrt": "cbrt",
+}  # fmt: skip
+FLOATS = (np.dtype("float16"), np.dtype("float32"), np.dtype("float64"))
+_math_kernels: dict[str, Any] = {}
+
+
+def _float_array(x: Any) -> bool:
+    return type(x) is ndarray and x.dtype in FLOATS
+
+
+def _math_kernel(name: str, function: str) -> Any:
+    kernel = _math_kernels.get(name)
+    if kernel is None:
+        from cupy._kernel import ElementwiseKernel
+
+        kernel = ElementwiseKernel("T in0", "T out0", f"out0 = {function}(in0)", f"cupy_{name}")
+        _math_kernels[name] = kernel
+    return kernel
+
+
 class Ufunc:
     """A CuPy ufunc: ``out=`` (arrays of the current device only), ``dtype=``, ``casting=``,
     ``_where=`` (CuPy's spelling), ``.at`` for add/maximum/minimum, ``.reduce`` for add and
@@ -533,6 +560,9 @@ class Ufunc:
         return f"<ufunc '{self.name}'>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        math = MATH.get(self.__name__)
+        if math is not None and len(args) == 1 and not kwargs and _float_array(args[0]):
+            return _math_kernel(self.__name__, math)(args[0])
         out = kwargs.pop("out", None)
         where = kwargs.pop("_where", None)
         dtype = kwargs.pop("dtype", None)
