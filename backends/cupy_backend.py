@@ -149,6 +149,13 @@ class CupyBackend:
         self.xp = gpu_namespace(cupy, compat, self.gpu)
         self.array_types = (cupy.ndarray,)
 
+    @property
+    def description(self) -> str:
+        """What ``gradcore info`` prints: the GPU's own name (a simulated one says so)."""
+        name = self.cupy.cuda.runtime.getDeviceProperties(self.gpu.id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return f"GPU {self.gpu.id}: {name}, CuPy {self.cupy.__version__}"
+
     def for_array(self, x: Any) -> CupyBackend:
         gpu_id = x.device.id
         if gpu_id == self.gpu.id:

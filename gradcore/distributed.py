@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcore.backend import backend_for_device
 from gradcore.pytree import tree_leaves
 
 __all__ = [
@@ -102,6 +103,7 @@ def init(device: str = "cpu") -> str:
                 f"{device!r}: one GPU per rank"
             )
         return f"cuda:{world.gpu}"
+    backend_for_device("cuda")  # the probe: CuPy (or the simulated device) answers, or says why
     cupy = importlib.import_module("cupy")
     if device == "cuda":
         node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)

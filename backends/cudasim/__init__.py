@@ -100,12 +100,14 @@ def install() -> None:
 class HostReads:
     """Every read of device data by the host, in order (what a GPU would wait for).
 
-    ``events`` holds one line per read (``"get"``, ``"item"``, ``"boolean mask"``...).
-    Inside ``forbid()`` (what ``cupyx.allow_synchronize(False)`` uses) a read raises.
+    ``events`` holds one line per read (``"get"``, ``"item"``, ``"boolean mask"``...);
+    ``counting()`` gives the reads of one block. Inside ``forbid()`` (what
+    ``cupyx.allow_synchronize(False)`` uses) a read raises.
     """
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self._listeners: list[list[str]] = []
         self._local = threading.local()
 
     @property
@@ -114,6 +116,8 @@ class HostReads:
 
     def record(self, what: str, error: type[Exception]) -> None:
         self.events.append(what)
+        for listener in self._listeners:
+            listener.append(what)
         if not self.allowed:
             raise error(f"device synchronization is not allowed here: {what}")
 
@@ -128,13 +132,13 @@ class HostReads:
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[list[str]]:
-        """The reads made inside the block: the list is filled when the block ends."""
-        start = len(self.events)
+        """The reads made inside the block, appended to the list as they happen."""
         seen: list[str] = []
+        self._listeners.append(seen)
         try:
             yield seen
         finally:
-            seen.extend(self.events[start:])
+            self._listeners.remove(seen)
 
 
 host_reads = HostReads()

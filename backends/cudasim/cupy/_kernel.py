@@ -156,7 +156,13 @@ class ElementwiseKernel:
         else:
             if not nonraw:
                 raise ValueError("Loop size is undecided.")
-            shape = np.broadcast_shapes(*(a.shape for a in nonraw))
+            try:
+                shape = np.broadcast_shapes(*(a.shape for a in nonraw))
+            except ValueError:
+                shapes = ", ".join(str(a.shape) for a in nonraw)
+                raise ValueError(
+                    f"operands could not be broadcast together with shapes {shapes}"
+                ) from None
 
         in_dtypes = tuple(a.dtype if type(a) is ndarray else None for a in in_args)
         out_dtypes = tuple(a.dtype for a in out_args)
@@ -266,6 +272,7 @@ class ElementwiseKernel:
                 strides_of = f"_strides + {k_array * ndim}"
                 offsets[-1] = (f"_o{k}", strides_of)
                 k_array += 1
+        lines.append("  struct { ptrdiff_t n; ptrdiff_t size() const { return n; } } _ind = {_size};")
         if self.loop_prep:
             lines.append(f"  {self.loop_prep};")
         lines.append("  for (ptrdiff_t i = 0; i < _size; ++i) {")
