@@ -38,6 +38,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         "compiled for the host CPU by g++)"
     )
 
+
 ALL_DEVICES = ["cpu", "strict", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 

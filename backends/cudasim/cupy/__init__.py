@@ -5,15 +5,19 @@ Loaded as ``cupy`` only when ``GRADCORE_SIMULATE_CUDA`` is set (see the package 
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
-
-import builtins
-
 from cupy import _core, cuda, fft, linalg, random  # noqa: F401
 from cupy._core import Ufunc, ndarray, run
-from cupy._kernel import ElementwiseKernel, RawKernel, RawModule, ReductionKernel, fuse
+from cupy._kernel import (  # noqa: F401 - the namespace
+    ElementwiseKernel,
+    RawKernel,
+    RawModule,
+    ReductionKernel,
+    fuse,
+)
 
 __version__ = "14.2.0+gradcore.cudasim"
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 from gradcore.backends import cudasim
 
 PY_SCALARS = (bool, int, float, complex)
@@ -236,7 +235,7 @@ def _scatter_value(value: Any, device_id: int) -> Any:
     return value  # host data (numbers, lists, NumPy arrays) is copied to the device
 
 
-class ndarray:  # noqa: N801 - CuPy's name
+class ndarray:
     """A simulated ``cupy.ndarray``: host memory, a device id, CuPy's behaviour."""
 
     __slots__ = ("_array", "_device", "_base", "__weakref__")

@@ -15,7 +15,6 @@ import ctypes
 from typing import Any
 
 import numpy as np
-
 from cupy import _core
 from cupy._core import ndarray
 from gradcore.backends.cudasim import compiler
@@ -151,7 +150,9 @@ class ElementwiseKernel:
         nonraw = [a for a, p in zip(args, self.params) if type(a) is ndarray and not p.raw]
         if size != -1:
             if nonraw:
-                raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
+                raise ValueError(
+                    "Specified 'size' can be used only if all of the ndarray are 'raw'."
+                )
             shape: tuple[int, ...] = (size,)
         else:
             if not nonraw:
@@ -192,7 +193,8 @@ class ElementwiseKernel:
     def _launch(self, in_args, in_types, out_args, shape, type_map) -> None:  # noqa: ANN001
         """Broadcast the arrays to ``shape``, build the host kernel, call it."""
         values, layout = [], []
-        for arg, p, t in zip([*in_args, *out_args], self.params, [*in_types, *[None] * len(out_args)]):
+        types = [*in_types, *[None] * len(out_args)]  # outputs are arrays, never scalars
+        for arg, p, t in zip([*in_args, *out_args], self.params, types):
             if type(arg) is ndarray:
                 host = arg._array if p.raw else np.broadcast_to(arg._array, shape)
                 values.append(host)
@@ -235,64 +237,64 @@ class ElementwiseKernel:
         return function
 
     def _source(self, layout, ndim, type_map) -> str:  # noqa: ANN001
-        """One C++ translation unit: typedefs, the preamble, and the loop over ``i``."""
-        float64 = any(np.dtype(t) == np.float64 for _, t in type_map) or any(
+        """One C++ translation unit: typedefs, the preamble, and the loop over ``i``.
+
+        ``_args`` holds a pointer per parameter; ``_strides`` the byte strides of the non-raw
+        arrays over the loop's ``ndim`` dimensions, then each raw array's shape and strides.
+        """
+        flush = not any(t == np.float64 for _, t in type_map) and not any(
             p.dtype == np.float64 for p in self.params
-        )
-        lines = [f"typedef {_typename(t)} {name};" for name, t in type_map]
-        lines += [self.preamble, 'extern "C" void gradcore_sim_launch(void* const* _args, '
-                  "const ptrdiff_t* _shape, ptrdiff_t _size, const ptrdiff_t* _strides) {"]
-        if not float64:
-            lines.append("  GRADCORE_SIM_FTZ_ON();")
-        refs, offsets, extent = [], [], 0
-        n_arrays = sum(1 for kind in layout if kind[0] == "array")
-        k_array = 0
+        )  # -ftz=true flushes float32 only: a kernel with float64 runs without
+        head = [f"typedef {_typename(t)} {name};" for name, t in type_map]
+        head += [
+            self.preamble,
+            'extern "C" void gradcore_sim_launch(void* const* _args, const ptrdiff_t* _shape,',
+            "                                    ptrdiff_t _size, const ptrdiff_t* _strides) {",
+            "  GRADCORE_SIM_FTZ_ON();" if flush else "",
+            "  struct { ptrdiff_t n; ptrdiff_t size() const { return n; } } _ind = {_size};",
+        ]
+        offsets, refs = [], []
+        extent = ndim * sum(1 for kind in layout if kind[0] == "array")
         for k, (p, kind) in enumerate(zip(self.params, layout)):
-            const = "const " if p.is_const else ""
-            if kind[0] == "scalar":
-                lines.append(f"  {p.ctype} {p.name}; memcpy(&{p.name}, _args[{k}], sizeof({p.name}));")
+            if kind[0] == "scalar":  # by value, as CuPy passes scalars
+                c = p.name
+                head.append(f"  {p.ctype} {c}; memcpy(&{c}, _args[{k}], sizeof {c});")
             elif kind[0] == "raw":
-                n = kind[1]
-                base = ndim * n_arrays + extent
-                lines.append(f"  CArray<{p.ctype}, {n}> {p.name}; {p.name}.data_ = (char*)_args[{k}];")
-                lines.append(f"  {p.name}.size_ = 1;")
+                n, c = kind[1], p.name
+                head.append(f"  CArray<{p.ctype}, {n}> {c}; {c}.data_ = (char*)_args[{k}];")
+                head.append(f"  {c}.size_ = 1;")
                 for d in range(n):
-                    lines.append(
-                        f"  {p.name}.shape_[{d}] = _strides[{base + d}]; "
-                        f"{p.name}.strides_[{d}] = _strides[{base + n + d}]; "
-                        f"{p.name}.size_ *= {p.name}.shape_[{d}];"
+                    head.append(
+                        f"  {c}.shape_[{d}] = _strides[{extent + d}]; {c}.size_ *= {c}.shape_[{d}];"
+                        f" {c}.strides_[{d}] = _strides[{extent + n + d}];"
                     )
                 extent += 2 * n
             else:
-                offsets.append(f"_o{k}")
-                refs.append(
-                    f"    {const}{p.ctype} &{p.name} = *({const}{p.ctype}*)"
-                    f"((char*)_args[{k}] + _o{k});"
-                )
-                strides_of = f"_strides + {k_array * ndim}"
-                offsets[-1] = (f"_o{k}", strides_of)
-                k_array += 1
-        lines.append("  struct { ptrdiff_t n; ptrdiff_t size() const { return n; } } _ind = {_size};")
-        if self.loop_prep:
-            lines.append(f"  {self.loop_prep};")
-        lines.append("  for (ptrdiff_t i = 0; i < _size; ++i) {")
-        for name, _ in offsets:
-            lines.append(f"    ptrdiff_t {name} = 0;")
-        lines.append("    ptrdiff_t _rest = i;")
-        lines.append(f"    for (int _d = {ndim} - 1; _d >= 0; --_d) {{")
-        lines.append("      const ptrdiff_t _c = _rest % _shape[_d]; _rest /= _shape[_d];")
-        for name, strides_of in offsets:
-            lines.append(f"      {name} += _c * ({strides_of})[_d];")
-        lines.append("    }")
-        lines += refs
-        lines.append(self.operation)
-        lines.append(";\n  }")
-        if self.after_loop:
-            lines.append(f"  {self.after_loop};")
-        if not float64:
-            lines.append("  GRADCORE_SIM_FTZ_OFF();")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+                const = "const " if p.is_const else ""
+                offsets.append(f"      _o{k} += _c * _strides[{len(offsets) * ndim} + _d];")
+                refs.append(f"    {const}{p.ctype} &{p.name} = "
+                            f"*({const}{p.ctype}*)((char*)_args[{k}] + _o{k});")  # fmt: skip
+        loop = [
+            f"  {self.loop_prep};" if self.loop_prep else "",
+            "  for (ptrdiff_t i = 0; i < _size; ++i) {",
+            "    "
+            + " ".join(
+                f"ptrdiff_t _o{k} = 0;" for k, kind in enumerate(layout) if kind[0] == "array"
+            ),  # fmt: skip
+            "    ptrdiff_t _rest = i;",
+            f"    for (int _d = {ndim} - 1; _d >= 0; --_d) {{",
+            "      const ptrdiff_t _c = _rest % _shape[_d]; _rest /= _shape[_d];",
+            *offsets,
+            "    }",
+            *refs,
+            self.operation,
+            ";",
+            "  }",
+            f"  {self.after_loop};" if self.after_loop else "",
+            "  GRADCORE_SIM_FTZ_OFF();" if flush else "",
+            "}",
+        ]
+        return "\n".join(head + loop) + "\n"
 
 
 def _not_simulated(feature: str) -> type:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
 from cupy import _core
 
-__all__ = [
+NAMES = [
     "fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "rfftn",
     "irfftn", "hfft", "ihfft", "fftfreq", "rfftfreq", "fftshift", "ifftshift",
 ]  # fmt: skip
@@ -22,5 +21,6 @@ def _function(name: str):  # noqa: ANN202
     return function
 
 
+__all__ = list(NAMES)
 for _name in __all__:
     globals()[_name] = _function(_name)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
 from cupy import _core
 
-__all__ = [
+NAMES = [
     "cholesky", "det", "eigh", "eigvalsh", "inv", "lstsq", "matrix_power", "matrix_rank",
     "norm", "pinv", "qr", "slogdet", "solve", "svd", "tensorinv", "tensorsolve", "outer",
     "tensordot", "vecdot", "matmul", "diagonal", "trace", "cross", "matrix_norm", "vector_norm",
@@ -24,8 +23,6 @@ def _function(name: str):  # noqa: ANN202
     return function
 
 
-for _name in list(__all__):
-    if hasattr(np.linalg, _name):
-        globals()[_name] = _function(_name)
-    else:
-        __all__.remove(_name)
+__all__ = [name for name in NAMES if hasattr(np.linalg, name)]
+for _name in __all__:
+    globals()[_name] = _function(_name)

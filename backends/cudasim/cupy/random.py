@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from cupy import _core
 from cupy.cuda import curand
 

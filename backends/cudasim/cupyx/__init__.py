@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Iterator
 
 from cupy._core import DeviceSynchronized
-
 from gradcore.backends import cudasim
 
 __all__ = ["DeviceSynchronized", "allow_synchronize"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from cupy import _core
 from cupy.cuda import nccl
 
@@ -81,4 +80,4 @@ class NCCLBackend:
         self._mpi.Barrier()
 
     def __getattr__(self, name: str) -> Any:
-        raise NotImplementedError(f"NCCLBackend.{name} is not simulated by gradcore.backends.cudasim")
+        raise NotImplementedError(f"NCCLBackend.{name} is not simulated")

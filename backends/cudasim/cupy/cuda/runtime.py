@@ -11,31 +11,31 @@ is_hip = False
 CUDA_VERSION = 12080
 
 
-def runtimeGetVersion() -> int:  # noqa: N802 - CUDA's names
+def runtimeGetVersion() -> int:
     return CUDA_VERSION
 
 
-def driverGetVersion() -> int:  # noqa: N802
+def driverGetVersion() -> int:
     return CUDA_VERSION
 
 
-def getDeviceCount() -> int:  # noqa: N802
+def getDeviceCount() -> int:
     return _core.device_count()
 
 
-def getDevice() -> int:  # noqa: N802
+def getDevice() -> int:
     return _core.current_id()
 
 
-def setDevice(device: int) -> None:  # noqa: N802
+def setDevice(device: int) -> None:
     _core.set_current(device)
 
 
-def deviceSynchronize() -> None:  # noqa: N802
+def deviceSynchronize() -> None:
     _core.host_read("deviceSynchronize")
 
 
-def getDeviceProperties(device: int) -> dict[str, Any]:  # noqa: N802
+def getDeviceProperties(device: int) -> dict[str, Any]:
     _core.check_id(device)
     return {
         "name": b"gradcore simulated CUDA device (host CPU; no GPU code runs)",
@@ -46,5 +46,5 @@ def getDeviceProperties(device: int) -> dict[str, Any]:  # noqa: N802
     }
 
 
-def memGetInfo() -> tuple[int, int]:  # noqa: N802
+def memGetInfo() -> tuple[int, int]:
     raise NotImplementedError("device memory limits are not simulated (runtime.memGetInfo)")
