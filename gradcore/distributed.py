@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcore.backend import backend_for_device
+from gradcore.backends.cupy_backend import import_cupy
 from gradcore.pytree import tree_leaves
 
 __all__ = [
@@ -103,8 +103,7 @@ def init(device: str = "cpu") -> str:
                 f"{device!r}: one GPU per rank"
             )
         return f"cuda:{world.gpu}"
-    backend_for_device("cuda")  # the probe: CuPy (or the simulated device) answers, or says why
-    cupy = importlib.import_module("cupy")
+    cupy = import_cupy(device)  # CuPy, or the simulated device standing in for it
     if device == "cuda":
         node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)
         local, ranks, gpus = node.Get_rank(), node.Get_size(), cupy.cuda.runtime.getDeviceCount()
