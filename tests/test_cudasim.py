@@ -120,6 +120,14 @@ def test_cuda_math_semantics(cp):
     np.testing.assert_array_equal(wide, [300.0])
 
 
+def test_ufuncs_flush_float32_subnormals_as_cupys_kernels_do(cp):
+    """CuPy's ufuncs are kernels compiled with -ftz=true too: float32 only."""
+    subnormal = np.float32(1e-39)
+    np.testing.assert_array_equal((cp.asarray([subnormal]) * 1.0).get(), [0.0])
+    np.testing.assert_array_equal(cp.add(cp.asarray([subnormal]), 0.0).get(), [0.0])
+    assert (cp.asarray([subnormal], "float64") * 1.0).get()[0] == np.float64(subnormal)
+
+
 def test_kernels_are_built_once_per_types_and_layout(cp):
     from gradcore.backends.cudasim import compiler
 

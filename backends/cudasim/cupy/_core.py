@@ -480,11 +480,12 @@ def _basic(index: Any) -> bool:
 ndarray.__module__ = "cupy"
 
 
-def _method(name: str, host_read_as: str | None = None) -> Callable:
+def _method(name: str) -> Callable:
+    def call(a: np.ndarray, *rest: Any, **kw: Any) -> Any:
+        return getattr(a, name)(*rest, **kw)
+
     def method(self: ndarray, *args: Any, **kwargs: Any) -> Any:
-        if host_read_as is not None:
-            host_read(host_read_as)
-        return run(lambda a, *rest, **kw: getattr(a, name)(*rest, **kw), (self, *args), kwargs)
+        return run(call, (self, *args), kwargs)
 
     method.__name__ = name
     return method
@@ -525,6 +526,22 @@ MATH = {
 }  # fmt: skip
 FLOATS = (np.dtype("float16"), np.dtype("float32"), np.dtype("float64"))
 _math_kernels: dict[str, Any] = {}
+
+
+TINY32 = np.finfo(np.float32).tiny
+
+
+def flush_subnormals(x: Any, in_place: bool = False) -> Any:
+    """float32 subnormals as zeros of their sign: CuPy compiles every kernel, its ufuncs'
+    included, with ``-ftz=true``, which flushes float32 inputs and results (not float64)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        return x
+    subnormal = (np.abs(x) < TINY32) & (x != 0)
+    if not subnormal.any():
+        return x
+    flushed = x if in_place else x.copy()
+    flushed[subnormal] = np.copysign(np.float32(0), x[subnormal])
+    return flushed
 
 
 def _float_array(x: Any) -> bool:
@@ -579,7 +596,7 @@ class Ufunc:
                 raise ValueError("Cannot specify 'out' as both a positional and keyword argument")
             outs = out if isinstance(out, tuple) else (out,)
         device_id = current_id()
-        inputs = [operand(x, device_id) for x in args[: self.nin]]
+        inputs = [flush_subnormals(operand(x, device_id)) for x in args[: self.nin]]
         host_outs = []
         for o in outs:
             if o is None:
@@ -598,6 +615,8 @@ class Ufunc:
             options["out"] = tuple(host_outs) + (None,) * (self.nout - len(host_outs))
         with np.errstate(all="ignore"):
             result = self._ufunc(*inputs, **options)
+        for array in result if self.nout > 1 else (result,):
+            flush_subnormals(array, in_place=True)
         if self.nout == 1:
             return outs[0] if host_outs and outs[0] is not None else wrap(result, device_id)
         return tuple(
