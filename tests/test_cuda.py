@@ -204,3 +204,20 @@ def test_numbered_devices_name_the_gpu_and_share_the_current_one(gpu):
         assert zeros.device.id == other  # not the current GPU
         with pytest.raises(gc.DeviceError, match=f"'cuda' and 'cuda:{other}'"):
             gc.add(x, y)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="known defect: ops run on the current GPU, not on their arrays' GPU (CuPy refuses "
+    "arrays of another GPU without peer access, and reads them over the bus with it); "
+    "the fix is an op entering its arrays' device (as Chainer's functions do)",
+)
+def test_ops_on_a_gpu_that_is_not_the_current_one_run_on_that_gpu(gpu):
+    count = gpu.cupy.cuda.runtime.getDeviceCount()
+    if count < 2:
+        pytest.skip("needs a second GPU (GRADCORE_SIMULATE_CUDA=2 simulates two)")
+    other = next(i for i in range(count) if i != gpu.cupy.cuda.runtime.getDevice())
+    x = gc.array([[1.0, 2.0], [3.0, 4.0]], device=f"cuda:{other}")
+    y = gc.grad(lambda w: gc.sum(gc.sigmoid(w @ w) * w))(x)
+    assert gc.device_of(y) == f"cuda:{other}" and y.device.id == other
