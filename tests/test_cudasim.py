@@ -227,6 +227,8 @@ def test_random_state_is_seeded_and_checks_its_generator(cp):
 
 
 def test_unmodelled_features_say_so(cp):
+    with pytest.raises(NotImplementedError, match=r"cupy.ndarray.byteswap is not simulated"):
+        cp.arange(3).byteswap()
     with pytest.raises(NotImplementedError, match="cupy.RawKernel is not simulated"):
         cp.RawKernel("", "k")
     with pytest.raises(NotImplementedError, match="cupy.fuse is not simulated"):

@@ -467,6 +467,12 @@ class ndarray:
             return NotImplemented
         return ours(*args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        """A NumPy attribute this stand-in lacks is a feature it does not model: said so."""
+        if not name.startswith("__") and hasattr(np.ndarray, name):
+            raise NotImplementedError(f"cupy.ndarray.{name} is not simulated")
+        raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("DLPack export of a simulated cupy.ndarray is not simulated")
 

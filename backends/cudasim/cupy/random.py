@@ -73,6 +73,8 @@ class RandomState:
         raise NotImplementedError("RandomState.permutation of an array is not simulated")
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for these
+            raise AttributeError(name)
         raise NotImplementedError(f"cupy.random.RandomState.{name} is not simulated")
 
 

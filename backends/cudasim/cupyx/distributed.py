@@ -80,4 +80,6 @@ class NCCLBackend:
         self._mpi.Barrier()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for these
+            raise AttributeError(name)
         raise NotImplementedError(f"NCCLBackend.{name} is not simulated")
