@@ -118,6 +118,9 @@ def test_cuda_math_semantics(cp):
     np.testing.assert_array_equal(square_over(cp.asarray([2049.0], "float16")).get(), [2048.0])
     wide = square_over(cp.asarray([300.0], "float16")).get()  # 90000 overflows float16, not float
     np.testing.assert_array_equal(wide, [300.0])
+    # CuPy's float16 has its own copysign (a float16, so max picks float16's overload)
+    signed = cp.ElementwiseKernel("T x", "T y", "y = max(copysign((T)2, x), x)", "signed_two")
+    np.testing.assert_array_equal(signed(cp.asarray([-3.0, 5.0], "float16")).get(), [-2.0, 5.0])
 
 
 def test_ufuncs_flush_float32_subnormals_as_cupys_kernels_do(cp):

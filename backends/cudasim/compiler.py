@@ -103,6 +103,9 @@ inline int isnan(float16 x) { return isnan(float(x)); }
 inline int isinf(float16 x) { return isinf(float(x)); }
 inline int isfinite(float16 x) { return isfinite(float(x)); }
 inline int signbit(float16 x) { return signbit(float(x)); }
+inline int iszero(float16 x) { return float(x) == 0.0f; }
+inline float16 copysign(float16 x, float16 y) { return float16(copysignf(float(x), float(y))); }
+float16 nextafter(float16 x, float16 y) = delete;  // CuPy steps in float16: not modelled
 
 // CuPy's CArray, for raw parameters: x[i] indexes the array in C order, x[idx] by position
 template <typename T, int N> struct CArray {
