@@ -65,13 +65,18 @@ def _function(name: str, views: bool = False, reads: bool = False) -> Any:
     def function(*args: Any, **kwargs: Any) -> Any:
         if reads:
             _core.host_read(name)  # the result's size depends on the values
-        return run(numpy_function, args, kwargs, views=views)
+        result = run(numpy_function, args, kwargs, views=views)
+        if name in BOOLEANS:  # CuPy answers on the device: reading it is a host read
+            return _core.make(np.asarray(result), _core.current_id())
+        return result
 
     function.__name__ = function.__qualname__ = name
     function.__doc__ = f"numpy.{name} on the current (simulated) device."
     return function
 
 
+# NumPy returns a Python bool, CuPy a 0-d array
+BOOLEANS = ("allclose", "array_equal", "array_equiv")
 # functions that run kernels: every array must be on the current device
 FUNCTIONS = (
     "all", "allclose", "amax", "amin", "any", "append", "argmax", "argmin", "argsort",
@@ -250,9 +255,10 @@ def is_available() -> Any:
     return cuda.is_available()
 
 
+# the namespace: what ``from cupy import *`` gives (array-api-compat's CuPy namespace does that)
+_TABLES = {"BOOLEANS", "FUNCTIONS", "METADATA", "READS", "UFUNCS", "VIEWS"}
 __all__ = sorted(
     name
-    for name, value in globals().items()
-    if not name.startswith("_") and name not in ("annotations", "Any", "np", "UFUNCS", "builtins",
-                                                 "FUNCTIONS", "VIEWS", "READS", "METADATA")
-)  # fmt: skip
+    for name in globals()
+    if not name.startswith("_") and name not in {"annotations", "Any", "np", "builtins", *_TABLES}
+)
