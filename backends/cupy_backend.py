@@ -152,6 +152,10 @@ class CupyBackend:
         self.xp = gpu_namespace(cupy, compat, self.gpu)
         self.array_types = (cupy.ndarray,)
 
+    def numbered_devices(self) -> list[str]:
+        """"cuda:0" to "cuda:N-1": every GPU this process sees (``gc.available_devices``)."""
+        return [f"cuda:{i}" for i in range(self.cupy.cuda.runtime.getDeviceCount())]
+
     @property
     def description(self) -> str:
         """What ``gradcore info`` prints: the GPU's own name (a simulated one says so)."""

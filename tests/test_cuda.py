@@ -189,6 +189,13 @@ def test_clip_sign_and_a_bce_step_never_wait_for_the_gpu(gpu):
     np.testing.assert_array_equal(gpu.to_numpy(gc.ops.sign(nan)), [np.nan, 0.0, 1.0])
 
 
+def test_available_devices_lists_cuda_and_each_gpu(gpu):
+    count = gpu.cupy.cuda.runtime.getDeviceCount()
+    devices = gc.available_devices()
+    assert devices[:2] == ["cpu", "cuda"]
+    assert [d for d in devices if d.startswith("cuda:")] == [f"cuda:{i}" for i in range(count)]
+
+
 def test_numbered_devices_name_the_gpu_and_share_the_current_one(gpu):
     count = gpu.cupy.cuda.runtime.getDeviceCount()
     current = gpu.cupy.cuda.runtime.getDevice()
