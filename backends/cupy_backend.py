@@ -153,7 +153,7 @@ class CupyBackend:
         self.array_types = (cupy.ndarray,)
 
     def numbered_devices(self) -> list[str]:
-        """"cuda:0" to "cuda:N-1": every GPU this process sees (``gc.available_devices``)."""
+        """ "cuda:0" to "cuda:N-1": every GPU this process sees (``gc.available_devices``)."""
         return [f"cuda:{i}" for i in range(self.cupy.cuda.runtime.getDeviceCount())]
 
     @property
