@@ -73,7 +73,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("cuda") is not None:
         reason = cuda_unavailable_reason()
         if reason is not None:
-            pytest.skip(f"no GPU answers: {reason}")
+            pytest.skip(
+                f"no GPU answers: {reason} ({cudasim.ENV}=1 runs the cuda tests on the "
+                "simulated device)"
+            )
 
 
 @pytest.fixture(params=ALL_DEVICES)
