@@ -9,6 +9,9 @@ real GPU they skip, since they test the stand-in, not CuPy.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import SIMULATED_GPUS, run_gradcore
@@ -278,3 +281,23 @@ def test_gradcore_info_says_the_device_is_simulated():
     assert done.returncode == 0, done.stderr
     assert "device cuda: available" in done.stdout
     assert "simulated CUDA device" in done.stdout and "no GPU code runs" in done.stdout
+
+
+BUILD = """
+import cupy
+kernel = cupy.ElementwiseKernel("T x", "T y", "y = x * (T)3", "triple")
+print(kernel(cupy.arange(3.0)).get().tolist())
+"""
+
+
+@pytest.mark.slow
+def test_a_kernel_compiled_once_is_loaded_from_the_per_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADCORE_CUDASIM_CACHE", str(tmp_path))
+    script = f"from gradcore.backends import cudasim; cudasim.install()\n{BUILD}"
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.strip() == "[0.0, 3.0, 6.0]", first.stderr
+    built = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.so")}
+    assert len(built) == 1
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.stdout == first.stdout
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.so")} == built
