@@ -264,8 +264,8 @@ def info() -> None:
     print(f"gradcore {gc.__version__} on Python {platform.python_version()}")
     for device in gc.backend.registered_devices():
         try:
-            gc.backend.backend_for_device(device)
-            print(f"device {device}: available")
+            about = getattr(gc.backend.backend_for_device(device), "description", None)
+            print(f"device {device}: available" + (f" ({about})" if about else ""))
         except gc.DeviceError as error:
             print(f"device {device}: unavailable ({error})")
     for package in ("numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x"):
