@@ -30,6 +30,7 @@ __all__ = [
     "MISSING",
     "DataFileError",
     "Dataset",
+    "existing_file",
     "HeaderlessWarning",
     "read_dataset",
     "read_features",
@@ -75,7 +76,7 @@ def read_dataset(
     """
     if task not in (None, "classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-    path = _existing(path)
+    path = existing_file(path)
     if path.suffix.lower() == ".npz":
         X, y, features, target = _read_npz(path, target or "y")
         column = f"array {target!r}"
@@ -123,7 +124,7 @@ def read_features(
     columns, such as the target, are ignored); without names, all its columns are taken in
     order. An ``.npz`` gives its ``X``. Either way there must be ``n_features`` columns.
     """
-    path = _existing(path)
+    path = existing_file(path)
     if path.suffix.lower() == ".npz":
         X = _read_npz(path, None)[0]
     else:
@@ -149,7 +150,8 @@ def read_features(
 # CSV
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a file with something in it; else the error that says why."""
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no such file")

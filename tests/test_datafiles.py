@@ -151,7 +151,7 @@ def test_the_command_line_prints_the_error_in_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == (
-        f"gradcore: error: {path}, row 2 (line 3), column 'b': 'x4' is not a number\n"
+        f"gradcore train: error: {path}, row 2 (line 3), column 'b': 'x4' is not a number\n"
     )
 
 
