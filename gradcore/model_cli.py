@@ -187,7 +187,6 @@ def train_file(args: argparse.Namespace) -> None:
         args.overwrite,
     )
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
 
     from gradcore.estimators import MLPClassifier, MLPRegressor, resolve_device
 
@@ -199,13 +198,15 @@ def train_file(args: argparse.Namespace) -> None:
     split = TEST_FRACTION if args.test_split is None else args.test_split
     X_train, y_train, X_test, y_test = data.X, data.y, None, None
     if split:
-        X_train, X_test, y_train, y_test = train_test_split(
-            data.X,
-            data.y,
-            test_size=split,
-            random_state=SPLIT_SEED,
-            stratify=data.y if classify else None,
+        fix = "give --test-split 0 to train on all rows"
+        X_train, X_test, y_train, y_test = _split(args.data, data, split, "test", fix)
+    validation = None
+    if args.patience is not None:
+        rows = datafiles.Dataset(X_train, y_train, data.features, data.target, data.task)
+        X_fit, X_val, y_fit, y_val = _split(
+            args.data, rows, VALIDATION_FRACTION, "validation", "drop --patience"
         )
+        validation = (X_val, y_val)
     epochs = EPOCHS if args.epochs is None else args.epochs
     estimator = (MLPClassifier if classify else MLPRegressor)(
         hidden_layer_sizes=args.hidden,
@@ -229,7 +230,10 @@ def train_file(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # running all epochs is the plan
-        history = fit(estimator, X_train, y_train, epochs, args.patience)
+        if validation is None:
+            history = fit(estimator, X_train, y_train, epochs)
+        else:
+            history = fit(estimator, X_fit, y_fit, epochs, args.patience, validation)
     seconds = time.perf_counter() - started
     final = f"{history.loss[-1]:.4f}" if history.loss else "n/a"
     print(f"trained {len(history.loss)} epochs in {seconds:.2f} s; final training loss {final}")
@@ -258,21 +262,23 @@ def train_file(args: argparse.Namespace) -> None:
         print(f"model saved to {args.save}")
 
 
-def fit(estimator: Any, X: np.ndarray, y: np.ndarray, epochs: int, patience: int | None) -> History:
-    """Train ``estimator`` for ``epochs``; with ``patience``, hold out a validation split and
-    stop once its loss has not improved for ``patience`` epochs, keeping the best epoch's
+def fit(
+    estimator: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    patience: int | None = None,
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> History:
+    """Train ``estimator`` for ``epochs``; with ``patience``, stop once the loss on
+    ``validation_data`` has not improved for ``patience`` epochs and keep the best epoch's
     weights (Keras's EarlyStopping on ``val_loss``). A validation score that reaches its best
     early (accuracy 1.0 on a small split) therefore never stops an underfit model."""
-    if patience is None:
+    if patience is None or validation_data is None:
         estimator.fit(X, y)
         return History(loss=list(estimator.loss_curve_))
-    from sklearn.model_selection import train_test_split
-
+    X_val, y_val = validation_data
     classify = hasattr(estimator, "predict_proba")
-    X, X_val, y, y_val = train_test_split(
-        X, y, test_size=VALIDATION_FRACTION, random_state=SPLIT_SEED,
-        stratify=y if classify else None,
-    )  # fmt: skip
     history = History(metrics={"val_accuracy" if classify else "val_r2": []})
     score = history.metrics[next(iter(history.metrics))]
     extra = {"classes": np.unique(y)} if classify else {}
@@ -292,6 +298,30 @@ def fit(estimator: Any, X: np.ndarray, y: np.ndarray, epochs: int, patience: int
         estimator.coefs_, estimator.intercepts_ = best
     history.loss = list(estimator.loss_curve_)
     return history
+
+
+def _split(
+    path: str, data: datafiles.Dataset, fraction: float, what: str, fix: str
+) -> list[np.ndarray]:
+    """``train_test_split`` of ``data`` (stratified for classes), or an error naming the file
+    when it has too few rows for that."""
+    from sklearn.model_selection import train_test_split
+
+    classify = data.task == "classification"
+    try:
+        return train_test_split(
+            data.X,
+            data.y,
+            test_size=fraction,
+            random_state=SPLIT_SEED,
+            stratify=data.y if classify else None,
+        )
+    except ValueError:
+        each = " with every class on both sides" if classify else ""
+        raise datafiles.DataFileError(
+            f"{path}: {len(data.y)} rows are too few to hold out {fraction:g} of them for "
+            f"{what}{each}; add rows, or {fix}"
+        ) from None
 
 
 def _validation_loss(estimator: Any, X: np.ndarray, y: np.ndarray) -> float:

@@ -9,10 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 import pytest
 from conftest import run_gradcore
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import gradcore as gc
 
@@ -389,3 +393,86 @@ def test_delimiters_and_a_file_without_header_on_the_command_line(here, capsys):
     )
     status, out, err = gradcore(capsys, "predict", "m.npz", "bare.csv")
     assert status == 0 and len(out.splitlines()) == 81 and "gradcore predict: note:" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed files, generated: every run trains, or stops with one line that names the file
+
+
+BAD_CELLS = ["", "NA", "?", "x", "1,5", '"', "nan", "inf", "1e999", " ", "\x00", "é", "1_0"]
+
+
+@st.composite
+def malformed_csv(draw: st.DrawFn) -> bytes:
+    """A small good table (a, b, label) with a few defects drawn into it: bad cells, ragged
+    rows, a missing header, another delimiter or encoding; or an empty or binary file."""
+    kind = draw(st.sampled_from(["table"] * 4 + ["empty", "binary"]))
+    if kind == "empty":
+        return draw(st.sampled_from([b"", b"\n\n", b"a,b,label\n", b"\xef\xbb\xbf"]))
+    if kind == "binary":
+        return draw(st.binary(max_size=200))
+    number = st.floats(-1e3, 1e3, allow_nan=False, width=32).map(repr)
+    rows = [["a", "b", "label"]] + [
+        [draw(number), draw(number), str(i % 2)]
+        for i in range(draw(st.sampled_from([0, 1, 2, 3, 12, 12, 12, 20])))
+    ]
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3]))):
+        i = draw(st.integers(0, len(rows) - 1))
+        defect = draw(st.sampled_from(["cell", "cell", "short", "long", "text"]))
+        j = draw(st.integers(0, len(rows[i])))  # len: the end of the row
+        if defect == "short":
+            rows[i] = rows[i][:-1]
+        elif defect == "long" or j == len(rows[i]):
+            rows[i] = [*rows[i], draw(number)]
+        else:
+            bad = st.sampled_from(BAD_CELLS) if defect == "cell" else st.text(max_size=4)
+            rows[i][j] = draw(bad)
+    if draw(st.integers(0, 3)) == 0:
+        rows = rows[1:]  # no header
+    delimiter = draw(st.sampled_from([",", ",", ",", ";", "\t", "|"]))
+    text = "\n".join(delimiter.join(row) for row in rows) + "\n"
+    encoding = draw(st.sampled_from(["utf-8"] * 4 + ["utf-8-sig", "utf-16", "latin-1"]))
+    return text.encode(encoding, errors="replace")
+
+
+@pytest.fixture(scope="module")
+def model_ab(tmp_path_factory) -> str:
+    """A saved classifier of columns a and b, to predict the generated files with."""
+    from gradcore.estimators import MLPClassifier
+
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    model = MLPClassifier((4,), max_iter=1).fit(X, X[:, 0] > 0)
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    return str(model.save(path, metadata={"features": ["a", "b"], "target": "label"}))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(content=malformed_csv(), predict=st.booleans())
+def test_malformed_files_train_or_stop_with_one_line_naming_the_file(
+    content, predict, capsys, model_ab
+):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "data.csv")
+        with open(path, "wb") as file:
+            file.write(content)
+        if predict:
+            args = ["predict", model_ab, path]
+        else:
+            args = ["train", "--data", path, "--epochs", "1", "--no-progress"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn's, on tiny data
+            status, out, err = gradcore(capsys, *args)
+        event(f"{args[0]}: exit {status}")  # --hypothesis-show-statistics: how many trained
+        if status != 0:
+            lines = [line for line in err.splitlines() if ": note: " not in line]
+            assert len(lines) == 1 and path in lines[0], err
+            assert lines[0].startswith(f"gradcore {args[0]}: error: ")
+        else:
+            assert "trained" in out or predict
+        with open(path, "rb") as file:
+            assert file.read() == content
+        assert os.listdir(folder) == ["data.csv"]
