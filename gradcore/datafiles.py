@@ -21,7 +21,6 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -77,7 +76,7 @@ def read_dataset(
     if task not in (None, "classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     path = existing_file(path)
-    if path.suffix.lower() == ".npz":
+    if _suffix(path) == ".npz":
         X, y, features, target = _read_npz(path, target or "y")
         column = f"array {target!r}"
         task = task or ("regression" if y.dtype.kind == "f" else "classification")
@@ -125,7 +124,7 @@ def read_features(
     order. An ``.npz`` gives its ``X``. Either way there must be ``n_features`` columns.
     """
     path = existing_file(path)
-    if path.suffix.lower() == ".npz":
+    if _suffix(path) == ".npz":
         X = _read_npz(path, None)[0]
     else:
         layout = _layout(path, delimiter)
@@ -150,18 +149,23 @@ def read_features(
 # CSV
 
 
-def existing_file(path: str | os.PathLike) -> Path:
-    """``path`` as a Path if it is a file with something in it; else the error that says why."""
-    path = Path(path)
-    if not path.exists():
+def existing_file(path: str | os.PathLike) -> str:
+    """``path`` as the user typed it (errors name it so) if it is a file with something in
+    it; else the error that says why."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
         raise DataFileError(f"{path}: no such file")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise DataFileError(f"{path}: a directory, not a data file")
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise DataFileError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    if os.path.getsize(path) == 0:
         raise DataFileError(f"{path}: the file is empty")
     return path
+
+
+def _suffix(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
 
 
 @dataclass
@@ -173,7 +177,7 @@ class _Layout:
     delimiter: str
     detected: bool  # the delimiter was detected, not given
 
-    def one_column(self, path: Path) -> DataFileError:
+    def one_column(self, path: str) -> DataFileError:
         """The error for a file that parses into one column, saying which delimiter was tried."""
         if self.detected:
             tried = "tried comma, semicolon and tab"
@@ -184,14 +188,14 @@ class _Layout:
         return DataFileError(f"{path}: every row parses into one column ({tried}); {fix}")
 
 
-def _layout(path: Path, delimiter: str | None) -> _Layout:
+def _layout(path: str, delimiter: str | None) -> _Layout:
     """The header (the first non-blank row) and the delimiter: ``delimiter``, or of comma,
     semicolon and tab the one that splits the header into the most fields."""
-    with path.open("rb") as file:
+    with open(path, "rb") as file:
         if b"\0" in file.read(_SNIFF_BYTES):
             raise DataFileError(f"{path}: a binary file, not a CSV text file")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
+        with open(path, newline="", encoding="utf-8-sig") as file:
             lines = enumerate(file)
             skip, first = next(((i, line) for i, line in lines if line.strip()), (0, ""))
     except UnicodeDecodeError as error:
@@ -201,7 +205,7 @@ def _layout(path: Path, delimiter: str | None) -> _Layout:
     candidates = [delimiter] if delimiter else list(DELIMITERS)
     split = {d: _fields(first, d) for d in candidates}
     chosen = max(candidates, key=lambda d: len(split[d]))  # max keeps the first of equals
-    if delimiter is None and len(split[chosen]) == 1 and path.suffix.lower() == ".tsv":
+    if delimiter is None and len(split[chosen]) == 1 and _suffix(path) == ".tsv":
         chosen = "\t"
     fields = split[chosen]
     if all(_is_number(field) for field in fields):
@@ -235,7 +239,7 @@ def _is_number(text: str) -> bool:
 
 
 def _read_csv(
-    path: Path, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
 ) -> tuple[np.ndarray, dict[str, list[str]]]:
     """The ``numeric`` columns as float64 (rows, len(numeric)) and the ``text`` columns as
     stripped strings; other columns are not looked at. A missing value, a non-number in a
@@ -247,7 +251,7 @@ def _read_csv(
 
 
 def _read_csv_fast(
-    path: Path, layout: _Layout, numeric: list[str], text: Sequence[str]
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str]
 ) -> tuple[np.ndarray, dict[str, list[str]]] | None:
     """NumPy's C reader, in one pass: numbers as float64 fields, other columns as Python
     strings. None where it refuses the file or a value is missing: the slow reader says where."""
@@ -285,7 +289,7 @@ def _read_csv_fast(
 
 
 def _read_csv_slow(
-    path: Path, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
 ) -> tuple[np.ndarray, dict[str, list[str]]]:
     """The csv module, cell by cell: slow, but it knows the line of every row."""
     header, rows = layout.header, []
@@ -332,7 +336,7 @@ def _read_csv_slow(
     return X, texts
 
 
-def _number(path: Path, row: int, line: int, column: str, text: str) -> float:
+def _number(path: str, row: int, line: int, column: str, text: str) -> float:
     where = f"{path}, row {row} (line {line}), column {column!r}"
     if text.lower() in MISSING:
         raise DataFileError(f"{where}: missing value")
@@ -369,7 +373,7 @@ def _target(texts: list[str], task: str | None) -> tuple[np.ndarray, str] | None
 
 
 def _read_npz(
-    path: Path, target: str | None
+    path: str, target: str | None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """``X`` as float64, the ``target`` array (None: not wanted), feature names, target name."""
     try:

@@ -476,3 +476,12 @@ def test_malformed_files_train_or_stop_with_one_line_naming_the_file(
         with open(path, "rb") as file:
             assert file.read() == content
         assert os.listdir(folder) == ["data.csv"]
+
+
+def test_data_errors_name_the_path_as_typed(here, capsys):
+    (here / "bad.csv").write_text("a,b,label\n1,2,0\n3,x4,1\n")
+    message = refused(capsys, "train", "--data", "./bad.csv", *FAST)
+    assert (
+        message
+        == "gradcore train: error: ./bad.csv, row 2 (line 3), column 'b': 'x4' is not a number"
+    )
