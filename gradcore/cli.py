@@ -169,7 +169,10 @@ def _parser() -> argparse.ArgumentParser:
         help="default: classification for integer or text targets, regression for decimals",
     )
     files.add_argument(
-        "--test-split", type=_fraction, metavar="FRACTION", help="held-out rows (default: 0.2)"
+        "--test-split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="the fraction of rows held out for the test score (default: 0.2)",
     )
     files.add_argument(
         "--standardize",
