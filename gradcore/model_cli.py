@@ -325,12 +325,13 @@ def _split(
 
 
 def _validation_loss(estimator: Any, X: np.ndarray, y: np.ndarray) -> float:
-    """The training loss on held-out rows: cross-entropy for classes, mean squared error."""
+    """The training loss (scikit-learn's) on held-out rows: cross-entropy for classes, half
+    the mean squared error for regression."""
     if hasattr(estimator, "predict_proba"):
         from sklearn.metrics import log_loss
 
         return float(log_loss(y, estimator.predict_proba(X), labels=estimator.classes_))
-    return float(np.mean((estimator.predict(X).reshape(np.shape(y)) - y) ** 2))
+    return 0.5 * float(np.mean((estimator.predict(X).reshape(np.shape(y)) - y) ** 2))
 
 
 @contextmanager

@@ -485,3 +485,29 @@ def test_data_errors_name_the_path_as_typed(here, capsys):
         message
         == "gradcore train: error: ./bad.csv, row 2 (line 3), column 'b': 'x4' is not a number"
     )
+
+
+def test_a_model_with_nan_weights_never_predicts(here, capsys):
+    assert gradcore(capsys, "train", "--data", "data.csv", "--save", "m.npz", *FAST)[0] == 0
+    with np.load(here / "m.npz") as saved:
+        arrays = dict(saved)
+    arrays["coef/0"][0, 0] = np.nan  # what a diverged run would have saved
+    np.savez(here / "nan.npz", **arrays)
+    status, out, err = gradcore(capsys, "predict", "nan.npz", "data.csv", "--output", "p.csv")
+    assert status == 1 and out == "" and not (here / "p.csv").exists()
+    assert err.startswith("gradcore predict: error: nan.npz: coef/0 holds 1 NaN or infinite")
+    assert len(err.splitlines()) == 1
+
+
+def test_patience_on_a_regression_keeps_the_epoch_of_the_lowest_validation_loss(here, capsys):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(150, 2))
+    rows = "".join(f"{a:.3f},{b:.3f},{a - 2 * b + 0.1 * rng.normal():.3f}\n" for a, b in X)
+    (here / "reg.csv").write_text("a,b,y\n" + rows)
+    flags = ["--epochs", "15", "--patience", "3", "--history", "h.csv", "--no-progress"]
+    status, out, err = gradcore(capsys, "train", "--data", "reg.csv", "--lr", "0.01", *flags)
+    assert status == 0, err
+    header = (here / "h.csv").read_text().splitlines()[0]
+    assert header == "epoch,loss,val_loss,val_r2"
+    val_loss = np.loadtxt(here / "h.csv", delimiter=",", skiprows=1, ndmin=2)[:, 2]
+    assert f"kept epoch {int(np.argmin(val_loss)) + 1} (validation loss" in out
