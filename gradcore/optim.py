@@ -98,7 +98,7 @@ def sgd_update(
 
     The scalars must be Python floats: a NumPy float64 scalar would promote float32 arrays.
     With ``grad_is_scratch`` the gradient's memory may be reused (``gc.jit`` says so when
-    nothing else reads it), which saves a temporary the size of the parameter.
+    nothing else reads it, ``SGD`` when it holds a copy), and then the CPU allocates nothing.
     """
     backend = backend_of(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
@@ -119,7 +119,7 @@ def sgd_update(
     velocity -= step
     if nesterov:  # Keras form: p += momentum * v_new - lr * (g + wd * p)
         param -= step
-        param += velocity * momentum
+        param += _ufuncs(backend).multiply(velocity, momentum, out=step)  # step is ours
     else:
         param += velocity
 
@@ -219,8 +219,7 @@ class Optimizer:
     """
 
     _name = "Optimizer"
-    _l2_in_gradient = True  # weight decay as g + wd theta before ``_apply`` (not AdamW, SGD)
-    _scratch_needed = True  # whether ``_apply`` computes in a scratch array
+    _l2_in_gradient = True  # weight decay as g + wd theta before ``_apply`` (not in AdamW)
 
     def __init__(
         self,
@@ -395,14 +394,6 @@ class Optimizer:
     def _scratch_views(self, params: Any) -> list[tuple[Any, Any]]:
         """Two scratch arrays per parameter (for ``_apply``, and for a changed gradient), views
         of two flat buffers per device and dtype as large as the largest parameter there."""
-        changes_grad = (
-            self.clipnorm
-            or self.clipvalue
-            or self.global_clipnorm
-            or (self.weight_decay and self._l2_in_gradient)
-        )
-        if not (self._scratch_needed or changes_grad):
-            return [(None, None)] * len(params)
         sizes: dict[tuple, int] = {}
         for param in params:
             key = (device_of(param), str(param.dtype))
@@ -455,13 +446,11 @@ class SGD(Optimizer):
 
     with ``momentum`` alpha and ``weight_decay`` lambda; Nesterov momentum is Keras's form,
     ``theta <- theta + alpha v - epsilon_k (g + lambda theta)`` with the new v. The arithmetic
-    is ``sgd_update`` (one fused kernel per parameter on CUDA), which applies the weight decay
-    itself.
+    is ``sgd_update`` (one fused kernel per parameter on CUDA), computing in the gradient's
+    memory or in a copy of it.
     """
 
     _name = "SGD"
-    _l2_in_gradient = False
-    _scratch_needed = False
 
     def __init__(
         self,
@@ -485,9 +474,14 @@ class SGD(Optimizer):
         return {"velocity": 0.0}
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
+        if not writable:
+            work[...] = grad
+            grad = work
         velocity = self._state["velocity"][i]
-        sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay,
-                   grad_is_scratch=writable)  # fmt: skip
+        # weight_decay 0: it is in the gradient already
+        sgd_update(
+            param, grad, velocity, lr, self.momentum, self.nesterov, 0.0, grad_is_scratch=True
+        )
 
 
 def _check_decay_rate(owner: str, name: str, value: Any) -> float:
