@@ -34,6 +34,7 @@ SUITES = {
     "train": "bench.train_time",
     "checkpoint": "bench.checkpoint_cost",
     "scaling": "bench.scaling",  # launches its own mpiexec jobs
+    "optimizers": "bench.optimizers",
 }
 
 

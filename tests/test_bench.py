@@ -46,6 +46,7 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "train",
         "checkpoint",
         "scaling",
+        "optimizers",
     ]
     for suite in suites.values():
         assert suite["rows"] or suite["notes"], suite["suite"]
