@@ -1,23 +1,33 @@
-"""CUDA code generation for ``gc.jit``: each fused group of elementwise steps becomes one kernel.
+"""CUDA code generation for ``gc.jit``: each run of elementwise steps becomes one kernel.
 
-``gradcore.jit.fusion_groups`` picks runs of consecutive elementwise steps; here each run is
-written as one ``cupy.ElementwiseKernel`` body, one line per step (``T v12 = (v9 * in0);``),
-so the intermediate values live in registers instead of in arrays. The source is a plain
-string, made without CuPy (the test suite compiles it with nvcc for float and double); the
-kernel object is built once per distinct source, when a program is built, and CuPy compiles
-it once per dtype and caches the binary.
+The CuPy backend's ``fuse`` (the ``gradcore.backend.Fuser`` protocol) calls ``fuse`` here:
+``fusion_groups`` picks runs of consecutive elementwise steps of a recorded program, and each
+run is written as one ``cupy.ElementwiseKernel`` body, a few lines per step
+(``const T v12 = (v9 * in0);``), so the intermediate values live in registers instead of in
+arrays. Each step's line is its op's ``formula`` (``gradcore.formulas``) written out by
+``cuda_c``, the same writer as the fused kernels'. The source is a plain string, made without
+CuPy (the test suite compiles it with nvcc for float and double); the kernel object is built
+once per distinct source, when a program is built, and CuPy compiles it once per dtype and
+caches the binary.
 """
 
 from __future__ import annotations
 
 import hashlib
-import operator
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-__all__ = ["FusedKernel", "fuse", "generate"]
+from gradcore.backends import cuda_c
+
+from gradcore.backend import Fused
+
+__all__ = ["FUSED_DTYPES", "FusedKernel", "fuse", "fusion_groups", "generate"]
+
+# What a fused kernel is generated for.
+FUSED_DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,52 @@ class FusedKernel:
         )
 
 
+def fusion_groups(program: Any) -> list[list[int]]:
+    """Runs of two or more consecutive steps that one elementwise kernel can compute.
+
+    A step joins the run when its op has a ``formula``, its result has the run's shape and
+    dtype, and every array it reads has that dtype and broadcasts to that shape (Python
+    numbers are written into the kernel as literals). Anything else ends the run: a
+    reduction, a matmul, an in-place update, a change of shape.
+    """
+    groups: list[list[int]] = []
+    run: list[int] = []
+    shape = dtype = None
+    for index, step in enumerate(program.steps):
+        spec = program.specs[step.out]
+        fits = (
+            getattr(step.primitive, "formula", None) is not None
+            and spec is not None
+            and spec[1] in FUSED_DTYPES
+            and (not run or spec == (shape, dtype))
+            and all(_operand_fits(program, slot, spec) for slot in step.args)
+        )
+        if not fits:
+            if len(run) > 1:
+                groups.append(run)
+            run = []
+            continue
+        if not run:
+            shape, dtype = spec
+        run.append(index)
+    if len(run) > 1:
+        groups.append(run)
+    return groups
+
+
+def _operand_fits(program: Any, slot: int, spec: tuple) -> bool:
+    operand = program.specs[slot]
+    if operand is None:  # a Python number, inlined as a literal
+        value = program.template[slot]
+        return type(value) in (int, float) and math.isfinite(value)
+    shape, dtype = operand
+    return (
+        dtype == spec[1]
+        and len(shape) <= len(spec[0])
+        and all(n in (1, m) for n, m in zip(reversed(shape), reversed(spec[0])))
+    )
+
+
 def generate(program: Any, group: list[int]) -> tuple[FusedKernel, list[int], list[int]]:
     """The kernel for one group of ``program``'s steps, its input slots and its output slots.
 
@@ -83,7 +139,8 @@ def generate(program: Any, group: list[int]) -> tuple[FusedKernel, list[int], li
                     inputs.append(slot)
                 operands.append(f"in{inputs.index(slot)}")
         names[step.out] = f"v{step.out}"
-        lines.append(f"const T v{step.out} = {step.expression.format(*operands)};")
+        shared, expression = cuda_c.emit(step.primitive.formula, operands, f"v{step.out}_")
+        lines += [*shared, f"const T v{step.out} = {expression};"]
     outputs = [s.out for s in steps if s.out in later or s.out in program.outputs]
     lines += [f"out{k} = v{slot};" for k, slot in enumerate(outputs)]
     body = "\n".join(lines)
@@ -99,31 +156,16 @@ def _elementwise_kernel(kernel: FusedKernel) -> Any:
     return cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.body, kernel.name)
 
 
-def fuse(program: Any, build: Callable[[FusedKernel], Any] | None = None) -> list[Any]:
-    """``program.steps`` with each fused group replaced by one kernel call.
+def fuse(program: Any, build: Callable[[FusedKernel], Any] | None = None) -> list[Fused] | None:
+    """One kernel per fused group of ``program``'s steps; None where there is none.
 
-    A kernel with several outputs returns a tuple: it goes into a new slot, and one step per
-    output takes its item out. ``build`` makes the callable kernel (CuPy's, by default; the
-    tests pass an interpreter of the source, to run fused programs without a GPU).
+    A kernel with several outputs returns a tuple of them. ``build`` makes the callable kernel
+    (CuPy's, by default; the tests pass an interpreter of the source, to run fused programs
+    without a GPU).
     """
-    from gradcore.jit import Step
-
-    first = {group[0]: group for group in program.groups}
-    skipped = {index for group in program.groups for index in group}
-    steps = []
-    for index, step in enumerate(program.steps):
-        if index in first:
-            kernel, inputs, outputs = generate(program, first[index])
-            call = (build or _elementwise_kernel)(kernel)
-            if len(outputs) == 1:
-                steps.append(Step(kernel.name, call, tuple(inputs), {}, outputs[0]))
-                continue
-            both = program._new_slot(None, None)
-            steps.append(Step(kernel.name, call, tuple(inputs), {}, both))
-            steps += [
-                Step("item", operator.itemgetter(k), (both,), {}, slot)
-                for k, slot in enumerate(outputs)
-            ]
-        elif index not in skipped:
-            steps.append(step)
-    return steps
+    fused = []
+    for group in fusion_groups(program):
+        kernel, inputs, outputs = generate(program, group)
+        call = (build or _elementwise_kernel)(kernel)
+        fused.append(Fused(kernel.name, call, tuple(group), tuple(inputs), tuple(outputs)))
+    return fused or None

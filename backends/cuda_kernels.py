@@ -3,7 +3,9 @@
 Each kernel is an element-wise body in CuPy's ``ElementwiseKernel`` form: ``T`` is the array
 dtype (CuPy's ``float16``, ``float``, ``double``), inputs are read-only values, outputs are
 references written in place, and scalars arrive by value. Arithmetic on CuPy's ``float16``
-yields ``float``, so every value stored into a ``T`` is cast back explicitly.
+yields ``float``, so every value stored into a ``T`` is cast back explicitly. The sigmoid's
+bodies are not written here: ``cuda_c`` writes them from the op's formula
+(``gradcore.formulas``), the one every device evaluates.
 
 The launch functions are what the ops register for the "cuda" device ("module:function"
 strings): each takes native CuPy arrays, and its ``dtypes`` attribute names the dtypes it
@@ -14,9 +16,14 @@ Launches run on the GPU that holds the arrays, whichever GPU is current.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+
+from gradcore.backends import cuda_c
+
+from gradcore import formulas
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -39,18 +46,19 @@ class Kernel:
         return ", ".join(f"T {name}" for name in self.outputs)
 
 
-# e = exp(-|x|) never overflows, and the lower tail e / (1 + e) keeps its digits (the tanh form
-# loses them below x = -4 and is exactly 0 below -17 in float32).
+def formula_body(formula: Callable[..., Any], inputs: tuple[str, ...], output: str) -> str:
+    """A kernel body that stores ``formula`` (from ``gradcore.formulas``) of ``inputs`` into
+    ``output``, as the CUDA C that ``cuda_c`` writes for it."""
+    lines, result = cuda_c.emit(formula, list(inputs), "t")
+    return " ".join([*lines, f"{output} = (T){result};"])
+
+
 SIGMOID = Kernel(
     name="gradcore_sigmoid",
     inputs=("x",),
     scalars=(),
     outputs=("y",),
-    body=(
-        "const T e = (T)exp(-fabs(x)); "
-        "const T r = (T)((T)1 / ((T)1 + e)); "
-        "y = x >= (T)0 ? r : (T)(e * r);"
-    ),
+    body=formula_body(formulas.sigmoid, ("x",), "y"),
 )
 
 # The backward pass needs only the forward output y, not x.
@@ -59,7 +67,7 @@ SIGMOID_GRAD = Kernel(
     inputs=("y", "g"),
     scalars=(),
     outputs=("gx",),
-    body="gx = (T)(g * y * ((T)1 - y));",
+    body=formula_body(formulas.sigmoid_grad, ("y", "g"), "gx"),
 )
 
 # SGD with momentum and weight decay, in place on p and v; Nesterov in the Keras form. An if

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from gradcore.backends import cuda_fusion
 
 from gradcore.backend import DeviceError, backend_for_device
 
@@ -141,6 +142,8 @@ class CupyRng:
 
 class CupyBackend:
     """One GPU. ``device`` is "cuda" for the GPU that was current at load time, else "cuda:N"."""
+
+    fuse = staticmethod(cuda_fusion.fuse)  # gradcore.backend.Fuser: gc.jit's elementwise chains
 
     def __init__(self, cupy: Any, compat: ModuleType, gpu_id: int, device: str) -> None:
         self.cupy = cupy

@@ -1,9 +1,10 @@
 """Fused kernels for the "cpu" device, registered by the ops that own them (``gradcore.ops``).
 
 They are written for memory traffic: NumPy evaluates one operation per pass, so a four-step
-formula over a large array reads and writes it four times. Here each formula runs over
-cache-sized chunks, in place in the output, so the array crosses main memory once; large arrays
-are split between the cores, since NumPy releases the GIL inside its loops.
+formula over a large array reads and writes it four times. Here each formula (the op's own, from
+``gradcore.formulas``, evaluated with NumPy) runs over cache-sized chunks written into the
+output, so the array crosses main memory once; large arrays are split between the cores, since
+NumPy releases the GIL inside its loops.
 """
 
 from __future__ import annotations
@@ -11,30 +12,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-# Elements per chunk: three float32 chunks (inputs and output) stay inside a 512 KiB L2 cache.
-CHUNK = 32_768
+from gradcore import formulas
+
+# Elements per chunk: a formula's temporaries of a chunk stay inside a 512 KiB L2 cache, and
+# below the size from which malloc maps fresh pages for each (128 KiB), which costs more than the
+# arithmetic.
+CHUNK = 8192
 # Below this many elements one thread is as fast: a hand-off to another thread costs tens of us.
 PARALLEL_MIN = 1 << 19
 
 
 @cache
 def _pool() -> tuple[ThreadPoolExecutor | None, int]:
-    """Helpers for every usable core but the caller's, started on first need (not at import).
-
-    They run only these kernels, whose one possible overflow is the sigmoid's harmless one, so
-    they ignore overflow for good (NumPy's error state is per thread).
-    """
+    """Helpers for every usable core but the caller's, started on first need (not at import)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     if cores == 1:
         return None, 1
-    quiet = partial(np.seterr, over="ignore")
-    return ThreadPoolExecutor(cores - 1, "gradcore", initializer=quiet), cores
+    return ThreadPoolExecutor(cores - 1, "gradcore"), cores
 
 
 def _parallel(kernel: Callable[..., None], out: np.ndarray, *inputs: np.ndarray) -> None:
@@ -62,39 +62,29 @@ def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
 
 
 def _sigmoid_kernel(out: np.ndarray, x: np.ndarray) -> None:
-    # 1 / (1 + exp(-x)), 25% faster than the tanh form here since NumPy's exp beats its tanh,
-    # and accurate to a few ulp even deep in the lower tail. For x below -88 (float32), exp(-x)
-    # rounds to inf and 1 / inf is exactly 0: a harmless overflow, silenced by the callers.
-    for o, xc in _chunks(out, x):
-        np.negative(xc, out=o)
-        np.exp(o, out=o)
-        o += 1.0
-        np.divide(1.0, o, out=o)
+    for o, xc in _chunks(out, x):  # each chunk's temporaries stay in cache
+        np.copyto(o, formulas.sigmoid(np, xc))
 
 
-def _sigmoid_grad_kernel(out: np.ndarray, y: np.ndarray, g: np.ndarray, aliased: bool) -> None:
-    # (1 - y) y g, in that order whichever array ``out`` is: the product is the same bits.
+def _sigmoid_grad_kernel(out: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
     for o, yc, gc in _chunks(out, y, g):
-        slope = np.subtract(1.0, yc, out=None if aliased else o)  # a chunk: stays in cache
-        slope *= yc
-        np.multiply(slope, gc, out=o)
+        np.copyto(o, formulas.sigmoid_grad(np, yc, gc))
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``1 / (1 + e^-x)``, chunked and in place in the output (which may be ``x`` itself)."""
+    """``1 / (1 + e^-x)``, chunked, into the output (which may be ``x`` itself)."""
     if out is None:
         out = np.empty(x.shape, np.result_type(x, 0.5))
-    with np.errstate(over="ignore"):
-        if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
-            _sigmoid_kernel(out, x)
-        elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
-            _parallel(_sigmoid_kernel, out.reshape(-1), np.asarray(x, order="C").reshape(-1))
-        else:
-            out[...] = sigmoid(x)
+    if x.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
+        _sigmoid_kernel(out, x)
+    elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
+        _parallel(_sigmoid_kernel, out.reshape(-1), np.asarray(x, order="C").reshape(-1))
+    else:
+        out[...] = sigmoid(x)
     return out
 
 
-# float16's exp overflows at 11, where its sigmoid still has digits: the op's generic form then.
+# float16 takes the op's generic form (the same formula, unchunked): rare on the CPU.
 sigmoid.dtypes = ("float32", "float64")
 sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
 
@@ -102,20 +92,13 @@ sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
 def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
     may be either of them."""
-    if out is g and y.size <= CHUNK:  # gc.jit's case: the slope first, then g times it
-        slope = np.subtract(1.0, y)
-        slope *= y
-        g *= slope
-        return g
     if out is None:
         out = np.empty(y.shape, y.dtype)
-    aliased = np.may_share_memory(out, y) or np.may_share_memory(out, g)
     if y.size <= CHUNK:
-        _sigmoid_grad_kernel(out, y, g, aliased)
+        _sigmoid_grad_kernel(out, y, g)
     elif out.flags.c_contiguous:
         y, g = np.asarray(y, order="C"), np.asarray(g, order="C")
-        kernel = partial(_sigmoid_grad_kernel, aliased=aliased)
-        _parallel(kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
+        _parallel(_sigmoid_grad_kernel, out.reshape(-1), y.reshape(-1), g.reshape(-1))
     else:
         out[...] = sigmoid_grad(y, g)
     return out

@@ -4,19 +4,23 @@ A backend is a small object that owns one device. The tracing core talks to arra
 ``backend.xp`` (an Array API namespace) and the few extras the standard lacks, so the same
 autodiff code runs on NumPy, CuPy or the test-only array-api-strict backend. A backend is array
 plumbing only: fused kernels belong to the op or optimizer that owns them (``KernelTable``).
-This module never imports an array library: backends and kernels are loaded by module name on
-first use.
+One optional extra: a backend that generates code for its device may fuse ``gc.jit``'s chains
+of elementwise steps (``Fuser``); the jit asks it and gets back kernels, or nothing. This module
+never imports an array library: backends and kernels are loaded by module name on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "Backend",
     "DeviceError",
+    "Fused",
+    "Fuser",
     "KernelTable",
     "backend_for_device",
     "backend_of",
@@ -69,6 +73,35 @@ class Backend(Protocol):
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One kernel a ``Fuser`` made of consecutive steps of a ``gc.jit`` program.
+
+    ``fun(*values of inputs)`` computes the values of ``outputs`` (a tuple of them when there
+    are several); the jit replaces the steps at indices ``steps`` by that one call.
+    """
+
+    name: str
+    fun: Callable
+    steps: tuple[int, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+class Fuser(Protocol):
+    """What a backend offers, besides ``Backend``, if it can fuse elementwise steps.
+
+    ``fuse`` reads a recorded ``gradcore.jit.Program``: ``program.steps`` (each with
+    ``primitive``, whose ``formula`` an elementwise op has, its argument ``slots`` ``args``
+    and result slot ``out``), ``program.specs`` (a slot's (shape, dtype name), None for a
+    Python value), ``program.template`` (a slot's constant value) and ``program.outputs``.
+    It returns the kernels that replace runs of those steps, or None to fuse nothing. A
+    backend without ``fuse`` fuses nothing.
+    """
+
+    def fuse(self, program: Any) -> list[Fused] | None: ...
 
 
 # device name -> zero-argument loader that returns the backend or raises DeviceError

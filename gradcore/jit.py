@@ -24,7 +24,6 @@ function and globals read by it are not detectable: they are fixed at their reco
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import operator
 import struct
@@ -32,7 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gradcore.backend import PY_SCALARS, backend_of
+from gradcore.backend import PY_SCALARS, Fused, backend_of
 from gradcore.pytree import tree_flatten, tree_unflatten
 from gradcore.tracer import Box, Node, new_trace, primitive, recordings
 
@@ -353,13 +352,11 @@ FOLDED_SIZE_LIMIT = 1 << 16
 class Step:
     """One call of the program, as recorded (``Program._compile`` lowers it to a tuple)."""
 
-    __slots__ = ("name", "fun", "args", "kwargs", "out", "expression", "in_place", "primitive",
-                 "over", "scratch")  # fmt: skip
+    __slots__ = ("name", "fun", "args", "kwargs", "out", "in_place", "primitive", "over",
+                 "scratch")  # fmt: skip
 
-    def __init__(self, name, fun, args, kwargs, out, expression=None, in_place=False,
-                 primitive=None) -> None:  # fmt: skip
+    def __init__(self, name, fun, args, kwargs, out, in_place=False, primitive=None) -> None:
         self.name, self.fun, self.args, self.kwargs, self.out = name, fun, args, kwargs, out
-        self.expression = expression  # CUDA C of an elementwise op, in {0}, {1}...; or None
         self.in_place = in_place  # an update_in_place call: writes into its arguments
         self.primitive = primitive  # the op it calls (None for a fused kernel)
         self.over = None  # the argument slot whose memory the result is written over, if any
@@ -415,9 +412,8 @@ class Program:
                 fn_name = getattr(node.args[0], "__qualname__", repr(node.args[0]))
                 step = Step(fn_name, prim.fun, args, node.kwargs, slot_of[node], in_place=True)
             else:
-                expression = getattr(prim, "cuda_expression", None)
                 step = Step(prim.name, _lowered(node), args, node.kwargs, slot_of[node],
-                            expression, primitive=prim)  # fmt: skip
+                            primitive=prim)  # fmt: skip
             self.steps.append(step)
         if any(callable(leaf) for leaf in out_leaves):
             raise RecordingError(
@@ -430,8 +426,12 @@ class Program:
         self.recorded_steps = len(self.steps)
         self._fold_constants(recorded)
         self._drop_unread()
-        self.device = backend_of(inputs[0].ans).device if inputs else None
-        if not str(self.device).startswith("cuda"):  # CUDA writes numbers into fused kernels
+        backend = backend_of(inputs[0].ans) if inputs else None
+        self.device = backend.device if backend else None
+        # A backend that fuses elementwise steps (``gradcore.backend.Fuser``) writes Python
+        # numbers into its kernels: they stay numbers there.
+        fuse = getattr(backend, "fuse", None)
+        if fuse is None:
             self._type_numbers(recorded)
         # Outputs that are constants of the program (the zero gradient of an unused argument):
         # each call returns its own copy, as an eager call would, so writing into one is safe.
@@ -441,11 +441,32 @@ class Program:
             if slot in self.constants and self.specs[slot] is not None
         )
         self.out_treedef = out_treedef
-        self.groups = fusion_groups(self) if str(self.device).startswith("cuda") else []
-        steps = self.steps
-        if self.groups:
-            steps = importlib.import_module("gradcore.backends.cuda_fusion").fuse(self)
-        self._compile(steps, recorded)
+        self.groups: list[tuple[int, ...]] = []  # the indices of the steps each kernel replaces
+        self._compile(self.fused_steps(fuse(self) if fuse else None), recorded)
+
+    def fused_steps(self, fused: list[Fused] | None) -> list[Step]:
+        """``steps`` with the steps of each fused kernel replaced by one call of it (its
+        ``groups`` recorded for ``describe``). A kernel with several outputs returns a tuple:
+        it goes into a new slot, and one step per output takes its item out."""
+        self.groups = [kernel.steps for kernel in fused or ()]
+        first = {kernel.steps[0]: kernel for kernel in fused or ()}
+        skipped = {index for group in self.groups for index in group}
+        steps = []
+        for index, step in enumerate(self.steps):
+            kernel = first.get(index)
+            if kernel is None:
+                if index not in skipped:
+                    steps.append(step)
+            elif len(kernel.outputs) == 1:
+                steps.append(Step(kernel.name, kernel.fun, kernel.inputs, {}, kernel.outputs[0]))
+            else:
+                both = self._new_slot(None, None)
+                steps.append(Step(kernel.name, kernel.fun, kernel.inputs, {}, both))
+                steps += [
+                    Step("item", operator.itemgetter(k), (both,), {}, slot)
+                    for k, slot in enumerate(kernel.outputs)
+                ]
+        return steps
 
     def _new_slot(self, value: Any, spec: tuple | None) -> int:
         self.template.append(value)
@@ -723,57 +744,3 @@ def _spec(value: Any) -> tuple | None:
 
 def _show_spec(spec: tuple | None) -> str:
     return "-" if spec is None else f"{spec[1]}{spec[0]}"
-
-
-# ---------------------------------------------------------------------------------------------
-# CUDA fusion planning: which consecutive elementwise steps become one generated kernel
-
-# Elementwise ops carry their CUDA C as ``op.cuda_expression`` (gradcore/ops.py), in {0},
-# {1}... of element type T; the planner joins runs of them into one kernel.
-FUSED_DTYPES = ("float32", "float64")
-
-
-def fusion_groups(program: Program) -> list[list[int]]:
-    """Runs of two or more consecutive steps that one elementwise kernel can compute.
-
-    A step joins the run when it has a CUDA expression, its result has the run's shape and
-    dtype, and every array it reads has that dtype and broadcasts to that shape (Python
-    numbers are written into the kernel as literals). Anything else ends the run: a
-    reduction, a matmul, an in-place update, a change of shape.
-    """
-    groups: list[list[int]] = []
-    run: list[int] = []
-    shape = dtype = None
-    for index, step in enumerate(program.steps):
-        spec = program.specs[step.out]
-        fits = (
-            step.expression is not None
-            and spec is not None
-            and spec[1] in FUSED_DTYPES
-            and (not run or spec == (shape, dtype))
-            and all(_operand_fits(program, slot, spec) for slot in step.args)
-        )
-        if not fits:
-            if len(run) > 1:
-                groups.append(run)
-            run = []
-            continue
-        if not run:
-            shape, dtype = spec
-        run.append(index)
-    if len(run) > 1:
-        groups.append(run)
-    return groups
-
-
-def _operand_fits(program: Program, slot: int, spec: tuple) -> bool:
-    operand = program.specs[slot]
-    if operand is None:  # a Python number, inlined as a literal
-        value = program.template[slot]
-        return type(value) in (int, float) and math.isfinite(value)
-    shape, dtype = operand
-    return (
-        dtype == spec[1]
-        and len(shape) <= len(spec[0])
-        and all(n in (1, m) for n, m in zip(reversed(shape), reversed(spec[0])))
-    )

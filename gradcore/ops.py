@@ -1,5 +1,5 @@
 """Layer 3: the ops. Each op is one home: its forward, its VJP rules, what backward keeps of it,
-its fused device kernels and, for elementwise ops, its CUDA expression.
+its fused device kernels and, for elementwise ops, its formula.
 
 A forward finds the backend of its arguments and calls ``backend.xp`` (an Array API
 namespace); the ops with kernels (the sigmoid and its derivative, fused; on the CPU also sum,
@@ -15,8 +15,9 @@ the op's output, and ``saves`` says which of the two the rules read, so that bac
 nothing else. Rules are written in gradcore ops, so they are traced like any other code and
 higher derivatives come for free.
 
-``cuda_expression`` is the op as one CUDA C expression over its arguments ``{0}, {1}, ...`` of
-element type ``T``: what a code generator needs to fuse a chain of elementwise ops. ``lower``
+An elementwise op's ``formula`` is the op as a function of a namespace ``m`` and its arguments
+(``lambda m, x, y: x + y``; the longer ones in ``gradcore.formulas``, shared with the kernels):
+what a device's code generator evaluates to fuse a chain of elementwise ops. ``lower``
 and ``into_argument`` tell ``gc.jit`` how a replay may call an op: without its checks, and
 writing over a dead argument.
 """
@@ -29,6 +30,7 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gradcore import formulas
 from gradcore.backend import PY_SCALARS, backend_of, common_backend
 from gradcore.tracer import Box, defvjp, defvjp_argnum, getval, nondifferentiable, primitive
 
@@ -52,8 +54,10 @@ def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, .
     return tuple(sorted(a % rank if rank else a for a in axes))
 
 
-def _elementwise(prim: Callable, cuda: str) -> Callable:
-    prim.cuda_expression = cuda
+def _elementwise(prim: Callable, formula: Callable) -> Callable:
+    """Give ``prim`` its ``formula``: the op as a function of a namespace ``m`` and its
+    arguments (see ``gradcore.formulas``), which device code generators evaluate."""
+    prim.formula = formula
     return prim
 
 
@@ -161,12 +165,12 @@ defvjp(power,
        saves="args")  # fmt: skip
 defvjp(negative, lambda g, ans, x: -g, saves="shapes")
 
-_elementwise(add, "({0} + {1})")
-_elementwise(subtract, "({0} - {1})")
-_elementwise(multiply, "({0} * {1})")
-_elementwise(divide, "({0} / {1})")
-_elementwise(power, "pow({0}, {1})")
-_elementwise(negative, "(-{0})")
+_elementwise(add, lambda m, x, y: x + y)
+_elementwise(subtract, lambda m, x, y: x - y)
+_elementwise(multiply, lambda m, x, y: x * y)
+_elementwise(divide, lambda m, x, y: x / y)
+_elementwise(power, lambda m, x, y: x**y)
+_elementwise(negative, lambda m, x: -x)
 
 
 def _into_argument(name: str, in_place: Callable) -> Callable:
@@ -201,8 +205,8 @@ def _extremum(name: str, python: Callable) -> Callable:
     return primitive(extremum)
 
 
-maximum = _elementwise(_extremum("maximum", builtins.max), "max({0}, {1})")
-minimum = _elementwise(_extremum("minimum", builtins.min), "min({0}, {1})")
+maximum = _elementwise(_extremum("maximum", builtins.max), lambda m, x, y: m.maximum(x, y))
+minimum = _elementwise(_extremum("minimum", builtins.min), lambda m, x, y: m.minimum(x, y))
 
 
 def _share(g, x, ans, y):
@@ -228,7 +232,7 @@ defvjp(minimum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
 # elementwise functions
 
 
-def _unary(name: str, python: Callable, cuda: str) -> Callable:
+def _unary(name: str, python: Callable) -> Callable:
     """An elementwise function of one array, from the backend namespace of the same name."""
 
     def impl(x):
@@ -238,16 +242,16 @@ def _unary(name: str, python: Callable, cuda: str) -> Callable:
 
     impl.__name__ = name
     impl.__doc__ = f"Elementwise {name}."
-    return _elementwise(primitive(impl), cuda)
+    return _elementwise(primitive(impl), lambda m, x: getattr(m, name)(x))
 
 
-exp = _unary("exp", math.exp, "exp({0})")
-log = _unary("log", math.log, "log({0})")
-sin = _unary("sin", math.sin, "sin({0})")
-cos = _unary("cos", math.cos, "cos({0})")
-tanh = _unary("tanh", math.tanh, "tanh({0})")
-sqrt = _unary("sqrt", math.sqrt, "sqrt({0})")
-abs = _unary("abs", lambda x: x if x >= 0 else -x, "abs({0})")  # noqa: A001 - the Array API name
+exp = _unary("exp", math.exp)
+log = _unary("log", math.log)
+sin = _unary("sin", math.sin)
+cos = _unary("cos", math.cos)
+tanh = _unary("tanh", math.tanh)
+sqrt = _unary("sqrt", math.sqrt)
+abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API name
 
 defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
 defvjp(log, lambda g, ans, x: g / x, saves="args")
@@ -275,28 +279,20 @@ def square(x):
 
 
 defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
-_elementwise(square, "({0} * {0})")
-
-
-def _sigmoid_expression(xp: Any, x: Any) -> Any:
-    """``1 / (1 + e^-x)`` as ``e = e^-|x|``: ``1 / (1 + e)`` for x >= 0, ``e / (1 + e)`` below.
-
-    ``e`` never overflows, and the lower tail keeps its digits (``1 - tanh`` loses them).
-    """
-    e = xp.exp(-xp.abs(x))
-    r = 1.0 / (1.0 + e)
-    return xp.where(x >= 0, r, e * r)
+_elementwise(square, lambda m, x: x * x)
 
 
 @primitive
 def sigmoid(x):
-    """Logistic function, one fused kernel where the device has one: exact for every input."""
+    """Logistic function, one fused kernel where the device has one: exact for every input.
+
+    Its formula (``gradcore.formulas.sigmoid``) is every device's: the kernels evaluate it too.
+    """
     if type(x) in PY_SCALARS:
-        e = math.exp(-x if x >= 0 else x)
-        return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+        return formulas.sigmoid(formulas.PYTHON, x)
     backend = backend_of(x)
     kernel = sigmoid.kernels.lookup(backend, x.dtype)
-    return kernel(x) if kernel is not None else _sigmoid_expression(backend.xp, x)
+    return kernel(x) if kernel is not None else formulas.sigmoid(backend.xp, x)
 
 
 def _kernel_for(op: Callable, *args: Any) -> Callable | None:
@@ -335,15 +331,15 @@ def _kernel_into(op: Callable, argnum: int, *args: Any) -> tuple[Callable, tuple
 
 @primitive
 def sigmoid_grad(y, g):
-    """``g * y * (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
+    """``g y (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
     if type(y) in PY_SCALARS and type(g) in PY_SCALARS:
-        return g * y * (1.0 - y)
+        return formulas.sigmoid_grad(formulas.PYTHON, y, g)
     backend = common_backend("sigmoid_grad", y, g)
     if type(g) is type(y) and g.shape == y.shape and g.dtype == y.dtype:
         kernel = sigmoid_grad.kernels.lookup(backend, y.dtype)
         if kernel is not None:
             return kernel(y, g)
-    return g * (y * (1.0 - y))
+    return formulas.sigmoid_grad(backend.xp, y, g)
 
 
 sigmoid.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid")
@@ -359,8 +355,8 @@ sigmoid.lower = _lower_to_kernel(sigmoid)
 sigmoid_grad.lower = lambda y, g: _kernel_for(sigmoid_grad, y, g)
 sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
 sigmoid_grad.into_argument = lambda argnum, y, g: _kernel_into(sigmoid_grad, argnum, y, g)
-_elementwise(sigmoid, "({0} >= 0 ? (T)1 / ((T)1 + exp(-{0})) : exp({0}) / ((T)1 + exp({0})))")
-_elementwise(sigmoid_grad, "({1} * {0} * ((T)1 - {0}))")
+_elementwise(sigmoid, formulas.sigmoid)
+_elementwise(sigmoid_grad, formulas.sigmoid_grad)
 
 
 @primitive
@@ -371,7 +367,7 @@ def relu(x):
 
 
 defvjp(relu, lambda g, ans, x: where(greater(ans, 0.0), g, 0.0), saves="ans")
-_elementwise(relu, "max({0}, (T)0)")
+_elementwise(relu, lambda m, x: m.maximum(x, 0.0))
 
 
 @primitive
@@ -398,7 +394,7 @@ defvjp(where,
        lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
        lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
        saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
-_elementwise(where, "({0} ? {1} : {2})")
+_elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
 
 
 @primitive

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import host, on
 from gradcore.backends import cuda_fusion
+from gradcore.backends.cuda_fusion import fusion_groups
 
 import gradcore as gc
-from gradcore.jit import SMALL, RecordingError, _nothing, fusion_groups, update_in_place
+from gradcore.jit import SMALL, RecordingError, _nothing, update_in_place
 
 
 def _layers(device, sizes=(6, 5, 3), seed=0):
@@ -680,7 +681,8 @@ def test_planner_groups_the_elementwise_chains_of_bce_and_its_backward():
 def _interpret(kernel):
     """Run a generated kernel body with NumPy: checks the source computes the right thing."""
     functions = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-                 "sqrt": np.sqrt, "abs": np.abs, "max": np.maximum, "min": np.minimum}  # fmt: skip
+                 "sqrt": np.sqrt, "fabs": np.abs, "max": np.maximum, "min": np.minimum,
+                 "pow": np.power, "copysign": np.copysign}  # fmt: skip
 
     def call(*inputs):
         scope = dict(functions, **{f"in{k}": np.asarray(v) for k, v in enumerate(inputs)})
@@ -696,11 +698,43 @@ def _interpret(kernel):
 def test_fused_program_computes_what_the_unfused_one_does():
     jitted, program, (p, y) = _bce_program()
     eager = gc.value_and_grad(_bce)(p, y)
-    program.groups = fusion_groups(program)
-    program._compile(cuda_fusion.fuse(program, build=_interpret))
+    program._compile(program.fused_steps(cuda_fusion.fuse(program, build=_interpret)))
     fused = jitted(p, y)
     for got, expected in zip(fused, eager):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert "[fused group 0]" in program.describe()
+
+
+def _sigmoid_layer(w, x):
+    return gc.sum(gc.sigmoid(x * w + 0.5) * 2.0)
+
+
+def test_the_jit_fuses_through_its_backends_fuse_and_only_there(monkeypatch):
+    """The protocol, end to end on the CPU: a backend with ``fuse`` gets each recorded program
+    and its kernels replace the steps; the sigmoid's fused line is its formula, interpreted."""
+    cpu = gc.backend.backend_for_device("cpu")
+    w = gc.array(np.linspace(-40, 40, 7), dtype="float64")
+    x = gc.array(np.linspace(-3, 3, 7), dtype="float64")
+    eager = gc.value_and_grad(_sigmoid_layer)(w, x)
+    plain = gc.jit(gc.value_and_grad(_sigmoid_layer))
+    plain(w, x)
+    assert not next(iter(plain.programs.values())).groups  # NumPy's backend has no fuse
+    asked = []
+
+    def fuse(program):
+        asked.append(program)
+        return cuda_fusion.fuse(program, build=_interpret)
+
+    monkeypatch.setattr(cpu, "fuse", fuse, raising=False)
+    jitted = gc.jit(gc.value_and_grad(_sigmoid_layer))
+    for _ in range(2):  # recorded, then replayed
+        got = jitted(w, x)
+        for a, b in zip(got, eager):
+            np.testing.assert_allclose(a, b, rtol=1e-13)
+    (program,) = jitted.programs.values()
+    assert asked == [program]
+    fused_names = [name for group in program.groups for name in _names(program, group)]
+    assert fused_names[:4] == ["multiply", "add", "sigmoid", "multiply"]
     assert "[fused group 0]" in program.describe()
 
 

@@ -1,7 +1,8 @@
 """The fused kernels, checked on any machine: the CUDA kernels compile through CuPy's own code
 generation and NVRTC (no GPU needed), their bodies compiled as host C++ match the reference
-formulas, and the NumPy versions match them too. (The "cuda" device where it cannot run:
-tests/test_devices.py and tests/test_cuda_probe.py.)
+formulas, and the NumPy versions match them too. The CUDA C that ``cuda_c`` writes for every
+elementwise op's formula (what gc.jit's fused chains are made of) is checked the same two ways.
+(The "cuda" device where it cannot run: tests/test_devices.py and tests/test_cuda_probe.py.)
 """
 
 from __future__ import annotations
@@ -18,12 +19,28 @@ import warnings
 import numpy as np
 import pytest
 from counting_backend import BACKEND
-from gradcore.backends import cuda_kernels, numpy_kernels
+from gradcore.backends import cuda_c, cuda_kernels, numpy_kernels
 
 import gradcore as gc
+from gradcore import formulas
 
 DTYPES = ["float32", "float64"]
 CUDA_DTYPES = ["float16", "float32", "float64"]
+
+# Every elementwise op's formula as a kernel of its own, written as the fused chains are.
+FORMULA_OPS = sorted(
+    name for name in vars(gc.ops) if getattr(getattr(gc.ops, name), "formula", None) is not None
+)
+
+
+def _formula_kernel(name: str) -> cuda_kernels.Kernel:
+    formula = getattr(gc.ops, name).formula
+    inputs = tuple(f"in{k}" for k in range(formula.__code__.co_argcount - 1))
+    body = cuda_kernels.formula_body(formula, inputs, "out0")
+    return cuda_kernels.Kernel(f"formula_{name}", inputs, (), ("out0",), body)
+
+
+FORMULA_KERNELS = {name: _formula_kernel(name) for name in FORMULA_OPS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +152,35 @@ def test_cuda_kernel_compiles_with_nvrtc_as_cupy_builds_it(nvrtc, kernel, dtype,
     assert "-ftz=true" in options and f"arch {ARCH}" in options
 
 
+@pytest.mark.parametrize("dtype", DTYPES)  # what gc.jit fuses
+@pytest.mark.parametrize("name", FORMULA_OPS)
+def test_each_ops_formula_compiles_with_nvrtc_as_cupy_builds_it(nvrtc, name, dtype):
+    cubin, _ = nvrtc(FORMULA_KERNELS[name], dtype, False)
+    assert cubin.startswith(b"\x7fELF")
+
+
+def test_the_sigmoid_kernels_are_written_from_the_ops_formulas():
+    """One formula: the CUDA sigmoid is what ``cuda_c`` writes for ``gradcore.formulas``."""
+    assert gc.ops.sigmoid.formula is formulas.sigmoid
+    assert cuda_kernels.SIGMOID.body == cuda_kernels.formula_body(formulas.sigmoid, ("x",), "y")
+    assert cuda_kernels.SIGMOID.body.startswith("const T t0 = (T)exp((-fabs(x)));")  # e, once
+    grad = cuda_kernels.formula_body(formulas.sigmoid_grad, ("y", "g"), "gx")
+    assert cuda_kernels.SIGMOID_GRAD.body == grad == "gx = (T)(g * (y * (((T)1.0) - y)));"
+
+
+def _square_of_exp_above_one(m, x):
+    e = m.exp(x)
+    return m.where(x > 1, e * e, 2)
+
+
+def test_the_cuda_writer_binds_values_read_twice_and_refuses_foreign_values():
+    lines, result = cuda_c.emit(_square_of_exp_above_one, ["a"], "t")
+    assert lines == ["const T t0 = (T)exp(a);"]  # e, read twice; a, a leaf, is not bound
+    assert result == "((a > ((T)1.0)) ? (T)(t0 * t0) : (T)((T)2.0))"
+    with pytest.raises(TypeError, match="takes values and Python numbers, not 'x'"):
+        cuda_c.emit(lambda m, x: x + "x", ["a"], "t")
+
+
 def test_nvrtc_check_reports_a_broken_body(nvrtc, cupy, monkeypatch):
     broken = cuda_kernels.Kernel("broken", ("x",), (), ("y",), "y = no_such_function(x);")
     with pytest.raises(cupy.cuda.compiler.CompileException, match="no_such_function"):
@@ -223,7 +269,8 @@ def host(tmp_path_factory):
     folder = tmp_path_factory.mktemp("host_kernels")
     source = folder / "kernels.cpp"
     source.write_text(
-        "#include <cmath>\n" + "\n".join(_host_source(k) for k in cuda_kernels.KERNELS)
+        "#include <cmath>\n"
+        + "\n".join(_host_source(k) for k in (*cuda_kernels.KERNELS, *FORMULA_KERNELS.values()))
     )
     command = [GXX, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", "k.so", source.name]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
@@ -269,6 +316,22 @@ def test_cuda_sigmoid_grad_body_matches_formula_on_the_host(host, dtype):
     host(cuda_kernels.SIGMOID_GRAD, dtype, y, g, gx)
     y64, g64 = y.astype(np.float64), g.astype(np.float64)
     np.testing.assert_allclose(gx, g64 * y64 * (1 - y64), rtol=8 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", FORMULA_OPS)
+def test_each_ops_formula_written_as_cuda_computes_the_op_on_the_host(host, name, dtype):
+    """What a fused chain computes for an op, compiled by g++, against the op on NumPy."""
+    kernel = FORMULA_KERNELS[name]
+    args = [np.linspace(0.25, 3.0, 64), np.linspace(-2.0, 2.0, 64), np.linspace(-1.0, 1.0, 64)]
+    if name == "where":  # a condition, as the kernel reads it: a T that is 0 or 1
+        args[0] = (args[0] > 1.0).astype(np.float64)
+    args = [a.astype(dtype) for a in args[: len(kernel.inputs)]]
+    out = np.empty_like(args[0])
+    host(kernel, dtype, *args, out)
+    if name == "where":
+        args[0] = args[0].astype(bool)
+    np.testing.assert_allclose(out, getattr(gc.ops, name)(*args), rtol=4 * np.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

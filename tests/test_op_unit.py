@@ -5,16 +5,20 @@ Python numbers go through every op and ``grad`` without becoming arrays.
 
 from __future__ import annotations
 
+import math
+import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import host, on
+from gradcore.backends import numpy_kernels
 
 import gradcore as gc
-from gradcore import ops
+from gradcore import formulas, ops
 from gradcore.backend import Backend, KernelTable, backend_for_device
 from gradcore.tracer import NotKeptError
 
@@ -159,11 +163,42 @@ def no_fp_warnings():
         yield
 
 
-def test_the_generic_sigmoid_matches_the_cpu_kernel(no_fp_warnings):
-    x = np.concatenate([np.linspace(-30, 30, 601), [-1e4, 1e4, 0.0]]).astype(np.float32)
-    generic = ops._sigmoid_expression(np, x)
-    np.testing.assert_allclose(generic, gc.sigmoid(x), rtol=4 * np.finfo(np.float32).eps,
-                               atol=np.finfo(np.float32).tiny)  # fmt: skip
+@pytest.mark.parametrize("n", [605, 3 * numpy_kernels.CHUNK + 7])
+def test_the_generic_sigmoid_is_the_cpu_kernel_bit_for_bit(no_fp_warnings, n):
+    """One formula: the op's generic path and the NumPy kernel (chunked) evaluate the same."""
+    x = np.linspace(-30, 30, n).astype(np.float32)
+    x[:5] = [-1e4, 1e4, 0.0, -0.0, -100.0]
+    generic = ops.sigmoid.formula(np, x)
+    np.testing.assert_array_equal(generic, gc.sigmoid(x))
+    assert ops.sigmoid.formula is formulas.sigmoid
+    assert generic[0] == 0.0 and generic[1] == 1.0 and generic[2] == generic[3] == 0.5
+    assert 0 < generic[4] < 1e-43  # -100: a subnormal, not 0 (the form 1 / (1 + e^-x) gives 0)
+
+
+def test_the_sigmoid_of_python_numbers_is_the_formula_of_float64():
+    for value in (-800.0, -30.0, -1.5, -0.0, 0.0, 2.0, 40.0, 800.0, math.inf, -math.inf):
+        expected = ops.sigmoid.formula(np, np.array([value]))[0]
+        assert math.isclose(gc.sigmoid(value), expected, rel_tol=1e-15, abs_tol=1e-300)
+    assert math.isnan(gc.sigmoid(math.nan))
+    assert gc.ops.sigmoid_grad(0.25, 2.0) == 2.0 * (0.25 * 0.75)
+
+
+ELEMENTWISE_ARGUMENTS = {  # by arity: where takes a condition, an array and a number
+    1: (np.float64([0.3, 1.7, 2.5]),),
+    2: (np.float64([0.3, -1.7, 2.5]), np.float64([1.5, 0.5, -2.0])),
+    3: (np.array([True, False, True]), np.float64([1.0, 2.0, 3.0]), 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in dir(ops) if hasattr(getattr(ops, n), "formula")))
+def test_an_elementwise_ops_formula_computes_the_op(name):
+    """What the CUDA fusion writes for an op (its formula) is what the op computes."""
+    op = getattr(ops, name)
+    arity = op.formula.__code__.co_argcount - 1
+    args = ELEMENTWISE_ARGUMENTS[arity]
+    if name in ("log", "sqrt", "power"):
+        args = tuple(np.abs(a) for a in args)
+    np.testing.assert_allclose(op.formula(np, *args), op(*args), rtol=1e-15)
 
 
 def test_the_backend_protocol_is_array_plumbing_only():
@@ -281,3 +316,36 @@ def test_float16_sigmoid_keeps_its_small_outputs():
     x = np.array([-12.0, -8.0, 0.0, 8.0], np.float16)
     expected = 1 / (1 + np.exp(-x.astype(np.float64)))
     np.testing.assert_allclose(gc.sigmoid(x), expected, rtol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the import contracts, on the installed layout
+
+
+def _lint_installed_layout(folder: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with pyproject.toml's contracts over gradcore as installed: the folder
+    backends/ as gradcore/backends (at the repository root, import-linter sees no
+    gradcore.backends module, since setuptools maps them from another folder)."""
+    lint = shutil.which("lint-imports")
+    if lint is None:
+        pytest.skip("lint-imports is not on the PATH: pip install -e '.[test]'")
+    config = Path(gc.__file__).parents[1] / "pyproject.toml"
+    command = [lint, "--no-cache", str(config)]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_core_imports_no_cuda_module_and_the_backends_no_tracing(tmp_path):
+    shutil.copytree(Path(gc.__file__).parent, tmp_path / "gradcore")
+    shutil.copytree(Path(numpy_kernels.__file__).parent, tmp_path / "gradcore" / "backends")
+    result = _lint_installed_layout(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # and the check can fail: the cycle that jit.py and cuda_fusion.py once had
+    with open(tmp_path / "gradcore" / "jit.py", "a") as jit:
+        jit.write("\nfrom gradcore.backends import cuda_fusion\n")
+    with open(tmp_path / "gradcore" / "backends" / "cuda_fusion.py", "a") as fusion:
+        fusion.write("\nfrom gradcore.jit import Step\n")
+    result = _lint_installed_layout(tmp_path)
+    assert result.returncode != 0
+    assert "gradcore.jit -> gradcore.backends.cuda_fusion" in result.stdout
+    assert "gradcore.backends.cuda_fusion -> gradcore.jit" in result.stdout
