@@ -84,7 +84,86 @@ SGD_UPDATE = Kernel(
     ),
 )
 
-KERNELS = (SIGMOID, SIGMOID_GRAD, SGD_UPDATE)
+# The adaptive optimizers (gradcore.optim), one launch per parameter, in place on the parameter
+# and its state. The gradient arrives clipped; the weight decay comes as two scalars: ``l2``
+# adds l2 * p to the gradient (PyTorch's weight_decay), ``decay`` multiplies p first (AdamW's
+# decoupled decay, 1 - lr * wd; 1 otherwise). Scalars derived from hyperparameters (1 - beta,
+# the bias corrections) are computed once per step on the host, in double.
+_DECAYED_GRADIENT = "const T gi = (T)(g + l2 * p); "
+
+
+def _adam(amsgrad: bool) -> Kernel:
+    used = "v_max" if amsgrad else "v"
+    return Kernel(
+        name="gradcore_adam_amsgrad_update" if amsgrad else "gradcore_adam_update",
+        inputs=("g",),
+        scalars=(
+            "T step_size",
+            "T bias_correction2_sqrt",
+            "T one_minus_beta_1",
+            "T beta_2",
+            "T one_minus_beta_2",
+            "T epsilon",
+            "T l2",
+            "T decay",
+        ),  # fmt: skip
+        outputs=("p", "m", "v", "v_max") if amsgrad else ("p", "m", "v"),
+        body=(
+            _DECAYED_GRADIENT
+            + "m = (T)(m + one_minus_beta_1 * (gi - m)); "
+            + "v = (T)(beta_2 * v + one_minus_beta_2 * gi * gi); "
+            + ("if (v > v_max) { v_max = v; } " if amsgrad else "")
+            + f"const T denominator = (T)(sqrt({used}) / bias_correction2_sqrt + epsilon); "
+            + "p = (T)(decay * p - step_size * m / denominator);"
+        ),
+    )
+
+
+def _rmsprop(centered: bool, momentum: bool) -> Kernel:
+    variant = "_centered" * centered + "_momentum" * momentum
+    outputs = ("p", "r") + ("m",) * centered + ("b",) * momentum
+    if centered:
+        denominator = "m = (T)(m + one_minus_rho * (gi - m)); " + (
+            "const T d = (T)(sqrt((T)(r - m * m)) + epsilon); "
+        )
+    else:
+        denominator = "const T d = (T)(sqrt(r) + epsilon); "
+    if momentum:
+        update = "b = (T)(momentum * b + gi / d); p = (T)(p - lr * b);"
+    else:
+        update = "p = (T)(p - lr * gi / d);"
+    return Kernel(
+        name=f"gradcore_rmsprop{variant}_update",
+        inputs=("g",),
+        scalars=("T lr", "T rho", "T one_minus_rho", "T momentum", "T epsilon", "T l2"),
+        outputs=outputs,
+        body=(
+            _DECAYED_GRADIENT
+            + "r = (T)(rho * r + one_minus_rho * gi * gi); "
+            + denominator
+            + update
+        ),
+    )
+
+
+ADAM_UPDATES = {amsgrad: _adam(amsgrad) for amsgrad in (False, True)}
+RMSPROP_UPDATES = {(c, m): _rmsprop(c, m) for c in (False, True) for m in (False, True)}
+ADAGRAD_UPDATE = Kernel(
+    name="gradcore_adagrad_update",
+    inputs=("g",),
+    scalars=("T lr", "T epsilon", "T l2"),
+    outputs=("p", "r"),
+    body=_DECAYED_GRADIENT + "r = (T)(r + gi * gi); p = (T)(p - lr * gi / (sqrt(r) + epsilon));",
+)
+
+KERNELS = (
+    SIGMOID,
+    SIGMOID_GRAD,
+    SGD_UPDATE,
+    *ADAM_UPDATES.values(),
+    *RMSPROP_UPDATES.values(),
+    ADAGRAD_UPDATE,
+)
 
 
 @cache
@@ -134,5 +213,45 @@ def sgd_update(
         )
 
 
-for _launch in (sigmoid, sigmoid_grad, sgd_update):
+def adam_update(
+    param: Any, grad: Any, state: list[Any], step_size: float, bias_correction2_sqrt: float,
+    beta_1: float, beta_2: float, epsilon: float, l2: float, decay: float,
+) -> None:  # fmt: skip
+    """Adam's (or AdamW's, with ``decay``) update of one parameter, one launch; ``state`` is
+    its first and second moments, and with amsgrad the maximum of the second."""
+    kernel = ADAM_UPDATES[len(state) == 3]
+    with param.device:
+        elementwise_kernel(kernel)(
+            grad.astype(param.dtype, copy=False), float(step_size), float(bias_correction2_sqrt),
+            1.0 - beta_1, float(beta_2), 1.0 - beta_2, float(epsilon), float(l2), float(decay),
+            param, *state,
+        )  # fmt: skip
+
+
+def rmsprop_update(
+    param: Any, grad: Any, state: list[Any], learning_rate: float, rho: float, momentum: float,
+    epsilon: float, l2: float, centered: bool,
+) -> None:  # fmt: skip
+    """RMSprop's update of one parameter, one launch; ``state`` is its mean square, then the
+    mean gradient (centered) and the velocity (momentum), as the variant keeps them."""
+    kernel = RMSPROP_UPDATES[centered, bool(momentum)]
+    with param.device:
+        elementwise_kernel(kernel)(
+            grad.astype(param.dtype, copy=False), float(learning_rate), float(rho), 1.0 - rho,
+            float(momentum), float(epsilon), float(l2), param, *state,
+        )  # fmt: skip
+
+
+def adagrad_update(
+    param: Any, grad: Any, state: list[Any], learning_rate: float, epsilon: float, l2: float
+) -> None:
+    """Adagrad's update of one parameter, one launch; ``state`` is its accumulator."""
+    with param.device:
+        elementwise_kernel(ADAGRAD_UPDATE)(
+            grad.astype(param.dtype, copy=False), float(learning_rate), float(epsilon),
+            float(l2), param, *state,
+        )  # fmt: skip
+
+
+for _launch in (sigmoid, sigmoid_grad, sgd_update, adam_update, rmsprop_update, adagrad_update):
     _launch.dtypes = FLOAT_DTYPES

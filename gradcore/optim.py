@@ -209,6 +209,9 @@ class Optimizer:
     before ``torch.optim``. An infinite norm turns the step into NaN (inf * 0), which the
     trainer's divergence guard reports, rather than into a silent zero step.
 
+    On a device with a fused update for the parameter's dtype (``_kernels``: CUDA), one launch
+    per parameter does all of ``_apply``, weight decay included; other devices run ``_apply``.
+
     The update count ``iterations`` is a host array that the update increments in place, as
     ``torch.optim`` keeps its ``step`` in a host tensor: ``gc.jit`` calls the update at every
     replay, so the count, the schedule and the bias corrections computed from it advance at
@@ -219,7 +222,8 @@ class Optimizer:
     """
 
     _name = "Optimizer"
-    _l2_in_gradient = True  # weight decay as g + wd theta before ``_apply`` (not in AdamW)
+    _l2_in_gradient = True  # weight decay as g + wd theta (PyTorch's), not decoupled (AdamW)
+    _kernels = KernelTable("optimizer")  # fused updates per device, each taken by ``_launch``
 
     def __init__(
         self,
@@ -273,6 +277,11 @@ class Optimizer:
         """The state arrays of each parameter, by name, with the value each starts at."""
         return {}
 
+    def _launch(self, kernel: Callable, i: int, param: Any, grad: Any, lr: float) -> None:
+        """Update parameter ``i`` with the device's fused ``kernel`` (from ``_kernels``) from
+        its clipped gradient, weight decay included."""
+        raise NotImplementedError
+
     def _apply(
         self, i: int, param: Any, grad: Any, lr: float, f: Any, work: Any, writable: bool
     ) -> None:
@@ -317,19 +326,24 @@ class Optimizer:
         self._iterations += 1
         norms = self._norms(grads)
         for i, (param, grad) in enumerate(zip(params, grads)):
-            f = _ufuncs(backend_of(param))
+            backend = backend_of(param)
+            f = _ufuncs(backend)
             work, copy = self._scratch[i]
             writable = scratch
             if grad.dtype != param.dtype:
-                grad, writable = backend_of(param).xp.astype(grad, param.dtype), True
+                grad, writable = backend.xp.astype(grad, param.dtype), True
             if self.clipvalue is not None:
                 grad = f.clip(grad, -self.clipvalue, self.clipvalue, out=grad if writable else copy)
                 writable = True
             elif norms is not None:  # Keras's g c / max(||g||, c)
                 limit = self.clipnorm or self.global_clipnorm
                 grad = f.multiply(grad, limit, out=grad if writable else copy)
-                grad /= backend_of(param).xp.maximum(norms[i], limit)
+                grad /= backend.xp.maximum(norms[i], limit)
                 writable = True
+            kernel = self._kernels.lookup(backend, param.dtype)
+            if kernel is not None:  # the device's fused update, weight decay included
+                self._launch(kernel, i, param, grad, lr)
+                continue
             if self.weight_decay and self._l2_in_gradient:
                 f.multiply(param, self.weight_decay, out=work)
                 grad = f.add(grad, work, out=grad if writable else copy)
@@ -473,6 +487,12 @@ class SGD(Optimizer):
     def _slots(self) -> dict[str, float]:
         return {"velocity": 0.0}
 
+    _kernels = SGD_KERNELS
+
+    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
+        velocity = self._state["velocity"][i]
+        kernel(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay)
+
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         if not writable:
             work[...] = grad
@@ -539,6 +559,15 @@ class Adam(Optimizer):
         if self.amsgrad:
             slots["max_second_moment"] = 0.0
         return slots
+
+    _kernels = KernelTable("adam_update")
+
+    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
+        t, wd = self.iterations, self.weight_decay
+        l2, decay = (wd, 1.0) if self._l2_in_gradient else (0.0, 1.0 - lr * wd)
+        state = [self._state[slot][i] for slot in self._slots()]
+        kernel(param, grad, state, lr / (1.0 - self.beta_1**t), math.sqrt(1.0 - self.beta_2**t),
+               self.beta_1, self.beta_2, self.epsilon, l2, decay)  # fmt: skip
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         t = self.iterations
@@ -633,6 +662,13 @@ class RMSprop(Optimizer):
             slots["velocity"] = 0.0
         return slots
 
+    _kernels = KernelTable("rmsprop_update")
+
+    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
+        state = [self._state[slot][i] for slot in self._slots()]
+        kernel(param, grad, state, lr, self.rho, self.momentum, self.epsilon, self.weight_decay,
+               self.centered)  # fmt: skip
+
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         r = self._state["mean_square"][i]
         r *= self.rho
@@ -694,6 +730,12 @@ class Adagrad(Optimizer):
     def _slots(self) -> dict[str, float]:
         return {"accumulator": self.initial_accumulator_value}
 
+    _kernels = KernelTable("adagrad_update")
+
+    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
+        accumulator = self._state["accumulator"][i]
+        kernel(param, grad, [accumulator], lr, self.epsilon, self.weight_decay)
+
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         r = self._state["accumulator"][i]
         f.multiply(grad, grad, out=work)
@@ -703,3 +745,8 @@ class Adagrad(Optimizer):
         f.divide(grad, work, out=work)
         work *= -lr
         param += work
+
+
+Adam._kernels.register("cuda", "gradcore.backends.cuda_kernels:adam_update")
+RMSprop._kernels.register("cuda", "gradcore.backends.cuda_kernels:rmsprop_update")
+Adagrad._kernels.register("cuda", "gradcore.backends.cuda_kernels:adagrad_update")

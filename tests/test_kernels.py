@@ -355,6 +355,56 @@ def test_cuda_sgd_update_body_follows_formula_on_the_host(host, dtype, config):
         np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
 
 
+OPTIMIZER_CASES = {  # every fused optimizer kernel, through its launch function
+    "sgd_nesterov": lambda: gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda: gc.optim.Adam(0.01, weight_decay=0.01),
+    "adam_amsgrad_clipnorm": lambda: gc.optim.Adam(0.01, amsgrad=True, clipnorm=0.5),
+    "adamw": lambda: gc.optim.AdamW(0.01, weight_decay=0.1),
+    "rmsprop": lambda: gc.optim.RMSprop(0.01, weight_decay=0.01),
+    "rmsprop_centered": lambda: gc.optim.RMSprop(0.01, centered=True),
+    "rmsprop_momentum": lambda: gc.optim.RMSprop(0.01, momentum=0.9),
+    "rmsprop_centered_momentum": lambda: gc.optim.RMSprop(0.01, centered=True, momentum=0.5),
+    "adagrad": lambda: gc.optim.Adagrad(0.1, weight_decay=0.01, global_clipnorm=1.0),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", OPTIMIZER_CASES)
+def test_fused_optimizer_updates_follow_the_generic_ones_on_the_host(
+    host, monkeypatch, case, dtype
+):
+    """Each optimizer on the "counting" device (CuPy's namespace over NumPy) with its CUDA
+    launch functions registered there, their ElementwiseKernel replaced by the kernel body
+    compiled by g++: what runs is the optimizer's choice of kernel and scalars, the launch
+    function's arguments and the body, all but CuPy's launch. Ten steps of two parameters
+    match the generic update on the CPU."""
+    from counting_backend import register
+
+    register()
+
+    def on_host(kernel):  # what elementwise_kernel(kernel)(*arguments) would compute
+        return lambda *arguments: host(kernel, dtype, *arguments)
+
+    monkeypatch.setattr(cuda_kernels, "elementwise_kernel", on_host)
+    fused, generic = OPTIMIZER_CASES[case](), OPTIMIZER_CASES[case]()
+    table = type(fused)._kernels
+    launch = table._paths["cuda"]
+    monkeypatch.setattr(table, "_paths", {**table._paths, "counting": launch})
+    monkeypatch.setattr(table, "_loaded", {})
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((5, 3)).astype(dtype), rng.standard_normal(7).astype(dtype)]
+    on_counting = [gc.array(p, device="counting") for p in start]
+    on_cpu = [p.copy() for p in start]
+    for _ in range(10):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in start]
+        fused.step(on_counting, [gc.array(g, device="counting") for g in grads])
+        generic.step(on_cpu, grads)
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    for got, want in zip(on_counting, on_cpu):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=tolerance, atol=tolerance)
+    assert table.lookup(gc.backend.backend_for_device("counting"), start[0].dtype) is not None
+
+
 # ---------------------------------------------------------------------------------------------
 # NumPy fused kernels against their formulas
 
