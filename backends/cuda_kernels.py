@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
 from gradcore.backends import cuda_c
 
 from gradcore import formulas
@@ -84,11 +85,12 @@ SGD_UPDATE = Kernel(
     ),
 )
 
-# The adaptive optimizers (gradcore.optim), one launch per parameter, in place on the parameter
-# and its state. The gradient arrives clipped; the weight decay comes as two scalars: ``l2``
-# adds l2 * p to the gradient (PyTorch's weight_decay), ``decay`` multiplies p first (AdamW's
-# decoupled decay, 1 - lr * wd; 1 otherwise). Scalars derived from hyperparameters (1 - beta,
-# the bias corrections) are computed once per step on the host, in double.
+# The optimizers' element-wise updates (gradcore.optim), in place on the parameter and its
+# state, each run over all parameters at once (``multi_tensor``). The gradient arrives
+# clipped; the weight decay comes as two scalars: ``l2`` adds l2 * p to the gradient
+# (PyTorch's weight_decay), ``decay`` multiplies p first (AdamW's decoupled decay,
+# 1 - lr * wd; 1 otherwise). Scalars derived from hyperparameters (1 - beta, the bias
+# corrections) are computed once per step on the host, in double, and passed in T.
 _DECAYED_GRADIENT = "const T gi = (T)(g + l2 * p); "
 
 
@@ -213,45 +215,129 @@ def sgd_update(
         )
 
 
-def adam_update(
-    param: Any, grad: Any, state: list[Any], step_size: float, bias_correction2_sqrt: float,
-    beta_1: float, beta_2: float, epsilon: float, l2: float, decay: float,
-) -> None:  # fmt: skip
-    """Adam's (or AdamW's, with ``decay``) update of one parameter, one launch; ``state`` is
-    its first and second moments, and with amsgrad the maximum of the second."""
-    kernel = ADAM_UPDATES[len(state) == 3]
-    with param.device:
-        elementwise_kernel(kernel)(
-            grad.astype(param.dtype, copy=False), float(step_size), float(bias_correction2_sqrt),
-            1.0 - beta_1, float(beta_2), 1.0 - beta_2, float(epsilon), float(l2), float(decay),
-            param, *state,
-        )  # fmt: skip
+# ---------------------------------------------------------------------------------------------
+# Multi-tensor updates: one launch for every parameter of a dtype
+
+MULTI_TENSOR_DTYPES = ("float32", "float64")
+BLOCK = 256
 
 
-def rmsprop_update(
-    param: Any, grad: Any, state: list[Any], learning_rate: float, rho: float, momentum: float,
-    epsilon: float, l2: float, centered: bool,
+def multi_tensor_source(kernel: Kernel, ctype: str) -> str:
+    """CUDA C that runs ``kernel``'s element-wise body over every element of several tensors
+    in one launch, as ``torch.optim``'s fused optimizers do.
+
+    Element i of the whole (the tensors end to end) belongs to tensor k, the first whose end
+    ``ends[k]`` lies past i, found by bisection; there it is element j. ``addresses`` holds,
+    per tensor, the addresses of its arrays in the kernel's order (inputs, then outputs), each
+    C-contiguous. A grid-stride loop lets any grid cover any total.
+    """
+    arrays = (*kernel.inputs, *kernel.outputs)
+    binds = [f"const T {name} = reinterpret_cast<const T*>(a[{k}])[j];"
+             for k, name in enumerate(kernel.inputs)]  # fmt: skip
+    binds += [
+        f"T& {name} = reinterpret_cast<T*>(a[{len(kernel.inputs) + k}])[j];"
+        for k, name in enumerate(kernel.outputs)
+    ]
+    scalars = "".join(f", {scalar}" for scalar in kernel.scalars)
+    return "\n".join([
+        f"typedef {ctype} T;",
+        f'extern "C" __global__ void {kernel.name}_all(const unsigned long long* addresses, '
+        f"const long long* ends, int n_tensors, long long total{scalars}) {{",
+        "  const long long stride = (long long)blockDim.x * gridDim.x;",
+        "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; "
+        "i += stride) {",
+        "    int k = 0, last = n_tensors - 1;",
+        "    while (k < last) { const int mid = (k + last) / 2; "
+        "if (ends[mid] > i) { last = mid; } else { k = mid + 1; } }",
+        "    const long long j = i - (k > 0 ? ends[k - 1] : 0);",
+        f"    const unsigned long long* a = addresses + (long long)k * {len(arrays)};",
+        *(f"    {line}" for line in binds),
+        f"    {kernel.body}",
+        "  }",
+        "}",
+    ])  # fmt: skip
+
+
+@cache
+def raw_kernel(kernel: Kernel, dtype: str) -> Any:
+    """The ``cupy.RawKernel`` of ``kernel`` over many tensors of ``dtype``, built once."""
+    import cupy
+
+    ctype = {"float32": "float", "float64": "double"}[dtype]
+    return cupy.RawKernel(multi_tensor_source(kernel, ctype), f"{kernel.name}_all")
+
+
+def _address(x: Any) -> int:
+    return x.data.ptr
+
+
+def _launch_on_device(kernel: Kernel, dtype: str, addresses, ends, scalars, device) -> None:
+    """Copy the tables to the GPU (through CuPy's pinned staging: no wait) and launch once."""
+    import cupy
+
+    total = int(ends[-1])
+    with device:
+        table, bounds = cupy.asarray(addresses), cupy.asarray(ends)
+        blocks = min((total + BLOCK - 1) // BLOCK, 4096)
+        arguments = (table, bounds, np.int32(len(ends)), np.int64(total), *scalars)
+        raw_kernel(kernel, dtype)((blocks,), (BLOCK,), arguments)
+
+
+def multi_tensor(kernel: Kernel, tensors: list[list[Any]], scalars: tuple) -> None:
+    """``kernel``'s body over every element of ``tensors`` (per tensor: its arrays in the
+    kernel's order, inputs then outputs, all of one dtype), in one launch. Outputs must be
+    C-contiguous; inputs are cast and made so."""
+    n_in = len(kernel.inputs)
+    first = tensors[0][n_in]
+    dtype = str(first.dtype)
+    tensors = [
+        [x.astype(first.dtype, copy=False).reshape(-1) for x in arrays[:n_in]] + arrays[n_in:]
+        for arrays in tensors
+    ]
+    addresses = np.array([[_address(x) for x in arrays] for arrays in tensors], np.uint64)
+    ends = np.cumsum([arrays[n_in].size for arrays in tensors], dtype=np.int64)
+    kind = np.dtype(dtype).type
+    typed = tuple(
+        np.bool_(value) if spec.startswith("bool ") else kind(value)
+        for spec, value in zip(kernel.scalars, scalars)
+    )
+    _launch_on_device(kernel, dtype, addresses, ends, typed, first.device)
+
+
+def sgd_update_all(tensors: list[list[Any]], learning_rate: float, momentum: float,
+                   nesterov: bool, weight_decay: float) -> None:  # fmt: skip
+    """SGD over every parameter: per tensor ``[g, p, v]``; one launch."""
+    multi_tensor(SGD_UPDATE, tensors, (learning_rate, momentum, weight_decay, nesterov))
+
+
+def adam_update_all(
+    tensors: list[list[Any]], step_size: float, bias_correction2_sqrt: float, beta_1: float,
+    beta_2: float, epsilon: float, l2: float, decay: float,
 ) -> None:  # fmt: skip
-    """RMSprop's update of one parameter, one launch; ``state`` is its mean square, then the
-    mean gradient (centered) and the velocity (momentum), as the variant keeps them."""
+    """Adam (AdamW with ``decay``) over every parameter: per tensor ``[g, p, m, v]``, and the
+    maximum of v after them with amsgrad; one launch."""
+    kernel = ADAM_UPDATES[len(tensors[0]) == 5]
+    multi_tensor(kernel, tensors, (step_size, bias_correction2_sqrt, 1.0 - beta_1, beta_2,
+                                   1.0 - beta_2, epsilon, l2, decay))  # fmt: skip
+
+
+def rmsprop_update_all(
+    tensors: list[list[Any]], learning_rate: float, rho: float, momentum: float, epsilon: float,
+    l2: float, centered: bool,
+) -> None:  # fmt: skip
+    """RMSprop over every parameter: per tensor ``[g, p, r]``, then the mean gradient
+    (centered) and the velocity (momentum); one launch."""
     kernel = RMSPROP_UPDATES[centered, bool(momentum)]
-    with param.device:
-        elementwise_kernel(kernel)(
-            grad.astype(param.dtype, copy=False), float(learning_rate), float(rho), 1.0 - rho,
-            float(momentum), float(epsilon), float(l2), param, *state,
-        )  # fmt: skip
+    multi_tensor(kernel, tensors, (learning_rate, rho, 1.0 - rho, momentum, epsilon, l2))
 
 
-def adagrad_update(
-    param: Any, grad: Any, state: list[Any], learning_rate: float, epsilon: float, l2: float
-) -> None:
-    """Adagrad's update of one parameter, one launch; ``state`` is its accumulator."""
-    with param.device:
-        elementwise_kernel(ADAGRAD_UPDATE)(
-            grad.astype(param.dtype, copy=False), float(learning_rate), float(epsilon),
-            float(l2), param, *state,
-        )  # fmt: skip
+def adagrad_update_all(tensors: list[list[Any]], learning_rate: float, epsilon: float,
+                       l2: float) -> None:  # fmt: skip
+    """Adagrad over every parameter: per tensor ``[g, p, r]``; one launch."""
+    multi_tensor(ADAGRAD_UPDATE, tensors, (learning_rate, epsilon, l2))
 
 
-for _launch in (sigmoid, sigmoid_grad, sgd_update, adam_update, rmsprop_update, adagrad_update):
+for _launch in (sigmoid, sigmoid_grad, sgd_update):
     _launch.dtypes = FLOAT_DTYPES
+for _launch in (sgd_update_all, adam_update_all, rmsprop_update_all, adagrad_update_all):
+    _launch.dtypes = MULTI_TENSOR_DTYPES

@@ -170,6 +170,12 @@ def _ufuncs(backend: Any) -> Any:
     return backend.xp if backend.device == "cpu" else _OutForm(backend.xp)
 
 
+def _contiguous(x: Any) -> bool:
+    """Whether ``x`` is C-contiguous, as a multi-tensor kernel addresses its elements."""
+    flags = getattr(x, "flags", None)
+    return flags is not None and bool(flags.c_contiguous)
+
+
 def _check_number(owner: str, name: str, value: Any, schedule: bool = False) -> None:
     """A TypeError that names the argument, for anything but a real number (bools included:
     ``momentum=True`` is a slip, not 1.0)."""
@@ -209,8 +215,9 @@ class Optimizer:
     before ``torch.optim``. An infinite norm turns the step into NaN (inf * 0), which the
     trainer's divergence guard reports, rather than into a silent zero step.
 
-    On a device with a fused update for the parameter's dtype (``_kernels``: CUDA), one launch
-    per parameter does all of ``_apply``, weight decay included; other devices run ``_apply``.
+    On a device with a fused update for the parameters' dtype (``_kernels``: CUDA), one launch
+    updates all of them (multi-tensor, as ``torch.optim``'s fused optimizers), weight decay
+    included; other devices run ``_apply`` per parameter.
 
     The update count ``iterations`` is a host array that the update increments in place, as
     ``torch.optim`` keeps its ``step`` in a host tensor: ``gc.jit`` calls the update at every
@@ -277,10 +284,17 @@ class Optimizer:
         """The state arrays of each parameter, by name, with the value each starts at."""
         return {}
 
-    def _launch(self, kernel: Callable, i: int, param: Any, grad: Any, lr: float) -> None:
-        """Update parameter ``i`` with the device's fused ``kernel`` (from ``_kernels``) from
-        its clipped gradient, weight decay included."""
+    def _launch(
+        self, kernel: Callable, params: Any, group: list[tuple[int, Any]], lr: float
+    ) -> None:
+        """Update the parameters ``i`` of ``group``, pairs ``(i, clipped gradient)``, with one
+        call of the device's fused ``kernel`` (from ``_kernels``), weight decay included."""
         raise NotImplementedError
+
+    def _tensors(self, params: Any, group: list[tuple[int, Any]]) -> list[list[Any]]:
+        """Per parameter of ``group``: its gradient, itself, its state (the kernels' order)."""
+        slots = list(self._slots())
+        return [[grad, params[i], *(self._state[s][i] for s in slots)] for i, grad in group]
 
     def _apply(
         self, i: int, param: Any, grad: Any, lr: float, f: Any, work: Any, writable: bool
@@ -325,6 +339,7 @@ class Optimizer:
         lr = self.current_learning_rate()
         self._iterations += 1
         norms = self._norms(grads)
+        fused: dict[tuple, list[tuple[int, Any]]] = {}  # (kernel, device, dtype) -> (i, g)
         for i, (param, grad) in enumerate(zip(params, grads)):
             backend = backend_of(param)
             f = _ufuncs(backend)
@@ -332,23 +347,34 @@ class Optimizer:
             writable = scratch
             if grad.dtype != param.dtype:
                 grad, writable = backend.xp.astype(grad, param.dtype), True
-            if self.clipvalue is not None:
-                grad = f.clip(grad, -self.clipvalue, self.clipvalue, out=grad if writable else copy)
-                writable = True
-            elif norms is not None:  # Keras's g c / max(||g||, c)
-                limit = self.clipnorm or self.global_clipnorm
-                grad = f.multiply(grad, limit, out=grad if writable else copy)
-                grad /= backend.xp.maximum(norms[i], limit)
-                writable = True
             kernel = self._kernels.lookup(backend, param.dtype)
-            if kernel is not None:  # the device's fused update, weight decay included
-                self._launch(kernel, i, param, grad, lr)
+            if kernel is not None and _contiguous(param):
+                if norms is not None or self.clipvalue is not None:  # kept until the launch
+                    grad = self._clipped(i, grad, norms, f, out=grad if writable else None)
+                key = (kernel, device_of(param), str(param.dtype))
+                fused.setdefault(key, []).append((i, grad))
                 continue
+            if norms is not None or self.clipvalue is not None:
+                grad = self._clipped(i, grad, norms, f, out=grad if writable else copy)
+                writable = True
             if self.weight_decay and self._l2_in_gradient:
                 f.multiply(param, self.weight_decay, out=work)
                 grad = f.add(grad, work, out=grad if writable else copy)
                 writable = True
             self._apply(i, param, grad, lr, f, work, writable)
+        for (kernel, _, _), group in fused.items():
+            self._launch(kernel, params, group, lr)
+
+    def _clipped(self, i: int, grad: Any, norms: list[Any] | None, f: Any, out: Any) -> Any:
+        """g clipped as Keras clips it, written into ``out`` (None: a new array)."""
+        xp = backend_of(grad).xp
+        if self.clipvalue is not None:
+            low, high = -self.clipvalue, self.clipvalue
+            return xp.clip(grad, low, high) if out is None else f.clip(grad, low, high, out=out)
+        limit = self.clipnorm or self.global_clipnorm  # g c / max(||g||, c)
+        scaled = grad * limit if out is None else f.multiply(grad, limit, out=out)
+        scaled /= xp.maximum(norms[i], limit)
+        return scaled
 
     def _norms(self, grads: Any) -> list[Any] | None:
         """The norm that clips each gradient, as 0-d arrays on its device (nothing is read
@@ -487,11 +513,11 @@ class SGD(Optimizer):
     def _slots(self) -> dict[str, float]:
         return {"velocity": 0.0}
 
-    _kernels = SGD_KERNELS
+    _kernels = KernelTable("sgd_update_all")
 
-    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
-        velocity = self._state["velocity"][i]
-        kernel(param, grad, velocity, lr, self.momentum, self.nesterov, self.weight_decay)
+    def _launch(self, kernel, params, group, lr) -> None:  # noqa: D102
+        tensors = self._tensors(params, group)
+        kernel(tensors, lr, self.momentum, self.nesterov, self.weight_decay)
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         if not writable:
@@ -562,12 +588,12 @@ class Adam(Optimizer):
 
     _kernels = KernelTable("adam_update")
 
-    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
+    def _launch(self, kernel, params, group, lr) -> None:  # noqa: D102
         t, wd = self.iterations, self.weight_decay
         l2, decay = (wd, 1.0) if self._l2_in_gradient else (0.0, 1.0 - lr * wd)
-        state = [self._state[slot][i] for slot in self._slots()]
-        kernel(param, grad, state, lr / (1.0 - self.beta_1**t), math.sqrt(1.0 - self.beta_2**t),
-               self.beta_1, self.beta_2, self.epsilon, l2, decay)  # fmt: skip
+        kernel(self._tensors(params, group), lr / (1.0 - self.beta_1**t),
+               math.sqrt(1.0 - self.beta_2**t), self.beta_1, self.beta_2, self.epsilon, l2,
+               decay)  # fmt: skip
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         t = self.iterations
@@ -664,10 +690,9 @@ class RMSprop(Optimizer):
 
     _kernels = KernelTable("rmsprop_update")
 
-    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
-        state = [self._state[slot][i] for slot in self._slots()]
-        kernel(param, grad, state, lr, self.rho, self.momentum, self.epsilon, self.weight_decay,
-               self.centered)  # fmt: skip
+    def _launch(self, kernel, params, group, lr) -> None:  # noqa: D102
+        kernel(self._tensors(params, group), lr, self.rho, self.momentum, self.epsilon,
+               self.weight_decay, self.centered)  # fmt: skip
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         r = self._state["mean_square"][i]
@@ -732,9 +757,8 @@ class Adagrad(Optimizer):
 
     _kernels = KernelTable("adagrad_update")
 
-    def _launch(self, kernel, i, param, grad, lr) -> None:  # noqa: D102
-        accumulator = self._state["accumulator"][i]
-        kernel(param, grad, [accumulator], lr, self.epsilon, self.weight_decay)
+    def _launch(self, kernel, params, group, lr) -> None:  # noqa: D102
+        kernel(self._tensors(params, group), lr, self.epsilon, self.weight_decay)
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         r = self._state["accumulator"][i]
@@ -747,6 +771,6 @@ class Adagrad(Optimizer):
         param += work
 
 
-Adam._kernels.register("cuda", "gradcore.backends.cuda_kernels:adam_update")
-RMSprop._kernels.register("cuda", "gradcore.backends.cuda_kernels:rmsprop_update")
-Adagrad._kernels.register("cuda", "gradcore.backends.cuda_kernels:adagrad_update")
+for _optimizer, _launcher in ((SGD, "sgd"), (Adam, "adam"), (RMSprop, "rmsprop"),
+                              (Adagrad, "adagrad")):  # fmt: skip
+    _optimizer._kernels.register("cuda", f"gradcore.backends.cuda_kernels:{_launcher}_update_all")

@@ -355,7 +355,64 @@ def test_cuda_sgd_update_body_follows_formula_on_the_host(host, dtype, config):
         np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
 
 
-OPTIMIZER_CASES = {  # every fused optimizer kernel, through its launch function
+OPTIMIZER_KERNELS = [
+    cuda_kernels.SGD_UPDATE,
+    *cuda_kernels.ADAM_UPDATES.values(),
+    *cuda_kernels.RMSPROP_UPDATES.values(),
+    cuda_kernels.ADAGRAD_UPDATE,
+]
+HOST_MULTI_TENSOR_PRELUDE = """#include <cmath>
+using namespace std;
+#define __global__
+struct HostDim { long long x; };  // one thread, one block: the grid-stride loop does it all
+static const HostDim blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+"""
+
+
+@pytest.mark.parametrize("dtype", cuda_kernels.MULTI_TENSOR_DTYPES)
+@pytest.mark.parametrize("kernel", OPTIMIZER_KERNELS, ids=lambda k: k.name)
+def test_multi_tensor_kernel_compiles_with_nvrtc(nvrtc, cupy, kernel, dtype):
+    ctype = HOST_TYPES[dtype][0]
+    source = cuda_kernels.multi_tensor_source(kernel, ctype)
+    cubin = cupy.cuda.compiler.compile_using_nvrtc(source, arch=ARCH)[0]
+    assert cubin.startswith(b"\x7fELF")
+
+
+@pytest.fixture(scope="module")
+def host_multi_tensor(tmp_path_factory):
+    """``run(kernel, dtype, addresses, ends, scalars, device)``, what ``_launch_on_device``
+    does on a GPU, done by the multi-tensor kernels compiled by g++ (one host thread)."""
+    if GXX is None:
+        _skip_unless_ci("g++ is not on the PATH")
+    folder = tmp_path_factory.mktemp("host_multi_tensor")
+    units = []
+    for kernel in OPTIMIZER_KERNELS:
+        for ctype, _ in HOST_TYPES.values():
+            source = cuda_kernels.multi_tensor_source(kernel, ctype)
+            source = source.replace(f"{kernel.name}_all(", f"{kernel.name}_all_{ctype}(")
+            units.append(f"namespace {kernel.name}_{ctype} {{\n{source}\n}}")
+    (folder / "multi.cpp").write_text(HOST_MULTI_TENSOR_PRELUDE + "\n".join(units))
+    command = [GXX, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", "m.so", "multi.cpp"]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    library = ctypes.CDLL(str(folder / "m.so"))
+
+    def run(kernel, dtype, addresses, ends, scalars, device) -> None:
+        ctype, scalar_type = HOST_TYPES[dtype]
+        function = getattr(library, f"{kernel.name}_all_{ctype}")
+        addresses, ends = np.ascontiguousarray(addresses), np.ascontiguousarray(ends)
+        arguments = [addresses.ctypes.data_as(ctypes.c_void_p),
+                     ends.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(len(ends)),
+                     ctypes.c_longlong(int(ends[-1]))]  # fmt: skip
+        for value in scalars:
+            is_bool = isinstance(value, np.bool_)
+            arguments.append(ctypes.c_bool(bool(value)) if is_bool else scalar_type(value))
+        function(*arguments)
+
+    return run
+
+
+OPTIMIZER_CASES = {  # every multi-tensor kernel, through its optimizer and launch function
     "sgd_nesterov": lambda: gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
     "adam": lambda: gc.optim.Adam(0.01, weight_decay=0.01),
     "adam_amsgrad_clipnorm": lambda: gc.optim.Adam(0.01, amsgrad=True, clipnorm=0.5),
@@ -368,31 +425,34 @@ OPTIMIZER_CASES = {  # every fused optimizer kernel, through its launch function
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", cuda_kernels.MULTI_TENSOR_DTYPES)
 @pytest.mark.parametrize("case", OPTIMIZER_CASES)
-def test_fused_optimizer_updates_follow_the_generic_ones_on_the_host(
-    host, monkeypatch, case, dtype
+def test_multi_tensor_updates_follow_the_generic_ones_on_the_host(
+    host_multi_tensor, monkeypatch, case, dtype
 ):
     """Each optimizer on the "counting" device (CuPy's namespace over NumPy) with its CUDA
-    launch functions registered there, their ElementwiseKernel replaced by the kernel body
-    compiled by g++: what runs is the optimizer's choice of kernel and scalars, the launch
-    function's arguments and the body, all but CuPy's launch. Ten steps of two parameters
-    match the generic update on the CPU."""
+    launch function registered there, and the launch itself done by the kernel compiled by
+    g++: what runs is the optimizer's choice of kernel, its scalars and tensor tables, the
+    launch function's packing and the kernel's source, all but CuPy's copy and launch. Ten
+    steps of three parameters, in one launch per step, match the generic update on the CPU."""
     from counting_backend import register
 
     register()
+    launches = []
 
-    def on_host(kernel):  # what elementwise_kernel(kernel)(*arguments) would compute
-        return lambda *arguments: host(kernel, dtype, *arguments)
+    def launch(*arguments):
+        launches.append(arguments[3])  # the tensors' ends
+        host_multi_tensor(*arguments)
 
-    monkeypatch.setattr(cuda_kernels, "elementwise_kernel", on_host)
+    monkeypatch.setattr(cuda_kernels, "_launch_on_device", launch)
+    monkeypatch.setattr(cuda_kernels, "_address", lambda x: x.ctypes.data)
     fused, generic = OPTIMIZER_CASES[case](), OPTIMIZER_CASES[case]()
     table = type(fused)._kernels
-    launch = table._paths["cuda"]
-    monkeypatch.setattr(table, "_paths", {**table._paths, "counting": launch})
+    monkeypatch.setattr(table, "_paths", {**table._paths, "counting": table._paths["cuda"]})
     monkeypatch.setattr(table, "_loaded", {})
     rng = np.random.default_rng(0)
-    start = [rng.standard_normal((5, 3)).astype(dtype), rng.standard_normal(7).astype(dtype)]
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
     on_counting = [gc.array(p, device="counting") for p in start]
     on_cpu = [p.copy() for p in start]
     for _ in range(10):
@@ -402,7 +462,7 @@ def test_fused_optimizer_updates_follow_the_generic_ones_on_the_host(
     tolerance = 1e-5 if dtype == "float32" else 1e-12
     for got, want in zip(on_counting, on_cpu):
         np.testing.assert_allclose(np.asarray(got), want, rtol=tolerance, atol=tolerance)
-    assert table.lookup(gc.backend.backend_for_device("counting"), start[0].dtype) is not None
+    assert [list(ends) for ends in launches] == [[15, 22, 30]] * 10  # one launch per step
 
 
 # ---------------------------------------------------------------------------------------------
