@@ -228,7 +228,6 @@ class Optimizer:
     so that a step allocates nothing on the CPU.
     """
 
-    _name = "Optimizer"
     _l2_in_gradient = True  # weight decay as g + wd theta (PyTorch's), not decoupled (AdamW)
     _kernels = KernelTable("optimizer")  # fused updates per device, each taken by ``_launch``
 
@@ -240,7 +239,7 @@ class Optimizer:
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
     ) -> None:
-        name = self._name
+        name = type(self).__name__
         if not callable(learning_rate):
             _check_number(name, "learning_rate", learning_rate, schedule=True)
             ok = 0 < learning_rate < math.inf
@@ -278,7 +277,7 @@ class Optimizer:
 
         # What gc.jit's describe() shows for the step: "Adam._update(s0, s1, ...)".
         update.__qualname__ = f"{type(self).__name__}._update"
-        self._update_all = update
+        self._declared_update = update
 
     def _slots(self) -> dict[str, float]:
         """The state arrays of each parameter, by name, with the value each starts at."""
@@ -324,11 +323,12 @@ class Optimizer:
         leaves, grad_leaves = tree_leaves(params), tree_leaves(grads)
         if len(leaves) != len(grad_leaves):
             raise ValueError(
-                f"{self._name}.step: {len(leaves)} parameter arrays but {len(grad_leaves)} "
-                "gradients; pass the gradient of every parameter (the grad of the same pytree)"
+                f"{type(self).__name__}.step: {len(leaves)} parameter arrays but "
+                f"{len(grad_leaves)} gradients; pass the gradient of every parameter (the grad "
+                "of the same pytree)"
             )
         consumed = range(len(leaves), 2 * len(leaves))
-        update_in_place(self._update_all, *leaves, *grad_leaves, consumed=consumed)
+        update_in_place(self._declared_update, *leaves, *grad_leaves, consumed=consumed)
 
     def _update(self, *arrays: Any, scratch: bool = False) -> None:
         """The update itself, on the parameter arrays followed by their gradients (which it may
@@ -417,15 +417,15 @@ class Optimizer:
     def _fitted(self, slot: str, arrays: list[Any], params: Any) -> list[Any]:
         if len(arrays) != len(params):
             raise ValueError(
-                f"{self._name}: the loaded state has {len(arrays)} {slot} arrays but params have "
-                f"{len(params)} arrays"
+                f"{type(self).__name__}: the loaded state has {len(arrays)} {slot} arrays but "
+                f"params have {len(params)} arrays"
             )
         placed = []
         for param, value in zip(params, arrays):
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(
-                    f"{self._name}: a loaded {slot} array has shape {tuple(value.shape)} but its "
-                    f"parameter has shape {tuple(param.shape)}"
+                    f"{type(self).__name__}: a loaded {slot} array has shape "
+                    f"{tuple(value.shape)} but its parameter has shape {tuple(param.shape)}"
                 )
             value = to_device(value, device_of(param))
             placed.append(backend_of(param).xp.astype(value, param.dtype, copy=True))
@@ -469,8 +469,9 @@ class Optimizer:
         expected = {"iterations", *self._slots()}
         if set(state) != expected:
             raise ValueError(
-                f"{self._name}: the state to load holds {sorted(state)} but this optimizer keeps "
-                f"{sorted(expected)}; was it saved by another optimizer or with other options?"
+                f"{type(self).__name__}: the state to load holds {sorted(state)} but this "
+                f"optimizer keeps {sorted(expected)}; was it saved by another optimizer or with "
+                "other options?"
             )
         lists = [list(state[slot]) for slot in self._slots()]
         self._iterations[...] = int(state["iterations"])
@@ -485,12 +486,9 @@ class SGD(Optimizer):
         v <- alpha v - epsilon_k (g + lambda theta)        theta <- theta + v
 
     with ``momentum`` alpha and ``weight_decay`` lambda; Nesterov momentum is Keras's form,
-    ``theta <- theta + alpha v - epsilon_k (g + lambda theta)`` with the new v. The arithmetic
-    is ``sgd_update`` (one fused kernel per parameter on CUDA), computing in the gradient's
-    memory or in a copy of it.
+    ``theta <- theta + alpha v - epsilon_k (g + lambda theta)`` with the new v. Off CUDA the
+    arithmetic is ``sgd_update``, computing in the gradient's memory or in a copy of it.
     """
-
-    _name = "SGD"
 
     def __init__(
         self,
@@ -503,10 +501,10 @@ class SGD(Optimizer):
         global_clipnorm: float | None = None,
     ) -> None:
         # Types first, by name: SGD("0.1") would otherwise fail later with an unrelated error.
-        _check_number("SGD", "momentum", momentum)
-        _check_flag("SGD", "nesterov", nesterov)
+        _check_number(type(self).__name__, "momentum", momentum)
+        _check_flag(type(self).__name__, "nesterov", nesterov)
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
-        _check_range("SGD", "momentum", momentum, 0.0 <= momentum < 1.0, "in [0, 1)")
+        _check_range(type(self).__name__, "momentum", momentum, 0.0 <= momentum < 1.0, "in [0, 1)")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
@@ -558,8 +556,6 @@ class Adam(Optimizer):
     computed on the host from the update count, so they advance under ``gc.jit`` too.
     """
 
-    _name = "Adam"
-
     def __init__(
         self,
         learning_rate: float | Schedule = 0.001,
@@ -572,7 +568,7 @@ class Adam(Optimizer):
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
     ) -> None:
-        name = self._name
+        name = type(self).__name__
         self.beta_1 = _check_decay_rate(name, "beta_1", beta_1)
         self.beta_2 = _check_decay_rate(name, "beta_2", beta_2)
         self.epsilon = _check_epsilon(name, epsilon)
@@ -622,7 +618,6 @@ class AdamW(Adam):
     Adam's update above. Keras's defaults, ``weight_decay=0.004`` among them.
     """
 
-    _name = "AdamW"
     _l2_in_gradient = False
 
     def __init__(
@@ -659,8 +654,6 @@ class RMSprop(Optimizer):
         theta <- theta - epsilon_k g / d                           (otherwise)
     """
 
-    _name = "RMSprop"
-
     def __init__(
         self,
         learning_rate: float | Schedule = 0.001,
@@ -673,10 +666,11 @@ class RMSprop(Optimizer):
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
     ) -> None:
-        self.rho = _check_decay_rate("RMSprop", "rho", rho)
-        self.momentum = _check_decay_rate("RMSprop", "momentum", momentum)
-        self.epsilon = _check_epsilon("RMSprop", epsilon)
-        _check_flag("RMSprop", "centered", centered)
+        name = type(self).__name__
+        self.rho = _check_decay_rate(name, "rho", rho)
+        self.momentum = _check_decay_rate(name, "momentum", momentum)
+        self.epsilon = _check_epsilon(name, epsilon)
+        _check_flag(name, "centered", centered)
         self.centered = bool(centered)
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
 
@@ -732,8 +726,6 @@ class Adagrad(Optimizer):
         theta <- theta - epsilon_k g / (sqrt(r) + delta)
     """
 
-    _name = "Adagrad"
-
     def __init__(
         self,
         learning_rate: float | Schedule = 0.001,
@@ -745,11 +737,12 @@ class Adagrad(Optimizer):
         global_clipnorm: float | None = None,
     ) -> None:
         value = initial_accumulator_value
-        _check_number("Adagrad", "initial_accumulator_value", value)
+        name = type(self).__name__
+        _check_number(name, "initial_accumulator_value", value)
         ok = 0.0 <= value < math.inf
-        _check_range("Adagrad", "initial_accumulator_value", value, ok, "non-negative")
+        _check_range(name, "initial_accumulator_value", value, ok, "non-negative")
         self.initial_accumulator_value = float(value)
-        self.epsilon = _check_epsilon("Adagrad", epsilon)
+        self.epsilon = _check_epsilon(name, epsilon)
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
 
     def _slots(self) -> dict[str, float]:
