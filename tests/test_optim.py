@@ -528,3 +528,27 @@ def test_no_step_reads_the_device():
             optimizer.step(params, grads)
         assert READS.in_step == [], type(optimizer).__name__
     READS.reset()
+
+
+@pytest.mark.parametrize("case", JIT_CASES[:5], ids=[_case_id(c) for c in JIT_CASES[:5]])
+def test_fit_checkpoints_carry_every_optimizers_state(tmp_path, case):
+    """Two epochs, a checkpoint, two more from it: the params of four epochs in one run."""
+    kind, kwargs = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def loss(p, x, y):
+        return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(p, x)[:, 0], y)
+
+    def fit(params, epochs, **more):
+        optimizer = getattr(optim, kind)(**kwargs)
+        gc.train.fit(loss, params, x, y, optimizer=optimizer, epochs=epochs, batch_size=8,
+                     progress=False, **more)  # fmt: skip
+
+    whole, resumed = gc.nn.init_mlp([4, 5, 1]), gc.nn.init_mlp([4, 5, 1])
+    fit(whole, 4)
+    fit(resumed, 2, checkpoint=tmp_path / "run.npz")
+    fit(resumed, 4, checkpoint=tmp_path / "run.npz", resume=True)
+    for a, b in zip(tree_host(whole), tree_host(resumed)):
+        np.testing.assert_array_equal(a, b)
