@@ -87,7 +87,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     sizes = QUICK_SIZES if quick else SIZES
     notes = [
         f"one optimizer step on the parameters of an MLP {sizes} (float32), fixed gradients; "
-        "Keras's defaults, torch.optim told the same (foreach=True)",
+        "Keras's defaults, the same hyperparameters for torch.optim (foreach=True)",
         "agreement checked before timing: three steps from the same parameters agree",
     ]
     synchronize = backend.synchronize
