@@ -219,18 +219,21 @@ def sgd_update(
 # Multi-tensor updates: one launch for every parameter of a dtype
 
 MULTI_TENSOR_DTYPES = ("float32", "float64")
-BLOCK = 256
+CTYPES = {"float32": "float", "float64": "double"}
 
 
-def multi_tensor_source(kernel: Kernel, ctype: str) -> str:
-    """CUDA C that runs ``kernel``'s element-wise body over every element of several tensors
-    in one launch, as ``torch.optim``'s fused optimizers do.
+def multi_tensor_params(kernel: Kernel, dtype: str) -> str:
+    """``in_params`` of ``kernel`` over many tensors: the tables, then its scalars in ``dtype``."""
+    scalars = [f"{dtype} {spec[2:]}" if spec.startswith("T ") else spec for spec in kernel.scalars]
+    return ", ".join(["raw uint64 addresses", "raw int64 ends", "int32 n_tensors", *scalars])
 
-    Element i of the whole (the tensors end to end) belongs to tensor k, the first whose end
-    ``ends[k]`` lies past i, found by bisection; there it is element j. ``addresses`` holds,
+
+def multi_tensor_operation(kernel: Kernel) -> str:
+    """``kernel``'s element-wise body run at element i of several tensors laid end to end, as
+    ``torch.optim``'s fused optimizers do: i belongs to tensor k, the first whose end
+    ``ends[k]`` lies past i (found by bisection), where it is element j. ``addresses`` holds,
     per tensor, the addresses of its arrays in the kernel's order (inputs, then outputs), each
-    C-contiguous. A grid-stride loop lets any grid cover any total.
-    """
+    C-contiguous; ``T`` is their element type."""
     arrays = (*kernel.inputs, *kernel.outputs)
     binds = [f"const T {name} = reinterpret_cast<const T*>(a[{k}])[j];"
              for k, name in enumerate(kernel.inputs)]  # fmt: skip
@@ -238,33 +241,30 @@ def multi_tensor_source(kernel: Kernel, ctype: str) -> str:
         f"T& {name} = reinterpret_cast<T*>(a[{len(kernel.inputs) + k}])[j];"
         for k, name in enumerate(kernel.outputs)
     ]
-    scalars = "".join(f", {scalar}" for scalar in kernel.scalars)
     return "\n".join([
-        f"typedef {ctype} T;",
-        f'extern "C" __global__ void {kernel.name}_all(const unsigned long long* addresses, '
-        f"const long long* ends, int n_tensors, long long total{scalars}) {{",
-        "  const long long stride = (long long)blockDim.x * gridDim.x;",
-        "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; "
-        "i += stride) {",
-        "    int k = 0, last = n_tensors - 1;",
-        "    while (k < last) { const int mid = (k + last) / 2; "
+        "int k = 0, last = n_tensors - 1;",
+        "while (k < last) { const int mid = (k + last) / 2; "
         "if (ends[mid] > i) { last = mid; } else { k = mid + 1; } }",
-        "    const long long j = i - (k > 0 ? ends[k - 1] : 0);",
-        f"    const unsigned long long* a = addresses + (long long)k * {len(arrays)};",
-        *(f"    {line}" for line in binds),
-        f"    {kernel.body}",
-        "  }",
-        "}",
+        "const long long j = i - (k > 0 ? ends[k - 1] : 0);",
+        f"const unsigned long long* a = &addresses[(long long)k * {len(arrays)}];",
+        *binds,
+        kernel.body,
     ])  # fmt: skip
 
 
 @cache
-def raw_kernel(kernel: Kernel, dtype: str) -> Any:
-    """The ``cupy.RawKernel`` of ``kernel`` over many tensors of ``dtype``, built once."""
+def multi_tensor_kernel(kernel: Kernel, dtype: str) -> Any:
+    """The ``cupy.ElementwiseKernel`` of ``kernel`` over many tensors of ``dtype``, built once;
+    it has no element-wise arrays, so a launch gives its ``size``: all the tensors' elements."""
     import cupy
 
-    ctype = {"float32": "float", "float64": "double"}[dtype]
-    return cupy.RawKernel(multi_tensor_source(kernel, ctype), f"{kernel.name}_all")
+    return cupy.ElementwiseKernel(
+        multi_tensor_params(kernel, dtype),
+        "",
+        multi_tensor_operation(kernel),
+        f"{kernel.name}_all",
+        preamble=f"typedef {CTYPES[dtype]} T;",
+    )
 
 
 def _address(x: Any) -> int:
@@ -272,15 +272,13 @@ def _address(x: Any) -> int:
 
 
 def _launch_on_device(kernel: Kernel, dtype: str, addresses, ends, scalars, device) -> None:
-    """Copy the tables to the GPU (through CuPy's pinned staging: no wait) and launch once."""
+    """Copy the tables to the GPU (CuPy stages them in pinned memory: no wait) and launch."""
     import cupy
 
-    total = int(ends[-1])
     with device:
         table, bounds = cupy.asarray(addresses), cupy.asarray(ends)
-        blocks = min((total + BLOCK - 1) // BLOCK, 4096)
-        arguments = (table, bounds, np.int32(len(ends)), np.int64(total), *scalars)
-        raw_kernel(kernel, dtype)((blocks,), (BLOCK,), arguments)
+        launch = multi_tensor_kernel(kernel, dtype)
+        launch(table, bounds, len(ends), *scalars, size=int(ends[-1]))
 
 
 def multi_tensor(kernel: Kernel, tensors: list[list[Any]], scalars: tuple) -> None:
@@ -289,19 +287,13 @@ def multi_tensor(kernel: Kernel, tensors: list[list[Any]], scalars: tuple) -> No
     C-contiguous; inputs are cast and made so."""
     n_in = len(kernel.inputs)
     first = tensors[0][n_in]
-    dtype = str(first.dtype)
     tensors = [
         [x.astype(first.dtype, copy=False).reshape(-1) for x in arrays[:n_in]] + arrays[n_in:]
         for arrays in tensors
     ]
     addresses = np.array([[_address(x) for x in arrays] for arrays in tensors], np.uint64)
     ends = np.cumsum([arrays[n_in].size for arrays in tensors], dtype=np.int64)
-    kind = np.dtype(dtype).type
-    typed = tuple(
-        np.bool_(value) if spec.startswith("bool ") else kind(value)
-        for spec, value in zip(kernel.scalars, scalars)
-    )
-    _launch_on_device(kernel, dtype, addresses, ends, typed, first.device)
+    _launch_on_device(kernel, str(first.dtype), addresses, ends, scalars, first.device)
 
 
 def sgd_update_all(tensors: list[list[Any]], learning_rate: float, momentum: float,

@@ -361,37 +361,65 @@ OPTIMIZER_KERNELS = [
     *cuda_kernels.RMSPROP_UPDATES.values(),
     cuda_kernels.ADAGRAD_UPDATE,
 ]
-HOST_MULTI_TENSOR_PRELUDE = """#include <cmath>
-using namespace std;
-#define __global__
-struct HostDim { long long x; };  // one thread, one block: the grid-stride loop does it all
-static const HostDim blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
-"""
 
 
 @pytest.mark.parametrize("dtype", cuda_kernels.MULTI_TENSOR_DTYPES)
 @pytest.mark.parametrize("kernel", OPTIMIZER_KERNELS, ids=lambda k: k.name)
-def test_multi_tensor_kernel_compiles_with_nvrtc(nvrtc, cupy, kernel, dtype):
+def test_multi_tensor_kernel_compiles_with_nvrtc_as_cupy_builds_it(nvrtc, cupy, kernel, dtype):
+    """As the ``nvrtc`` fixture builds an element-wise kernel, for one whose arrays are all raw
+    (the two tables) and whose size is given at the launch."""
+    from cupy._core import _carray, _kernel, _scalar, core
+
+    built = cuda_kernels.multi_tensor_kernel(kernel, dtype)
+    n_scalars = built.nin - 2  # n_tensors and the scalars, after the two tables
+    in_types, _, type_map = built._decide_params_type(
+        (np.uint64, np.int64) + (None,) * n_scalars, ()
+    )
+    ndarray_kind, indexer_kind, scalar_kind = 1, 2, 3  # cupy/_core/_kernel.pxd: _ArgKind
+    arginfos = tuple(_kernel._ArgInfo(ndarray_kind, cupy.ndarray, t, 1, True, True)
+                     for t in in_types[:2])  # fmt: skip
+    arginfos += tuple(_kernel._ArgInfo(scalar_kind, _scalar.CScalar, t, 0, True, True)
+                      for t in in_types[2:])  # fmt: skip
+    arginfos += (_kernel._ArgInfo(indexer_kind, _carray.Indexer, None, 1, True, True),)
+    source = _kernel._get_elementwise_kernel_code(
+        arginfos, type_map, built.params, built.operation, built.name, built.preamble,
+        **built.kwargs,
+    )  # fmt: skip
+    module = core.compile_with_cache(source, built.kwargs.get("options", ()), arch=ARCH)
+    assert module.cubin.startswith(b"\x7fELF")
+
+
+def _host_multi_tensor_source(kernel: cuda_kernels.Kernel, dtype: str) -> str:
+    """The multi-tensor kernel as a host function: one loop over i, as one GPU thread."""
     ctype = HOST_TYPES[dtype][0]
-    source = cuda_kernels.multi_tensor_source(kernel, ctype)
-    cubin = cupy.cuda.compiler.compile_using_nvrtc(source, arch=ARCH)[0]
-    assert cubin.startswith(b"\x7fELF")
+    scalars = [
+        (ctype if words[0] == dtype else {"int32": "int", "bool": "bool"}[words[0]], words[1])
+        for words in (p.split()[-2:] for p in cuda_kernels.multi_tensor_params(kernel, dtype)
+                      .split(", ")[2:])
+    ]  # fmt: skip
+    signature = ", ".join(f"{c} {name}" for c, name in scalars)
+    return "\n".join([
+        f"namespace {kernel.name}_{ctype} {{",
+        f"typedef {ctype} T;",
+        f'extern "C" void {kernel.name}_all_{ctype}(const unsigned long long* addresses, '
+        f"const long long* ends, long long size, {signature}) {{",
+        "  for (long long i = 0; i < size; ++i) {",
+        cuda_kernels.multi_tensor_operation(kernel),
+        "  }",
+        "}",
+        "}",
+    ])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def host_multi_tensor(tmp_path_factory):
     """``run(kernel, dtype, addresses, ends, scalars, device)``, what ``_launch_on_device``
-    does on a GPU, done by the multi-tensor kernels compiled by g++ (one host thread)."""
+    does on a GPU, done by the multi-tensor kernels compiled by g++."""
     if GXX is None:
         _skip_unless_ci("g++ is not on the PATH")
     folder = tmp_path_factory.mktemp("host_multi_tensor")
-    units = []
-    for kernel in OPTIMIZER_KERNELS:
-        for ctype, _ in HOST_TYPES.values():
-            source = cuda_kernels.multi_tensor_source(kernel, ctype)
-            source = source.replace(f"{kernel.name}_all(", f"{kernel.name}_all_{ctype}(")
-            units.append(f"namespace {kernel.name}_{ctype} {{\n{source}\n}}")
-    (folder / "multi.cpp").write_text(HOST_MULTI_TENSOR_PRELUDE + "\n".join(units))
+    units = [_host_multi_tensor_source(k, dtype) for k in OPTIMIZER_KERNELS for dtype in DTYPES]
+    (folder / "multi.cpp").write_text("#include <cmath>\nusing namespace std;\n" + "\n".join(units))
     command = [GXX, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", "m.so", "multi.cpp"]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -400,13 +428,13 @@ def host_multi_tensor(tmp_path_factory):
     def run(kernel, dtype, addresses, ends, scalars, device) -> None:
         ctype, scalar_type = HOST_TYPES[dtype]
         function = getattr(library, f"{kernel.name}_all_{ctype}")
-        addresses, ends = np.ascontiguousarray(addresses), np.ascontiguousarray(ends)
         arguments = [addresses.ctypes.data_as(ctypes.c_void_p),
-                     ends.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(len(ends)),
-                     ctypes.c_longlong(int(ends[-1]))]  # fmt: skip
+                     ends.ctypes.data_as(ctypes.c_void_p), ctypes.c_longlong(int(ends[-1])),
+                     ctypes.c_int(len(ends))]  # fmt: skip
         for value in scalars:
-            is_bool = isinstance(value, np.bool_)
-            arguments.append(ctypes.c_bool(bool(value)) if is_bool else scalar_type(value))
+            arguments.append(
+                ctypes.c_bool(value) if isinstance(value, bool) else scalar_type(value)
+            )
         function(*arguments)
 
     return run
