@@ -1,8 +1,8 @@
 """``python -m bench [--device cpu|cuda] [--suite NAME ...] [--quick] [--out DIR]``.
 
-Runs the chosen suites in this one process, prints a Markdown table, and writes the run as JSON,
-Markdown and a PNG chart of the ratios under ``--out``. A suite that fails is recorded with the
-error and the others still run; the exit status is then 1.
+Runs the chosen suites (the ``mlp`` suite starts a process for each peer), prints a Markdown
+table, and writes the run as JSON, Markdown and a PNG chart of the ratios under ``--out``. A
+suite that fails is recorded with the error and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import gradcore as gc
 from bench import report
 from bench.harness import machine_info
 
-# Before any suite imports PyTorch: its OpenMP threads would otherwise spin after each parallel
-# region and slow whatever is timed next (see bench/mlp.py).
+# Before any suite imports PyTorch (and inherited by the mlp suite's worker processes): its
+# OpenMP threads would otherwise spin after each parallel region and take the cores from
+# whatever runs next; on a loaded 2-core machine PyTorch's own step is faster this way too.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # suite name -> module whose run(device, quick) returns the suite's result dict
@@ -34,6 +35,7 @@ SUITES = {
     "train": "bench.train_time",
     "checkpoint": "bench.checkpoint_cost",
     "scaling": "bench.scaling",  # launches its own mpiexec jobs
+    "gpu": "bench.gpu",  # the GPU table of bench/gpu_run.sh; on the CPU only a note
     "optimizers": "bench.optimizers",
 }
 
@@ -44,6 +46,7 @@ def versions() -> dict[str, str]:
         "gradcore": ("gradcore",),
         "autograd": ("autograd",),
         "torch": ("torch",),
+        "jax": ("jax",),
         "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy"),  # CuPy ships one wheel per CUDA
     }
     found = {}

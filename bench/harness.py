@@ -1,19 +1,28 @@
-"""Timing side by side: every implementation in one process, interleaved, reported as ratios.
+"""Timing side by side, reported as ratios: in one process (``compare``) or one process per peer.
 
-Each suite builds a dict ``{implementation name: zero-argument callable}`` for one case and calls
-``compare``. Implementations are first checked to agree numerically, then warmed up, then timed
-round-robin (one repetition of each in turn), so that a change in machine load hits all of them
-alike. The result rows carry the median and minimum seconds per call and each implementation's
-ratio of medians to the reference.
+``compare`` times zero-argument callables of one process round-robin (one repetition of each in
+turn), so that a change in machine load hits all of them alike. That is fair to implementations
+that share a thread pool, and unfair to libraries with thread pools of their own: OpenBLAS's and
+PyTorch's OpenMP workers keep spinning for a while after each call and take the cores from
+whatever is timed next. So the ``mlp`` suite gives every peer a ``Worker``, a process of its own
+that builds and times it on request; only one worker runs at a time, the others idle, and
+before each slice the harness waits ``settle_s`` for the last one's threads to go to sleep
+(``time_isolated``). ``time_alone`` times a peer with no other worker alive, and
+``mark_fairness`` flags a case whose figure in the suite is more than 1.2x that.
+
+Result rows carry the median and minimum seconds per call and each implementation's ratio of
+medians to the reference.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import statistics
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +76,7 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Time each implementation ``repeat`` times (``number`` calls each), round-robin.
 
-    Ratios are of medians, to ``reference``.
+    Ratios are of medians (``min_ratio``: of minima), to ``reference``.
     """
     for fn in implementations.values():
         for _ in range(warmup):
@@ -82,16 +91,186 @@ def compare(
                 fn()
             synchronize()
             samples[name].append((time.perf_counter() - start) / number)
+    return _rows(samples, reference)
+
+
+def _rows(samples: dict[str, list[float]], reference: str) -> list[dict[str, Any]]:
+    """Median, minimum and their ratios to the reference's, one row per implementation."""
     reference_median = statistics.median(samples[reference])
+    reference_min = min(samples[reference])
     return [
         {
             "impl": name,
             "median_s": statistics.median(times),
             "min_s": min(times),
             "ratio": statistics.median(times) / reference_median,
+            "min_ratio": min(times) / reference_min,
         }
         for name, times in samples.items()
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# one process per peer
+
+
+class WorkerError(RuntimeError):
+    """An implementation failed in its worker process; the message is the worker's traceback."""
+
+
+def _time_calls(step: Any, number: int, samples: int, warmup: int) -> list[float]:
+    """Seconds per call of ``step``: ``samples`` means of ``number`` calls in a row each."""
+    synchronize = getattr(step, "synchronize", lambda: None)  # a device step's own
+    for _ in range(warmup):
+        step()
+    synchronize()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(number):
+            step()
+        synchronize()
+        times.append((time.perf_counter() - start) / number)
+    return times
+
+
+def _serve(connection: Any) -> None:
+    """A worker's loop: build implementations under keys, run functions on them, time them."""
+    built: dict[Any, Any] = {}
+    while True:
+        command, *payload = connection.recv()
+        if command == "close":
+            return
+        try:
+            if command == "build":
+                key, factory, args = payload
+                built[key] = factory(*args)
+                answer = None
+            elif command == "apply":
+                key, function = payload
+                answer = function(built[key])
+            else:  # "time"
+                key, number, samples, warmup = payload
+                answer = _time_calls(built[key], number, samples, warmup)
+        except Exception:  # noqa: BLE001 - sent to the parent, which raises WorkerError
+            connection.send(("error", traceback.format_exc()))
+        else:
+            connection.send(("ok", answer))
+
+
+class Worker:
+    """A process of its own for one peer: its imports, heap and thread pools share nothing.
+
+    Factories and functions sent to it must be picklable (module-level functions, classes,
+    ``functools.partial`` of them); it starts by ``spawn``, so nothing of this process leaks in.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), name=name, daemon=True)
+        self._process.start()
+        child.close()
+
+    def _ask(self, *message: Any) -> Any:
+        try:
+            self._connection.send(message)
+            status, answer = self._connection.recv()
+        except (EOFError, BrokenPipeError):
+            raise WorkerError(
+                f"{self.name}: the worker process died (exit code {self._process.exitcode}); "
+                "a script that starts workers must guard its code with "
+                "`if __name__ == '__main__':`"
+            ) from None
+        if status == "error":
+            raise WorkerError(f"{self.name}: {answer}")
+        return answer
+
+    def build(self, key: Any, factory: Callable[..., Any], *args: Any) -> None:
+        """``factory(*args)``, kept in the worker under ``key``."""
+        self._ask("build", key, factory, args)
+
+    def apply(self, key: Any, function: Callable[[Any], Any]) -> Any:
+        """``function(built)`` run in the worker on what ``key`` holds; its result comes back."""
+        return self._ask("apply", key, function)
+
+    def time(self, key: Any, number: int, samples: int, warmup: int) -> list[float]:
+        """Seconds per call of what ``key`` holds (see ``_time_calls``)."""
+        return self._ask("time", key, number, samples, warmup)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._connection.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        self._connection.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def time_isolated(
+    workers: dict[str, Worker],
+    key: Any,
+    reference: str,
+    *,
+    rounds: int,
+    samples: int,
+    number: int,
+    warmup: int,
+    settle_s: float,
+) -> list[dict[str, Any]]:
+    """Time what ``key`` holds in every worker: ``rounds`` rounds, each a slice of ``samples``
+    samples per worker in turn (the order rotating every round), so that a change in load hits
+    all alike; before each slice the previous worker's thread pools get ``settle_s`` to go to
+    sleep. Each slice starts with one untimed call (``warmup`` in the first round): a worker's
+    step times its own steady state, not the caches the previous worker left."""
+    names = list(workers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            time.sleep(settle_s)
+            slice_warmup = warmup if round_ == 0 else 1
+            times[name] += workers[name].time(key, number, samples, slice_warmup)
+    return _rows(times, reference)
+
+
+def time_alone(
+    name: str,
+    builds: dict[Any, tuple[Callable[..., Any], tuple]],
+    *,
+    samples: int,
+    number: int | dict[Any, int],
+    warmup: int,
+) -> dict[Any, list[float]]:
+    """Each of ``builds`` (key -> factory and its arguments) built and timed in a fresh worker,
+    with no other worker running: the figure the same peer gets alone in its own process."""
+    found = {}
+    with Worker(name) as worker:
+        for key, (factory, args) in builds.items():
+            worker.build(key, factory, *args)
+            calls = number[key] if isinstance(number, dict) else number
+            found[key] = worker.time(key, calls, samples, warmup)
+    return found
+
+
+FAIRNESS_LIMIT = 1.2  # a suite figure more than this multiple of the alone figure is flagged
+
+
+def mark_fairness(row: dict[str, Any], alone: list[float]) -> bool:
+    """Record the alone median beside the suite's; False when the suite's is over the limit."""
+    row["alone_median_s"] = statistics.median(alone)
+    row["vs_alone"] = row["median_s"] / row["alone_median_s"]
+    return row["vs_alone"] <= FAIRNESS_LIMIT
 
 
 def _blas() -> str:

@@ -77,15 +77,15 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     """Peak bytes of one step (after a first step has made the velocities) per implementation."""
     notes = [
         "ratio = peak / minimum; minimum = parameters + gradients + velocities + each layer's "
-        "output for the batch; peak = parameters + velocities + the most one step allocates "
-        "beyond them",
+        "output for the batch; peak = parameters + velocities + the buffers a step keeps "
+        "between steps (the floor's) + the most one step allocates beyond them",
         "measured with tracemalloc (NumPy reports its buffers to it)"
         if device == "cpu"
         else "measured from every allocation out of CuPy's memory pool",
         "PyTorch is not measured: its allocator reports to neither",
     ]
     measure = _peak_cuda if device == "cuda" else _peak_cpu
-    factories = implementations(device, notes, with_torch=False)
+    factories = implementations(device, notes, peers=False)
     rows = []
     for case in cases(quick):
         params, x, y = problem(case)
@@ -94,7 +94,8 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         for name, factory in factories.items():
             step = factory(params, x, y, case.loss)
             step()  # the optimizer's velocities and any caches exist from now on
-            peak = 2 * param_bytes + measure(step)
+            # buffers a step keeps between steps (the floor's) are held during the step too
+            peak = 2 * param_bytes + getattr(step, "buffer_bytes", 0) + measure(step)
             row = {
                 "case": case.name,
                 "impl": name,

@@ -1,19 +1,26 @@
 """The ``mlp`` suite: one training step of a sigmoid MLP, gradcore against the floor and its peers.
 
 A step is forward, backward and an SGD update with momentum 0.9, all in float32. The reference is
-a hand-written NumPy (or, on "cuda", CuPy) step with gradients derived by hand: the same BLAS
-calls as every other implementation, with no graph, so its time is the floor a framework can
-approach but not beat. Every implementation starts from the same parameters and batch, and
-before anything is timed one step of each must give the same parameter update as the floor.
+the hand-written NumPy (or, on "cuda", CuPy) step an expert writes: gradients derived by hand,
+every buffer allocated once, in-place ufuncs, ``out=`` for every product. It makes the BLAS
+calls every implementation must make and no others, so its time is the floor a framework can
+approach. Every implementation starts from the same parameters and batch, and before anything
+is timed one step of each must give the same parameter update as the floor.
 
-Profile gradcore's step: ``python -m bench.mlp --profile BATCH [--loss bce]``.
+Each peer runs in a process of its own (``bench.harness.Worker``), timed in turn with the
+others idle, and is timed once more alone; a case whose figure in the suite is more than 1.2x
+the alone figure is flagged in the notes.
+
+Profile gradcore's step: ``python -m bench.mlp --profile BATCH [--loss bce] [--jit]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +33,15 @@ except ImportError:
     resource = None
 
 import gradcore as gc
-from bench.harness import compare, mark_target
-
-# PyTorch's OpenMP threads spin after each parallel region by default and steal the CPU from
-# whatever the round-robin times next; passive waiting keeps the runs independent. This only
-# takes effect if set before PyTorch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from bench.harness import (
+    FAIRNESS_LIMIT,
+    Worker,
+    WorkerError,
+    mark_fairness,
+    mark_target,
+    time_alone,
+    time_isolated,
+)
 
 LEARNING_RATE = 0.1
 MOMENTUM = 0.9
@@ -42,7 +52,7 @@ JIT_TARGET = 1.00  # the jitted step, at every batch size
 
 
 def momentum_update(params: list[dict], velocities: list[dict], grads: list[dict]) -> None:
-    """The hand-written SGD step with momentum that the NumPy floor and autograd share."""
+    """The SGD step with momentum, v <- m v - lr g; theta <- theta + v, for autograd's step."""
     for layer, velocity, grad in zip(params, velocities, grads):
         for k in layer:
             velocity[k] *= MOMENTUM
@@ -112,6 +122,7 @@ class GradcoreStep:
             )
         self.value_and_grad = gc.value_and_grad(objective)
         self.optimizer = gc.optim.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM)
+        self.synchronize = gc.backend.backend_for_device(device).synchronize
 
     def __call__(self) -> Any:
         # As gc.train.fit runs a step: labels are checked once before training, not per step.
@@ -142,69 +153,99 @@ class JitStep(GradcoreStep):
         return self.step(self.params, self.x, self.y)
 
 
-class HandWrittenStep:
-    """The floor: forward and backward derived by hand, on NumPy or CuPy (``xp``).
+class ExpertStep:
+    """The floor: forward and backward derived by hand, on NumPy or CuPy (``xp_name``).
 
-    It makes the BLAS calls any implementation must make, in place where that is natural
-    (bias adds, the sigmoid, the update), computes the loss value like the others do, and
-    computes every gradient before updating, as the frameworks do.
+    What an expert writes for speed: every activation, delta and gradient buffer allocated once,
+    every product written with ``out=`` into its buffer, every elementwise step an in-place ufunc,
+    the loss value computed as the others compute it, and every gradient computed before the
+    update, as the frameworks do.
     """
 
-    def __init__(self, params, x, y, loss: str, xp: Any) -> None:
-        self.xp = xp
-        self.params = [{k: xp.asarray(v).copy() for k, v in layer.items()} for layer in params]
+    def __init__(self, params, x, y, loss: str, xp_name: str = "numpy") -> None:
+        xp = self.xp = importlib.import_module(xp_name)
+        self.params = [{k: xp.array(v) for k, v in layer.items()} for layer in params]
         self.velocities = [{k: xp.zeros_like(v) for k, v in layer.items()} for layer in self.params]
+        self.grads = [{k: xp.empty_like(v) for k, v in layer.items()} for layer in self.params]
         self.x, self.y, self.loss = xp.asarray(x), xp.asarray(y), loss
-        self.rows = xp.arange(x.shape[0])
+        batch = x.shape[0]
+        widths = [layer["W"].shape[1] for layer in params]
+        # activations[i + 1] is layer i's output; deltas[i] the loss gradient at layer i's input
+        self.activations = [self.x] + [xp.empty((batch, n), xp.float32) for n in widths]
+        self.deltas = [None] + [xp.empty((batch, n), xp.float32) for n in widths[:-1]]
+        self.slopes = [None] + [xp.empty((batch, n), xp.float32) for n in widths[:-1]]
+        self.row_max = xp.empty((batch, 1), xp.float32)
+        self.row_sum = xp.empty((batch, 1), xp.float32)
+        self.rows = xp.arange(batch)
 
     def _sigmoid_(self, a: Any) -> Any:
         """In place, as ``1 / (1 + exp(-a))``: NumPy's exp is faster than its tanh."""
+        xp = self.xp
         with np.errstate(over="ignore"):  # exp(-a) = inf for a < -88 gives exactly 0
-            self.xp.negative(a, out=a)
-            self.xp.exp(a, out=a)
+            xp.negative(a, out=a)
+            xp.exp(a, out=a)
             a += 1.0
-            self.xp.reciprocal(a, out=a)
+            xp.reciprocal(a, out=a)
         return a
 
-    def _loss_and_dz(self, z: Any) -> tuple[Any, Any]:
-        """Mean loss over the batch and its gradient with respect to the logits ``z``."""
+    def _loss_and_dz_(self, z: Any) -> Any:
+        """Mean loss over the batch; ``z`` (the logits) is overwritten with its gradient."""
         xp, n = self.xp, z.shape[0]
         if self.loss == "softmax":
-            z -= z.max(axis=1, keepdims=True)
-            e = xp.exp(z)
-            total = e.sum(axis=1, keepdims=True)
-            loss = xp.log(total).mean() - z[self.rows, self.y].mean()
-            e /= total
-            e[self.rows, self.y] -= 1.0
-            e *= 1.0 / n
-            return loss, e
-        # binary cross-entropy with logits: softplus(z) - y z, stable for any z
-        loss = (xp.maximum(z, 0.0) - z * self.y + xp.log1p(xp.exp(-xp.abs(z)))).mean()
-        dz = self._sigmoid_(z.copy())
-        dz -= self.y
-        dz *= 1.0 / n
-        return loss, dz
+            xp.max(z, axis=1, keepdims=True, out=self.row_max)
+            z -= self.row_max
+            picked = z[self.rows, self.y]
+            xp.exp(z, out=z)
+            xp.sum(z, axis=1, keepdims=True, out=self.row_sum)
+            loss = xp.log(self.row_sum).mean() - picked.mean()
+            z /= self.row_sum
+            z[self.rows, self.y] -= 1.0
+        else:  # binary cross-entropy with logits: softplus(z) - y z, stable for any z
+            loss = (xp.maximum(z, 0.0) - z * self.y + xp.log1p(xp.exp(-xp.abs(z)))).mean()
+            self._sigmoid_(z)
+            z -= self.y
+        z *= 1.0 / n
+        return loss
 
     def __call__(self) -> Any:
-        activations = [self.x]
-        for layer in self.params[:-1]:
-            a = activations[-1] @ layer["W"]
-            a += layer["b"]
-            activations.append(self._sigmoid_(a))
-        z = activations[-1] @ self.params[-1]["W"]
-        z += self.params[-1]["b"]
-        loss, delta = self._loss_and_dz(z)
-        grads = [None] * len(self.params)
-        for i in reversed(range(len(self.params))):
-            h = activations[i]
-            grads[i] = {"W": h.T @ delta, "b": delta.sum(axis=0)}
+        xp, params, h = self.xp, self.params, self.activations
+        last = len(params) - 1
+        for i, layer in enumerate(params):
+            xp.matmul(h[i], layer["W"], out=h[i + 1])
+            h[i + 1] += layer["b"]
+            if i < last:
+                self._sigmoid_(h[i + 1])
+        loss = self._loss_and_dz_(h[-1])
+        delta = h[-1]
+        for i in reversed(range(len(params))):
+            xp.matmul(h[i].T, delta, out=self.grads[i]["W"])
+            xp.sum(delta, axis=0, out=self.grads[i]["b"])
             if i:
-                delta = delta @ self.params[i]["W"].T
-                slope = 1.0 - h
-                slope *= h
-                delta *= slope
-        momentum_update(self.params, self.velocities, grads)
+                # through layer i's input, h[i] = sigmoid(...): times h (1 - h)
+                xp.matmul(delta, params[i]["W"].T, out=self.deltas[i])
+                slope = self.slopes[i]
+                xp.subtract(1.0, h[i], out=slope)
+                slope *= h[i]
+                self.deltas[i] *= slope
+                delta = self.deltas[i]
+        for layer, velocity, grad in zip(params, self.velocities, self.grads):
+            for k in layer:
+                velocity[k] *= MOMENTUM
+                grad[k] *= LEARNING_RATE
+                velocity[k] -= grad[k]
+                layer[k] += velocity[k]
         return loss
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The buffers kept from step to step (the memory suite counts them in the peak)."""
+        kept = self.activations[1:] + self.deltas[1:] + self.slopes[1:]
+        kept += [g for layer in self.grads for g in layer.values()]
+        return sum(a.nbytes for a in kept) + self.row_max.nbytes + self.row_sum.nbytes
+
+    def synchronize(self) -> None:
+        if self.xp is not np:
+            self.xp.cuda.Device().synchronize()
 
     def current_params(self) -> list[dict[str, np.ndarray]]:
         return gc.to_numpy(self.params)
@@ -273,6 +314,7 @@ class TorchStep:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM
         )
+        self.device = torch_device
 
     def __call__(self) -> Any:
         self.optimizer.zero_grad(set_to_none=True)
@@ -280,6 +322,10 @@ class TorchStep:
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
     def current_params(self) -> list[dict[str, np.ndarray]]:
         linears = [m for m in self.model if isinstance(m, self.torch.nn.Linear)]
@@ -289,61 +335,130 @@ class TorchStep:
         ]
 
 
+class TorchCompiledStep(TorchStep):
+    """The same PyTorch step through ``torch.compile``, as PyTorch's tutorials compile a training
+    step: the model and its loss as one graph (Inductor generates the forward and the backward
+    kernels) and the optimizer's update as another; ``backward()`` between them stays eager.
+    On the CPU Inductor needs a C++ compiler."""
+
+    # Each instance (a worker holds one per case) is a new object Dynamo's guards see: allow
+    # more recompilations of the same code than the default 8, or later cases would run eager.
+    RECOMPILE_LIMIT = 64
+
+    def __init__(self, params, x, y, loss: str, device: str) -> None:
+        super().__init__(params, x, y, loss, device)
+        import torch._dynamo.config
+
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, self.RECOMPILE_LIMIT)
+        self.objective = self.torch.compile(lambda: self.loss(self.model(self.x), self.y))
+        self.update = self.torch.compile(self.optimizer.step)
+
+    def __call__(self) -> Any:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.objective()
+        loss.backward()
+        self.update()
+        return loss.detach()
+
+
+class JaxStep:
+    """JAX: ``jax.jit`` of the whole step (value_and_grad, momentum update) on its CPU device,
+    the parameters and velocities donated so that XLA updates their buffers in place."""
+
+    def __init__(self, params, x, y, loss: str) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        def mlp(p, xb):
+            for layer in p[:-1]:
+                xb = jax.nn.sigmoid(xb @ layer["W"] + layer["b"])
+            return xb @ p[-1]["W"] + p[-1]["b"]
+
+        def softmax_ce(p, xb, yb):
+            log_p = jax.nn.log_softmax(mlp(p, xb))
+            return -jnp.mean(jnp.take_along_axis(log_p, yb[:, None], axis=1))
+
+        def bce(p, xb, yb):
+            z = mlp(p, xb)
+            return jnp.mean(jax.nn.softplus(z) - yb * z)
+
+        value_and_grad = jax.value_and_grad(softmax_ce if loss == "softmax" else bce)
+
+        def step(p, v, xb, yb):
+            value, g = value_and_grad(p, xb, yb)
+            v = jax.tree.map(lambda v, g: MOMENTUM * v - LEARNING_RATE * g, v, g)
+            return jax.tree.map(jnp.add, p, v), v, value
+
+        self.jax = jax
+        self.step = jax.jit(step, donate_argnums=(0, 1))
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.velocities = jax.tree.map(jnp.zeros_like, self.params)
+        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+
+    def __call__(self) -> Any:
+        self.params, self.velocities, loss = self.step(self.params, self.velocities, self.x, self.y)
+        return loss
+
+    def synchronize(self) -> None:  # JAX dispatches asynchronously
+        self.jax.block_until_ready(self.params)
+
+    def current_params(self) -> list[dict[str, np.ndarray]]:
+        return [{k: np.asarray(v) for k, v in layer.items()} for layer in self.params]
+
+
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def blas_threads() -> int | None:
-    """How many threads NumPy's BLAS uses, so that PyTorch can be given the same number."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    found = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
-    return found[0] if found else None
+FLOOR = {"cpu": "numpy (expert)", "cuda": "cupy (expert)"}
 
 
 def implementations(
-    device: str, notes: list[str], with_torch: bool = True
+    device: str, notes: list[str], peers: bool = True, quick: bool = False
 ) -> dict[str, Callable[..., Any]]:
-    """Factories ``(params, x, y, loss) -> step`` for what is installed; the floor comes first."""
-    found: dict[str, Callable[..., Any]] = {}
-    if device == "cuda":
-        import cupy
+    """Factories ``(params, x, y, loss) -> step`` for what is installed; the floor comes first.
 
-        found["cupy (hand-written)"] = lambda p, x, y, loss: HandWrittenStep(p, x, y, loss, cupy)
-    else:
-        found["numpy (hand-written)"] = lambda p, x, y, loss: HandWrittenStep(p, x, y, loss, np)
-    found["gradcore"] = lambda p, x, y, loss: GradcoreStep(p, x, y, loss, device)
-    found["gradcore jit"] = lambda p, x, y, loss: JitStep(p, x, y, loss, device)
+    Each factory pickles (a class or a ``functools.partial`` of one), so that a worker process
+    can build it. ``peers=False``: only the floor, gradcore and autograd (all NumPy).
+    """
+    xp_name = "cupy" if device == "cuda" else "numpy"
+    found: dict[str, Callable[..., Any]] = {
+        FLOOR[device]: functools.partial(ExpertStep, xp_name=xp_name),
+        "gradcore": functools.partial(GradcoreStep, device=device),
+        "gradcore jit": functools.partial(JitStep, device=device),
+    }
     if device == "cpu":
         if installed("autograd"):
             found["autograd"] = AutogradStep
         else:
             notes.append("autograd is not installed: skipped (pip install -e '.[bench]')")
-    if not with_torch:
+    if not peers:
         return found
     if installed("torch"):
-        import torch
-
-        if device == "cpu":
-            threads = blas_threads()
-            if threads:
-                torch.set_num_threads(threads)
-            notes.append(
-                f"PyTorch {torch.__version__} runs on {torch.get_num_threads()} threads, "
-                f"set to match NumPy's BLAS ({threads} threads)"
-            )
         name = "pytorch cuda" if device == "cuda" else "pytorch"
-        found[name] = lambda p, x, y, loss: TorchStep(p, x, y, loss, device)
+        found[name] = functools.partial(TorchStep, device=device)
+        compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+        if quick:
+            notes.append("torch.compile is not run under --quick: each case compiles for seconds")
+        elif device == "cpu" and compiler is None:
+            notes.append("torch.compile skipped: it needs a C++ compiler on the CPU (none on PATH)")
+        else:
+            found[f"{name} compile"] = functools.partial(TorchCompiledStep, device=device)
     else:
         notes.append("PyTorch is not installed: skipped (pip install -e '.[bench]')")
+    if device == "cpu" and installed("jax"):
+        found["jax jit"] = JaxStep
+    elif device == "cpu":
+        notes.append("JAX is not installed: skipped (pip install -e '.[bench]')")
+    else:
+        notes.append("JAX is not run on cuda: the bench extra installs its CPU build only")
     return found
 
 
 def page_faults_per_step(step: Callable[[], Any], steps: int = 20) -> float | None:
-    """Minor page faults per step, run alone: memory the allocator handed back to the OS and
-    took again, each page zeroed by the kernel. None where the platform does not count them."""
+    """Minor page faults per step, in the step's own process: memory the allocator handed back
+    to the OS and took again, each page zeroed by the kernel. None where nobody counts them."""
     if resource is None:
         return None
     step()
@@ -353,21 +468,28 @@ def page_faults_per_step(step: Callable[[], Any], steps: int = 20) -> float | No
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
 
 
-def check_updates_agree(steps: dict[str, Any], initial: list[dict[str, np.ndarray]]) -> None:
-    """One step of each from the same start must move every parameter by the same amount.
+def one_step_params(step: Any) -> list[dict[str, np.ndarray]]:
+    """One step, then the parameters on the host (run in the step's worker)."""
+    step()
+    return step.current_params()
+
+
+def check_updates_agree(
+    stepped: dict[str, list[dict[str, np.ndarray]]], initial: list[dict[str, np.ndarray]]
+) -> None:
+    """One step of each from the same start (``stepped``: the parameters after it) must move
+    every parameter by the same amount as the first, the floor.
 
     Comparing the updates (new minus initial parameters), not the parameters themselves, keeps
     the check sharp: an update is about lr times the gradient, small next to the parameters.
     """
-    reference, *_ = steps
-    updates = {}
-    for name, step in steps.items():
-        step()
-        new = step.current_params()
-        updates[name] = np.concatenate(
+    updates = {
+        name: np.concatenate(
             [(new[i][k] - layer[k]).ravel() for i, layer in enumerate(initial) for k in layer]
         )
-    expected = updates[reference]
+        for name, new in stepped.items()
+    }
+    reference, expected = next(iter(updates.items()))
     scale = float(np.max(np.abs(expected)))
     for name, update in updates.items():
         worst = float(np.max(np.abs(update - expected)))
@@ -402,59 +524,126 @@ def _mark_targets(rows: list[dict[str, Any]], case: Case, device: str) -> None:
         mark_target(jit_row, f"<= {JIT_TARGET:.2f}x", jit_row["ratio"] <= JIT_TARGET)
 
 
-def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Timing:
+    """How long a suite times: ``rounds`` slices of ``samples`` samples of ``number(batch)``
+    steps per peer, and ``alone_samples`` for the alone check."""
+
+    rounds: int = 8
+    samples: int = 5
+    warmup: int = 5
+    settle_s: float = 0.25  # OpenBLAS's threads spin ~0.1 s after a call before they sleep
+    alone_samples: int = 10
+
+    def number(self, batch: int) -> int:
+        return max(3, 640 // batch)
+
+
+QUICK = Timing(rounds=1, samples=1, warmup=1, settle_s=0.0, alone_samples=1)
+
+
+def start_workers(
+    factories: dict[str, Callable[..., Any]], case_list: list[Case], notes: list[str]
+) -> dict[str, Worker]:
+    """A worker per implementation, each case built in it (key: the case's name) and checked to
+    agree with the floor; a peer that fails to build or to step (``torch.compile`` compiles at
+    its first step) is dropped with the reason in notes."""
+    workers: dict[str, Worker] = {}
+    stepped: dict[str, dict[str, Any]] = {case.name: {} for case in case_list}
+    for name, factory in factories.items():
+        worker = Worker(name)
+        try:
+            for case in case_list:
+                worker.build(case.name, factory, *problem(case), case.loss)
+                worker.build(("check", case.name), factory, *problem(case), case.loss)
+                stepped[case.name][name] = worker.apply(("check", case.name), one_step_params)
+        except WorkerError as error:
+            worker.close()
+            if not workers:  # the floor itself: nothing to compare with
+                raise
+            reason = str(error).strip().splitlines()[-1]
+            notes.append(f"{name} skipped: it failed to build or to step ({reason})")
+            for found in stepped.values():
+                found.pop(name, None)
+            continue
+        workers[name] = worker
+    for case in case_list:
+        check_updates_agree(stepped[case.name], problem(case)[0])
+    return workers
+
+
+def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) -> dict[str, Any]:
     """Every case, every installed implementation, checked for agreement, then timed."""
-    backend = gc.backend.backend_for_device(device)
+    gc.backend.backend_for_device(device)  # a clear DeviceError before any worker starts
+    timing = timing or (QUICK if quick else Timing())
     notes: list[str] = [
         f"one step: forward, backward, SGD momentum {MOMENTUM}, lr {LEARNING_RATE}, float32",
         "agreement checked before timing: one step from the same parameters and batch gives "
         "the same update as the floor (within 1e-3 of the largest update)",
-        "repeat RxN: R samples, round-robin across implementations, each the mean of N steps "
-        "in a row; ratio is of medians, min_ratio of minima",
-        "page_faults_per_step: minor page faults per step, each implementation run alone",
+        f"each implementation in a process of its own, timed in turn with the others idle: "
+        f"{timing.rounds} rounds of {timing.samples} samples each, a sample the mean of N "
+        f"steps in a row (repeat RxN); ratio is of medians, min_ratio of minima",
+        f"vs_alone: the suite's median over the median of {timing.alone_samples} samples of the "
+        "same implementation timed alone (a fresh process, no other running)",
+        "page_faults_per_step: minor page faults per step, in the implementation's own process",
     ]
-    factories = implementations(device, notes)
-    reference = next(iter(factories))
-    synchronize = backend.synchronize
-    if device == "cuda" and installed("torch"):
-        import torch
-
-        def synchronize() -> None:  # PyTorch may queue work on streams of its own
-            backend.synchronize()
-            torch.cuda.synchronize()
-
+    case_list = cases(device, quick)
+    factories = implementations(device, notes, quick=quick)
+    workers = start_workers(factories, case_list, notes)
+    reference = next(iter(workers))
     rows = []
-    for case in cases(device, quick):
-        params, x, y = problem(case)
-        check_updates_agree({n: f(params, x, y, case.loss) for n, f in factories.items()}, params)
-        steps = {name: factory(params, x, y, case.loss) for name, factory in factories.items()}
-        # Each sample is `number` steps in a row, so that each implementation times its own
-        # steady state: timed one step each in turn, one implementation's heap left the next
-        # one to fault its pages back in (see page_faults_per_step).
-        repeat, number = (1, 1) if quick else (40, max(3, 640 // case.batch))
-        timed = compare(
-            steps,
-            reference,
-            repeat=repeat,
-            number=number,
-            warmup=1 if quick else 5,
-            synchronize=synchronize,
+    try:
+        for case in case_list:
+            number = timing.number(case.batch)
+            timed = time_isolated(
+                workers,
+                case.name,
+                reference,
+                rounds=timing.rounds,
+                samples=timing.samples,
+                number=number,
+                warmup=timing.warmup,
+                settle_s=timing.settle_s,
+            )
+            for row in timed:
+                row.update(
+                    case=case.name,
+                    batch=case.batch,
+                    repeat=f"{timing.rounds * timing.samples}x{number}",
+                    page_faults_per_step=workers[row["impl"]].apply(
+                        case.name, page_faults_per_step
+                    ),
+                )
+            _mark_targets(timed, case, device)
+            rows += timed
+    finally:
+        for worker in workers.values():
+            worker.close()
+    unfair = []
+    for name in workers:
+        builds = {case.name: (factories[name], (*problem(case), case.loss)) for case in case_list}
+        numbers = {case.name: timing.number(case.batch) for case in case_list}
+        alone = time_alone(
+            name, builds, samples=timing.alone_samples, number=numbers, warmup=timing.warmup
         )
-        floor_min = next(row["min_s"] for row in timed if row["impl"] == reference)
-        for row in timed:
-            # Other processes only ever add time: the ratio of minima shows the undisturbed cost.
-            row.update(case=case.name, batch=case.batch, repeat=f"{repeat}x{number}")
-            row["min_ratio"] = row["min_s"] / floor_min
-            row["page_faults_per_step"] = page_faults_per_step(steps[row["impl"]])
-        _mark_targets(timed, case, device)
-        rows += timed
+        for row in rows:
+            if row["impl"] == name and not mark_fairness(row, alone[row["case"]]):
+                unfair.append(f"{row['case']} · {name} ({row['vs_alone']:.2f}x)")
+    if unfair:
+        notes.append(
+            f"**unfair**: in the suite more than {FAIRNESS_LIMIT}x the time alone: "
+            + "; ".join(unfair)
+        )
+    else:
+        notes.append(f"fair: every figure within {FAIRNESS_LIMIT}x of the same step timed alone")
     return {"suite": "mlp", "reference": reference, "rows": rows, "notes": notes}
 
 
-def profile_step(case: Case, device: str = "cpu", steps: int = 200) -> None:
-    """Print where gradcore's step in ``case`` spends its time (pyinstrument, else cProfile)."""
+def profile_step(case: Case, device: str = "cpu", steps: int = 200, jit: bool = False) -> None:
+    """Print where gradcore's step (``jit``: its replay) spends its time (pyinstrument, else
+    cProfile)."""
     params, x, y = problem(case)
-    step = GradcoreStep(params, x, y, case.loss, device)
+    step = (JitStep if jit else GradcoreStep)(params, x, y, case.loss, device)
     step()
     if installed("pyinstrument"):
         from pyinstrument import Profiler
@@ -475,11 +664,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", metavar="BATCH", type=int, required=True)
     parser.add_argument("--loss", choices=("softmax", "bce"), default="softmax")
+    parser.add_argument("--jit", action="store_true", help="profile the gc.jit replay")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     outputs = 10 if args.loss == "softmax" else 1
-    profile_step(Case((784, 256, 256, outputs), args.loss, args.profile), args.device, args.steps)
+    case = Case((784, 256, 256, outputs), args.loss, args.profile)
+    profile_step(case, args.device, args.steps, args.jit)
 
 
 if __name__ == "__main__":

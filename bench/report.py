@@ -247,8 +247,10 @@ def readme_section(results_dir: Path = RESULTS_DIR, link_from: Path = REPO_ROOT)
         parts.append(f"### {run['device'].upper()}: {describe_machine(run)}")
         parts.append(
             f"Measured {run['machine']['date']} with `{run['command']}`. Each cell is the median "
-            "ratio to the suite's reference, with the absolute median (or peak) in brackets; "
-            f"all implementations run side by side in one process. {describe_load(run)}"
+            "ratio to the suite's reference, with the absolute median (or peak) in brackets. "
+            "In the mlp suite each peer runs in a process of its own, timed in turn with the "
+            "others idle, and is checked against the same step timed alone; the other suites "
+            f"time their implementations side by side in one process. {describe_load(run)}"
         )
         for suite in run["suites"]:
             reference = suite.get("reference")
@@ -265,6 +267,14 @@ def readme_section(results_dir: Path = RESULTS_DIR, link_from: Path = REPO_ROOT)
         if png.exists():
             link = Path(os.path.relpath(png.resolve(), link_from.resolve())).as_posix()
             parts.append(f"![{run['device']} benchmark ratios]({link})")
+    if not any(run["device"] == "cuda" for _, run in runs):
+        parts.append(
+            "### GPU: not yet measured\n\nNo GPU run is committed: GPU figures have not been "
+            "measured yet. `bash bench/gpu_run.sh` on a GPU machine writes them (the `gpu` suite: "
+            "the fused sigmoid as a share of memory bandwidth, gradcore's jitted step against "
+            "PyTorch CUDA eager at batch 32 to 4096), and this section then shows them with the "
+            "device's name."
+        )
     parts.append(END)
     return "\n\n".join(parts) + "\n"
 

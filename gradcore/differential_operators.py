@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -323,25 +325,73 @@ def _vjp_of(fun: Callable) -> Callable:
 
 
 def to_dot(fun: Callable, *args: Any) -> str:
-    """Graphviz DOT text of the graph ``fun(*args)`` records; nodes show op and shape."""
+    """Graphviz DOT text of the graph ``fun(*args)`` records, drawn as the lecture draws it.
+
+    Each node shows its op (an input: its parameter name), its shape, its forward value (green)
+    and, when ``fun`` returns one real number, that number's gradient with respect to the node
+    (red): what backpropagation computes at every node on the way back to the inputs. Arrays of
+    up to 4 elements are written out, larger ones by shape alone. ``dot -Tpng`` renders it.
+    """
     traced = _Traced("to_dot", fun, args, {}, tuple(range(len(args))), keep_values=True)
+    parameters = _parameter_names(fun, len(args))
     names = {}
     for argnum, nodes in enumerate(traced.leaf_nodes):
+        name = parameters[argnum]
         for position, node in enumerate(nodes):
-            names[node] = f"arg {argnum}" if len(nodes) == 1 else f"arg {argnum}[{position}]"
-    lines = ["digraph gradcore {", "  rankdir=LR;"]
-    ids: dict[Node, str] = {}
+            names[node] = name if len(nodes) == 1 else f"{name}[{position}]"
     leaves = [node for nodes in traced.leaf_nodes for node in nodes]
-    for node in _reachable(traced.tape, [node for _, node in traced.ends], leaves):
+    reachable = _reachable(traced.tape, [node for _, node in traced.ends], leaves)
+    values = {node: _small_text(node.ans) for node in reachable}
+    gradients: dict[Node, str] = {}
+    if len(traced.ends) == 1 and _is_real_floating(traced.value) and shape(traced.value) == ():
+        record = lambda node, g: gradients.__setitem__(node, _small_text(g))
+        seed = [(traced.ends[0][1], ones_like(traced.value))]
+        found = backward_pass(seed, traced.tape, _accumulate, True, on_cotangent=record)
+        gradients.update((node, _small_text(g)) for node, g in found.items())
+    lines = [
+        "digraph gradcore {",
+        "  rankdir=LR;",
+        '  label="green: forward value, red: gradient of the output"; fontsize=10;',
+    ]
+    ids: dict[Node, str] = {}
+    for node in reachable:
         ids[node] = f"n{len(ids)}"
-        label = names.get(node) or node.primitive.name
-        shape_text = "x".join(map(str, getattr(node.ans, "shape", ()))) or "scalar"
+        rows = [names.get(node) or node.primitive.name]
+        rows.append("x".join(map(str, getattr(node.ans, "shape", ()))) or "scalar")
+        if values[node]:
+            rows.append(f'<font color="darkgreen">{values[node]}</font>')
+        if gradients.get(node):
+            rows.append(f'<font color="red">{gradients[node]}</font>')
         style = ", shape=box" if node.primitive is None else ""
-        lines.append(f'  {ids[node]} [label="{label}\\n{shape_text}"{style}];')
+        lines.append(f"  {ids[node]} [label=<{'<br/>'.join(rows)}>{style}];")
         for argnum, parent in node.parents:
             lines.append(f'  {ids[parent]} -> {ids[node]} [label="{argnum}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _parameter_names(fun: Callable, count: int) -> list[str]:
+    """The names of ``fun``'s first ``count`` positional parameters; ``arg N`` where unknown."""
+    try:
+        parameters = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        parameters = []
+    positional = [
+        p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return [positional[i] if i < len(positional) else f"arg {i}" for i in range(count)]
+
+
+def _small_text(value: Any) -> str:
+    """A value written out for a drawing: a number, up to 4 numbers, else nothing."""
+    value = getval(value)
+    if type(value) in PY_SCALARS:
+        return f"{value:.4g}"
+    if value is None or not _is_real_floating(value) or math.prod(value.shape) > 4:
+        return ""
+    xp = backend_of(value).xp
+    numbers = [f"{float(v):.4g}" for v in xp.reshape(value, (-1,))]
+    return numbers[0] if value.ndim == 0 else "[" + ", ".join(numbers) + "]"
 
 
 def _reachable(tape: list[Node], ends: list[Node], leaves: list[Node]) -> list[Node]:

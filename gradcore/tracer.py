@@ -388,7 +388,11 @@ def stop_gradient(x: Any) -> Any:
 
 
 def backward_pass(
-    seeds: list[tuple[Node, Any]], tape: list[Node], add: Callable, retain_graph: bool = False
+    seeds: list[tuple[Node, Any]],
+    tape: list[Node],
+    add: Callable,
+    retain_graph: bool = False,
+    on_cotangent: Callable[[Node, Any], None] | None = None,
 ) -> dict[Node, Any]:
     """Push output cotangents ``(node, g)`` back through the tape; return the leaves' cotangents.
 
@@ -396,7 +400,8 @@ def backward_pass(
     functions may be called many times), each node's saved values are dropped too, so memory
     falls as backward proceeds. Accumulation is copy-on-second-write: a cotangent a VJP returned
     may alias another node's, so it is never written into; the sum that replaces it is ours, and
-    later sums go into it.
+    later sums go into it. ``on_cotangent(node, g)`` sees each node's finished cotangent before
+    its rules run (``to_dot`` draws them).
     """
     cotangents: dict[Node, Any] = {}
     owned: set[Node] = set()
@@ -416,6 +421,8 @@ def backward_pass(
         g = cotangents.pop(node, None)
         if g is None:  # the outputs do not depend on this node
             continue
+        if on_cotangent is not None:
+            on_cotangent(node, g)
         prim = node.primitive
         rules, one_rule = prim.vjps, prim.vjp_argnum
         for argnum, parent in node.parents:

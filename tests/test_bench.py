@@ -12,12 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import mlp, report  # noqa: E402
+from bench import gpu, harness, mlp, report  # noqa: E402
 from bench.train_time import printed_accuracy  # noqa: E402
 
 
@@ -46,14 +47,21 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "train",
         "checkpoint",
         "scaling",
+        "gpu",
         "optimizers",
     ]
     for suite in suites.values():
         assert suite["rows"] or suite["notes"], suite["suite"]
         for row in suite["rows"]:
             assert {"case", "impl", "median_s", "min_s", "ratio"} <= set(row)
-    mlp_impls = {row["impl"] for row in suites["mlp"]["rows"]}
-    assert {"numpy (hand-written)", "gradcore"} <= mlp_impls
+    mlp_rows = suites["mlp"]["rows"]
+    assert {"numpy (expert)", "gradcore", "gradcore jit"} <= {row["impl"] for row in mlp_rows}
+    for row in mlp_rows:  # each peer was also timed alone, and the suite says how it compared
+        assert row["vs_alone"] == pytest.approx(row["median_s"] / row["alone_median_s"])
+    assert any(note.startswith(("fair:", "**unfair**")) for note in suites["mlp"]["notes"])
+    assert suites["gpu"]["notes"] == [
+        "not run: the GPU table needs `--device cuda` (bench/gpu_run.sh runs it)"
+    ]
     assert {row["impl"] for row in suites["memory"]["rows"]} >= {"gradcore"}
     assert path.with_suffix(".md").read_text().startswith("# Benchmarks: cpu")
     if importlib.util.find_spec("matplotlib"):
@@ -70,8 +78,9 @@ def test_readme_block_is_generated_from_results(quick_run: tuple[Path, dict], tm
     report.main(["--results", str(tmp_path), "--readme", str(readme)])
     text = readme.read_text()
     assert "old" not in text and text.endswith("\n\nafter\n")
-    assert "| case | numpy (hand-written) | gradcore |" in text
+    assert "| case | numpy (expert) | gradcore | gradcore jit |" in text
     assert run["machine"]["cpu"] in text and run["machine"]["date"] in text
+    assert "### GPU: not yet measured" in text  # no CUDA run among the results
 
 
 def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
@@ -84,13 +93,94 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
 def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlp, "installed", lambda module: False)
     notes: list[str] = []
-    assert list(mlp.implementations("cpu", notes)) == [
-        "numpy (hand-written)",
-        "gradcore",
-        "gradcore jit",
-    ]
-    assert any("autograd is not installed" in n for n in notes)
-    assert any("PyTorch is not installed" in n for n in notes)
+    assert list(mlp.implementations("cpu", notes)) == ["numpy (expert)", "gradcore", "gradcore jit"]
+    for peer in ("autograd", "PyTorch", "JAX"):
+        assert any(f"{peer} is not installed" in note for note in notes), peer
+
+
+def test_torch_compile_needs_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mlp, "installed", lambda module: module == "torch")
+    monkeypatch.setattr(mlp.shutil, "which", lambda name: None)
+    notes: list[str] = []
+    assert "pytorch compile" not in mlp.implementations("cpu", notes)
+    assert any("torch.compile skipped: it needs a C++ compiler" in note for note in notes)
+
+
+def test_expert_floor_agrees_with_gradcore_over_steps() -> None:
+    """The floor's preallocated buffers are reused step after step without going stale."""
+    for loss, outputs in (("softmax", 3), ("bce", 1)):
+        case = mlp.Case((5, 4, 4, outputs), loss, 6)
+        floor = mlp.ExpertStep(*mlp.problem(case), case.loss)
+        gradcore = mlp.GradcoreStep(*mlp.problem(case), case.loss, "cpu")
+        for _ in range(3):
+            assert float(floor()) == pytest.approx(float(gradcore()), rel=1e-5)
+        for mine, theirs in zip(floor.current_params(), gradcore.current_params()):
+            for k in mine:
+                np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_wrong_update_is_caught() -> None:
+    case = mlp.Case((5, 4, 3), "softmax", 6)
+    params = mlp.problem(case)[0]
+    right = mlp.one_step_params(mlp.ExpertStep(*mlp.problem(case), case.loss))
+    wrong = [{k: v * 1.01 for k, v in layer.items()} for layer in right]
+    mlp.check_updates_agree({"floor": right, "same": right}, params)
+    with pytest.raises(AssertionError, match="mlp: off's parameter update differs from floor's"):
+        mlp.check_updates_agree({"floor": right, "off": wrong}, params)
+
+
+def _failing_factory() -> None:
+    raise ValueError("no such peer")
+
+
+@pytest.mark.slow
+def test_workers_time_in_turn_and_report_their_errors() -> None:
+    case = mlp.Case((5, 4, 3), "softmax", 6)
+    with harness.Worker("floor") as floor, harness.Worker("gradcore") as gradcore:
+        floor.build("c", mlp.ExpertStep, *mlp.problem(case), case.loss)
+        gradcore.build("c", mlp.GradcoreStep, *mlp.problem(case), case.loss, "cpu")
+        rows = harness.time_isolated(
+            {"floor": floor, "gradcore": gradcore}, "c", "floor",
+            rounds=2, samples=2, number=3, warmup=1, settle_s=0.0,
+        )  # fmt: skip
+        assert [row["impl"] for row in rows] == ["floor", "gradcore"]
+        assert rows[0]["ratio"] == 1.0 and rows[0]["min_ratio"] == 1.0
+        assert len(floor.time("c", number=2, samples=4, warmup=0)) == 4
+        with pytest.raises(harness.WorkerError, match="(?s)floor: .*ValueError: no such peer"):
+            floor.build("bad", _failing_factory)
+        assert floor.apply("c", mlp.one_step_params)[0]["W"].shape == (5, 4)  # still serving
+
+
+def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
+    row = {"median_s": 2.2}
+    assert harness.mark_fairness(row, [1.0, 2.0, 9.0])  # median 2.0: 1.1x, within 1.2x
+    assert row["alone_median_s"] == 2.0 and row["vs_alone"] == pytest.approx(1.1)
+    row = {"median_s": 1.3}
+    assert not harness.mark_fairness(row, [1.0, 1.0, 1.0])
+    assert row["vs_alone"] == pytest.approx(1.3)
+
+
+def test_gpu_table_runs_its_code_on_the_cpu() -> None:
+    result = gpu.table("cpu", quick=True)
+    impls = {row["impl"] for row in result["rows"]}
+    assert {"copy", "fused", "numpy (expert)", "gradcore jit"} <= impls
+    fused = next(row for row in result["rows"] if row["impl"] == "fused")
+    assert fused["of_peak"] is None and fused["of_copy"].endswith("%")  # no peak off CUDA
+    if mlp.installed("torch"):
+        jit = next(row for row in result["rows"] if row["impl"] == "gradcore jit")
+        assert jit["vs_pytorch"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not mlp.installed("torch"), reason="PyTorch is not installed")
+def test_torch_compile_step_agrees_with_the_floor() -> None:
+    case = mlp.Case((5, 4, 3), "softmax", 6)
+    params = mlp.problem(case)[0]
+    stepped = {
+        "floor": mlp.one_step_params(mlp.ExpertStep(*mlp.problem(case), case.loss)),
+        "compile": mlp.one_step_params(mlp.TorchCompiledStep(*mlp.problem(case), case.loss, "cpu")),
+    }
+    mlp.check_updates_agree(stepped, params)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +189,24 @@ def test_missing_peers_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) 
 )
 def test_train_suite_reads_the_printed_accuracy(output: str, expected: float | None) -> None:
     assert printed_accuracy(output) == pytest.approx(expected)
+
+
+class _BrokenStep(mlp.ExpertStep):
+    """A peer that builds but fails at its first step, as torch.compile does without a compiler."""
+
+    def __call__(self) -> None:
+        raise RuntimeError("compiler not found")
+
+
+@pytest.mark.slow
+def test_a_peer_that_fails_to_step_is_skipped_with_the_reason() -> None:
+    notes: list[str] = []
+    factories = {"numpy (expert)": mlp.ExpertStep, "broken": _BrokenStep}
+    workers = mlp.start_workers(factories, [mlp.Case((5, 4, 3), "softmax", 6)], notes)
+    try:
+        assert list(workers) == ["numpy (expert)"]
+    finally:
+        for worker in workers.values():
+            worker.close()
+    reason = "(RuntimeError: compiler not found)"
+    assert notes == [f"broken skipped: it failed to build or to step {reason}"]

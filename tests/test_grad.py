@@ -377,7 +377,22 @@ def test_to_dot_draws_the_graph_with_op_names_and_shapes(device):
     assert "3x4" in dot  # the weight
     assert "scalar" in dot  # the loss
     assert dot.count("->") == 5  # w, x -> matmul -> tanh -> multiply -> sum
-    assert "arg 0" in dot and "arg 1" in dot  # the inputs, by position
+    assert "<w<br/>3x4>" in dot and "<x<br/>4<br/>" in dot  # the inputs, by parameter name
+
+
+def test_to_dot_carries_each_nodes_value_and_gradient():
+    """The lecture's graph q = x + y, f = q * z at x=-2, y=5, z=-4: df/dq = z, df/dz = q."""
+    dot = gc.to_dot(lambda x, y, z: (x + y) * z, -2.0, 5.0, -4.0)
+    green, red = '<font color="darkgreen">{}</font>', '<font color="red">{}</font>'
+    for name, value, gradient in [
+        ("x", -2, -4), ("y", 5, -4), ("z", -4, 3), ("add", 3, -4), ("multiply", -12, 1)
+    ]:  # fmt: skip
+        label = f"<{name}<br/>scalar<br/>{green.format(value)}<br/>{red.format(gradient)}>"
+        assert label in dot, name
+    unnamed = gc.to_dot(lambda *xs: xs[0] * xs[1], 2.0, 3.0)
+    assert "<arg 0<br/>" in unnamed and "<arg 1<br/>" in unnamed
+    no_gradient = gc.to_dot(lambda x: x * 2.0, np.ones(3))  # not a scalar: values only
+    assert '"red"' not in no_gradient and "[2, 2, 2]" in no_gradient
 
 
 # ---------------------------------------------------------------------------------------------
