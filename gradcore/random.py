@@ -94,6 +94,7 @@ def random_uniform_like(x: Any, generator: Generator) -> Any:
 
     A constant for differentiation (gradients do not flow into random numbers), and a step
     that every ``gc.jit`` replay runs again: it reads ``x``, as a traced value while a jit
-    records.
+    records. (An ``x`` that does not depend on the jitted function's arguments is a constant
+    of the program, and so is a draw shaped like it.)
     """
     return _uniform_like_primitive(stop_gradient(x), generator)
