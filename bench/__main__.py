@@ -36,6 +36,7 @@ SUITES = {
     "checkpoint": "bench.checkpoint_cost",
     "scaling": "bench.scaling",  # launches its own mpiexec jobs
     "gpu": "bench.gpu",  # the GPU table of bench/gpu_run.sh; on the CPU only a note
+    "estimators": "bench.estimators",
     "optimizers": "bench.optimizers",
 }
 

@@ -1,9 +1,16 @@
 """Layer 5: scikit-learn estimators built on gradcore's trainer: MLPClassifier, MLPRegressor.
 
 They take scikit-learn's parameter names and defaults (those of its ``solver="sgd"``), so that
-code moves over by changing the import, and add ``device="cuda"``. Training is
-``gradcore.train.fit``, one epoch per call, so that scikit-learn's stopping rules (training loss
-or, with ``early_stopping``, a validation score) are applied between epochs as it applies them.
+code moves over by changing the import, and add ``device="cuda"``. They follow its arithmetic:
+its init, its loss (with the L2 term per minibatch), its momentum and Nesterov updates, its
+``loss_curve_``, its stopping rules, ``warm_start`` and ``partial_fit``, and the dtype of the
+data (float64 in, float64 ``coefs_``). With the same initial weights and ``shuffle=False`` a
+fit follows scikit-learn's to rounding.
+
+Training runs on a ``gradcore.train.Trainer`` kept per configuration (``_borrowed_trainer``):
+its step is recorded once and replayed at every epoch, ``partial_fit``, refit and fresh
+estimator with the same settings and data shapes. scikit-learn's bookkeeping and stopping rule
+are a callback (``_Stopping``) that runs after each epoch.
 
 ``est.save(path)`` and ``load(path)`` keep a fitted model in one ``.npz`` that holds only arrays
 and JSON (read with ``allow_pickle=False``, so loading cannot run code); the estimators also
@@ -14,15 +21,18 @@ pickle, as scikit-learn requires.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
@@ -32,7 +42,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gradcore import nn, ops, optim, train
+from gradcore.backend import backend_for_device
+from gradcore.callbacks import Callback, DivergenceGuard
 from gradcore.devices import array, available_devices, to_numpy
+from gradcore.tracer import stop_gradient
 from gradcore.version import __version__
 
 __all__ = [
@@ -47,6 +60,8 @@ __all__ = [
 FORMAT = "gradcore-model"
 FORMAT_VERSION = 1  # raise when a reader of the old version could misread a new file
 _PREDICT_CHUNK = 65536  # rows per forward pass, so that scoring a large file fits the device
+_KEPT_CONFIGURATIONS = 8  # trainers (recorded steps) kept for this many recent configurations
+_TRAINERS: dict[tuple, list[Any]] = {}  # configuration -> trainers not lent out now
 
 
 def _identity(x: Any) -> Any:
@@ -59,6 +74,11 @@ ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "sigmoid": ops.sigmoid,  # the lecture notes' name for scikit-learn's "logistic"
     "tanh": ops.tanh,
     "relu": ops.relu,
+}
+# For predictions on NumPy arrays: the same activations, written over their argument.
+_IN_PLACE: dict[str, Callable[[Any], Any]] = {
+    "relu": lambda h: np.maximum(h, 0.0, out=h),
+    "tanh": lambda h: np.tanh(h, out=h),
 }
 
 
@@ -97,6 +117,7 @@ class _MLP(BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         tol: float = 1e-4,
         verbose: bool = False,
+        warm_start: bool = False,
         momentum: float = 0.9,
         nesterovs_momentum: bool = True,
         early_stopping: bool = False,
@@ -117,6 +138,7 @@ class _MLP(BaseEstimator):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
+        self.warm_start = warm_start
         self.momentum = momentum
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
@@ -176,131 +198,138 @@ class _MLP(BaseEstimator):
     # training
 
     def fit(self, X: Any, y: Any) -> _MLP:
-        """Train from scratch for up to ``max_iter`` epochs, stopping as scikit-learn does."""
+        """Train for up to ``max_iter`` epochs, stopping as scikit-learn does; from fresh
+        weights, or from the fitted ones with ``warm_start`` (the optimizer starts afresh)."""
         return self._fit(X, y, incremental=False)
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLP:
         self._check_params()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
-        first = not (incremental and hasattr(self, "coefs_"))
+        first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
         X, y = validate_data(
             self, X, y, reset=first, dtype=(np.float64, np.float32), **self._y_checks()
         )
-        targets = self._targets(y, first, classes)
-        device = resolve_device(self.device)
+        targets = self._targets(y, first, classes, X.dtype)
+        self._rng = check_random_state(self.random_state)  # as scikit-learn: at every call
         if first:
             self._start(X, self._n_outputs(targets))
         X = self._standardized(X)
-
-        X_val = y_val = None
+        device = resolve_device(self.device)
+        validation = None
         if self.early_stopping:
-            stratify = targets if is_classifier(self) else None
+            # scikit-learn stratifies the split only for one output column (binary)
+            stratify = targets if is_classifier(self) and self.n_outputs_ == 1 else None
             X, X_val, targets, y_val = train_test_split(
-                X,
-                targets,
-                test_size=self.validation_fraction,
-                random_state=self._rng,
+                X, targets, test_size=self.validation_fraction, random_state=self._rng,
                 stratify=stratify,
-            )
+            )  # fmt: skip
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' or the "
                     "size of your dataset."
                 )
-            X_val = array(X_val, dtype="float32", device=device)
-            y_val = array(y_val, device=device)
-        X = array(X, dtype="float32", device=device)
-        y_device = array(targets, device=device)
+            validation = array(X_val, device=device), array(y_val, device=device)
 
-        n = X.shape[0]
-        batch_size = min(200, n) if self.batch_size == "auto" else self.batch_size
-        if batch_size > n:
-            warnings.warn(
-                f"batch_size {batch_size} is larger than the {n} training rows; it is clipped "
-                f"to {n}",
-                stacklevel=3,
-            )
-            batch_size = n
-
-        optimizer = optim.SGD(
-            self.learning_rate_schedule or self.learning_rate_init,
-            momentum=self.momentum,
-            nesterov=self.nesterovs_momentum,
-        )
-        if incremental and getattr(self, "_optimizer_state", None) is not None:
-            optimizer.load_state_dict(self._optimizer_state)
-        params = self._device_params(device)
-        loss = self._loss()
-
-        best = None
-        for _ in range(1 if incremental else self.max_iter):
-            history = train.fit(
-                loss,
-                params,
-                X,
-                y_device,
-                optimizer=optimizer,
-                epochs=1,
-                batch_size=batch_size,
-                device=device,
-                shuffle=self.shuffle,
-                seed=int(self._rng.randint(np.iinfo(np.int32).max)),
-                progress=False,
-            )
-            self.n_iter_ += 1
-            self.loss_curve_.append(history.loss[0])
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_curve_[-1]:.8f}")
-            if X_val is not None:
-                score = self._validation_score(nn.mlp(params, X_val, self._act()), y_val)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                improved = score >= self.best_validation_score_ + self.tol
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best = [{key: array(a) for key, a in layer.items()} for layer in params]
-            else:
-                improved = self.loss_curve_[-1] <= self.best_loss_ - self.tol
-                self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
-            self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
-            if self._no_improvement_count > self.n_iter_no_change:
-                if self.verbose:
-                    watched = "Validation score" if X_val is not None else "Training loss"
-                    print(
-                        f"{watched} did not improve more than tol={self.tol:f} for "
-                        f"{self.n_iter_no_change} consecutive epochs. Stopping."
-                    )
-                break
-        else:
-            if not incremental:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
-                    "the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=3,
-                )
-        final = best if best is not None else params
-        self.coefs_ = [to_numpy(layer["W"]) for layer in final]
-        self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
-        self._optimizer_state = to_numpy(optimizer.state_dict())
+        with self._borrowed_trainer(device, self._batch_size(X.shape[0]), X) as trainer:
+            self._train(trainer, X, targets, incremental, validation)
         return self
 
+    def _train(
+        self, trainer: train.Trainer, X: Any, targets: Any, incremental: bool, validation: Any
+    ) -> None:
+        """One ``fit`` (``max_iter`` epochs) or ``partial_fit`` (one epoch) on ``trainer``."""
+        device = trainer.device
+        if incremental and self._optimizer_state is not None:
+            trainer.optimizer.load_state_dict(self._optimizer_state)  # partial_fit goes on
+        else:  # a fresh optimizer, as scikit-learn makes one at every fit
+            trainer.optimizer.load_state_dict({"iterations": 0, "velocity": []})
+        trainer.rng = np.random.default_rng(self._rng.randint(np.iinfo(np.int32).max))
+        stopping = next(c for c in trainer.callbacks if isinstance(c, _Stopping))
+        stopping.start(self, incremental, validation)
+        params = self._device_params(device, X.dtype)
+        trainer.fit(params, X, targets, epochs=1 if incremental else self.max_iter)
+        if not incremental and not trainer.stop_training:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        final = stopping.best if stopping.best is not None else params
+        self.coefs_ = [to_numpy(layer["W"]) for layer in final]
+        self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
+        self._optimizer_state = to_numpy(trainer.optimizer.state_dict())
+
+    def _batch_size(self, n: int) -> int:
+        """scikit-learn's: "auto" is ``min(200, n)``; a larger size is clipped, with a warning."""
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(
+                f"batch_size {self.batch_size} is larger than the {n} training rows; it is "
+                f"clipped to {n}",
+                stacklevel=4,
+            )
+        return min(self.batch_size, n)
+
+    @contextlib.contextmanager
+    def _borrowed_trainer(self, device: str, batch_size: int, X: Any) -> Iterator[train.Trainer]:
+        """A trainer for this configuration, lent for one ``fit`` or ``partial_fit``.
+
+        Trainers are kept by everything their step depends on (estimator class, activation,
+        alpha, outputs, optimizer settings, batch size, device, the data's columns and dtype),
+        so that every epoch, every ``partial_fit``, every refit and every fresh estimator of
+        that configuration replays the step that the first one recorded (a module-level step,
+        as in flax's examples). A trainer is lent to one call at a time. As in scikit-learn, a
+        large loss does not stop training; a NaN or infinite one does (scikit-learn would
+        finish with NaN weights), and ``coefs_`` keep their values: the trainer trains a copy.
+        No pass over all the data precedes training: the targets are the estimator's own
+        encoding, checked by scikit-learn's validation, and scikit-learn makes no such pass.
+        """
+        key = (type(self), self.activation, float(self.alpha), self.n_outputs_,
+               self.learning_rate_schedule or self.learning_rate_init, self.momentum,
+               self.nesterovs_momentum, self.shuffle, batch_size, device, X.shape[1:],
+               X.dtype)  # fmt: skip
+        pool = _TRAINERS.pop(key, [])
+        _TRAINERS[key] = pool  # the most recently used configuration goes last
+        while len(_TRAINERS) > _KEPT_CONFIGURATIONS:
+            del _TRAINERS[next(iter(_TRAINERS))]
+        try:
+            trainer = pool.pop()
+        except IndexError:
+            optimizer = optim.SGD(
+                self.learning_rate_schedule or self.learning_rate_init,
+                momentum=self.momentum,
+                nesterov=self.nesterovs_momentum,
+            )
+            callbacks = [_Stopping(), DivergenceGuard(None, restore=False)]
+            trainer = train.Trainer(
+                self._loss(), optimizer, batch_size=batch_size, device=device,
+                callbacks=callbacks, shuffle=self.shuffle, check_start=False,
+            )  # fmt: skip
+        try:
+            yield trainer
+        finally:
+            trainer.params = trainer.history = None  # nothing of this estimator kept
+            next(c for c in trainer.callbacks if isinstance(c, _Stopping)).estimator = None
+            pool.append(trainer)
+
     def _start(self, X: np.ndarray, outputs: int) -> None:
-        """Fresh weights, statistics and counters for a first ``fit``/``partial_fit``."""
+        """Fresh weights (scikit-learn's init), statistics and counters for a first fit."""
         self._reset_counters()
         sizes = [X.shape[1], *self._hidden_sizes(), outputs]
-        layers = nn.init_mlp(
-            sizes,
-            seed=int(self._rng.randint(np.iinfo(np.int32).max)),
-            init="he" if self.activation == "relu" else "glorot",
-        )
-        self.coefs_ = [to_numpy(layer["W"]) for layer in layers]
-        self.intercepts_ = [to_numpy(layer["b"]) for layer in layers]
+        # Glorot's uniform bound, with scikit-learn's factor 2 for logistic units; biases are
+        # drawn from the same range, in scikit-learn's order, so a random_state gives its init.
+        factor = 2.0 if self.activation in ("logistic", "sigmoid") else 6.0
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            self.coefs_.append(self._rng.uniform(-bound, bound, (fan_in, fan_out)).astype(X.dtype))
+            self.intercepts_.append(self._rng.uniform(-bound, bound, fan_out).astype(X.dtype))
         self.n_outputs_ = outputs
         self.out_activation_ = self._out_activation(outputs)
-        self.n_iter_ = 0
+        self.n_iter_ = self.t_ = 0
         self.loss_curve_: list[float] = []
         if self.standardize:
             scale = X.std(axis=0)
@@ -310,8 +339,8 @@ class _MLP(BaseEstimator):
             self.mean_ = self.scale_ = None
 
     def _reset_counters(self) -> None:
-        """What stopping and shuffling track; a loaded model starts them afresh."""
-        self._rng = check_random_state(self.random_state)
+        """What stopping and partial_fit's optimizer carry between calls; a loaded model starts
+        them afresh."""
         self._no_improvement_count = 0
         self._optimizer_state = None
         if self.early_stopping:
@@ -326,14 +355,20 @@ class _MLP(BaseEstimator):
         """The data loss plus scikit-learn's L2 term, ``alpha / 2 * sum(W**2) / batch_rows``.
 
         That is scikit-learn's ``alpha``: in the loss, over the weights but not the biases,
-        divided by the rows of each minibatch, so ``loss_curve_`` includes it as there.
+        divided by the rows of each minibatch, so ``loss_curve_`` includes it as there. The
+        function reads the estimator's parameters when it is made: ``_borrowed_trainer`` keeps
+        one trainer per configuration.
         """
-        activation, alpha, data_loss = self._act(), float(self.alpha), self._data_loss
+        # Nothing of the estimator itself: the trainer that runs this loss is shared.
+        activation, alpha = self._act(), float(self.alpha)
+        data_loss = functools.partial(self._data_loss, self.n_outputs_)
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
             value = data_loss(nn.mlp(params, xb, activation), yb)
-            if alpha:
-                squares = sum(ops.sum(ops.square(layer["W"])) for layer in params)
+            if alpha:  # summed from the first layer's: one op fewer than sum() from 0
+                squares = ops.sum(ops.square(params[0]["W"]))
+                for layer in params[1:]:
+                    squares = squares + ops.sum(ops.square(layer["W"]))
                 value = value + squares * (0.5 * alpha / xb.shape[0])
             return value
 
@@ -345,14 +380,16 @@ class _MLP(BaseEstimator):
     def _act(self) -> Callable[[Any], Any]:
         return ACTIVATIONS[self.activation]
 
-    def _device_params(self, device: str, dtype: str = "float32") -> list[dict[str, Any]]:
+    def _device_params(self, device: str, dtype: Any) -> list[dict[str, Any]]:
         return [
             {"W": array(W, dtype, device), "b": array(b, dtype, device)}
             for W, b in zip(self.coefs_, self.intercepts_)
         ]
 
     def _standardized(self, X: np.ndarray) -> np.ndarray:
-        return X if self.mean_ is None else (X - self.mean_) / self.scale_
+        if self.mean_ is None:
+            return X
+        return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)
 
     def _forward(self, X: Any) -> np.ndarray:
         """The last layer's outputs for ``X``, computed on the device, as a host array.
@@ -360,15 +397,27 @@ class _MLP(BaseEstimator):
         In float64: float32 matrix products round differently for different numbers of rows,
         so a row's prediction would depend on which other rows were scored with it.
         """
-        check_is_fitted(self)
-        X = self._standardized(validate_data(self, X, reset=False, dtype=np.float64))
-        device = resolve_device(self.device)
-        params, activation = self._device_params(device, "float64"), self._act()
+        check_is_fitted(self, ("coefs_", "intercepts_"))  # named: no scan of every attribute
+        X = np.asarray(validate_data(self, X, reset=False), dtype=np.float64)
+        X = self._standardized(X)
+        backend = backend_for_device(resolve_device(self.device))
+        # The backend's asarray copies nothing on the CPU: float64 weights and rows are used as
+        # they are (the forward pass writes only into arrays it makes).
+        params = [
+            {"W": backend.asarray(W, np.float64), "b": backend.asarray(b, np.float64)}
+            for W, b in zip(self.coefs_, self.intercepts_)
+        ]
+        # On NumPy arrays, relu and tanh are written over the layer's output, which is ours
+        # (the same numbers as the ops, one allocation fewer per layer, as scikit-learn does).
+        on_host = isinstance(params[0]["W"], np.ndarray)
+        activation = _IN_PLACE.get(self.activation) if on_host else None
         chunks = [
-            to_numpy(nn.mlp(params, array(X[lo : lo + _PREDICT_CHUNK], device=device), activation))
+            nn.mlp(params, backend.asarray(X[lo : lo + _PREDICT_CHUNK]), activation or self._act())
             for lo in range(0, X.shape[0], _PREDICT_CHUNK)
         ]
-        return np.concatenate(chunks)
+        # A NumPy result is already the host array the caller gets: no copy.
+        host = [c if isinstance(c, np.ndarray) else backend.to_numpy(c) for c in chunks]
+        return host[0] if len(host) == 1 else np.concatenate(host)
 
     # -----------------------------------------------------------------------------------------
     # saving
@@ -412,6 +461,55 @@ class _MLP(BaseEstimator):
         return train.write_npz(path, arrays)
 
 
+class _Stopping(Callback):
+    """scikit-learn's bookkeeping and stopping rule after each epoch: ``n_iter_``, ``t_``,
+    ``loss_curve_`` (the mean of the epoch's minibatch losses, which the steps returned: no
+    extra pass over the data), and ``n_iter_no_change`` epochs without an improvement of the
+    training loss by ``tol`` (or, with ``early_stopping``, of the validation score) stop it."""
+
+    def __init__(self) -> None:
+        self.estimator: _MLP | None = None  # the estimator being fitted
+        self.validation: tuple[Any, Any] | None = None
+        self.best: list[dict[str, Any]] | None = None  # early stopping: the best params
+
+    def start(self, estimator: _MLP, incremental: bool, validation: tuple | None) -> None:
+        """Before a ``fit`` or ``partial_fit``: scikit-learn counts ``n_iter_`` per ``fit``."""
+        if not incremental:
+            estimator.n_iter_ = 0
+        self.estimator, self.validation, self.best = estimator, validation, None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        est = self.estimator
+        est.n_iter_ += 1
+        est.t_ += self.trainer.rows
+        est.loss_curve_.append(logs["loss"])
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_curve_[-1]:.8f}")
+        if self.validation is not None:
+            params = self.trainer.params
+            X_val, y_val = self.validation
+            score = est._validation_score(nn.mlp(params, X_val, est._act()), y_val)
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            improved = score >= est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best = [{key: array(a) for key, a in layer.items()} for layer in params]
+        else:
+            improved = est.loss_curve_[-1] <= est.best_loss_ - est.tol
+            est.best_loss_ = min(est.best_loss_, est.loss_curve_[-1])
+        est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
+        if est._no_improvement_count > est.n_iter_no_change:
+            if est.verbose:
+                watched = "Validation score" if self.validation is not None else "Training loss"
+                print(
+                    f"{watched} did not improve more than tol={est.tol:f} for "
+                    f"{est.n_iter_no_change} consecutive epochs. Stopping."
+                )
+            self.trainer.stop_training = True
+
+
 class MLPClassifier(ClassifierMixin, _MLP):
     """scikit-learn's ``MLPClassifier`` trained by gradcore, on the CPU or a GPU (``device``).
 
@@ -425,7 +523,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     """
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One epoch over ``X, y``, continuing the weights and the optimizer's momentum.
+        """One epoch over ``X, y``, continuing the weights and the optimizer's momentum (which
+        ``fit`` with ``warm_start`` does not: it starts a fresh optimizer, as scikit-learn).
 
         The first call needs ``classes``, every label there will ever be, as in scikit-learn.
         """
@@ -435,11 +534,14 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
-        logits = self._forward(X)
+        logits = self._forward(X)  # a host array of our own: the softmax is written into it
         if self.n_outputs_ == 1:
-            p = ops.sigmoid(logits)
-            return np.hstack([1.0 - p, p])
-        return ops.softmax(logits, axis=1)
+            p = expit(logits[:, 0], out=logits[:, 0])  # scikit-learn's logistic, in place
+            return np.vstack([1.0 - p, p]).T  # as scikit-learn's: a view, no second copy
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits, out=logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return probabilities
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
@@ -457,8 +559,9 @@ class MLPClassifier(ClassifierMixin, _MLP):
     def _out_activation(self, outputs: int) -> str:
         return "logistic" if outputs == 1 else "softmax"
 
-    def _targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
-        """Class indices: float 0/1 for the sigmoid output, integers for softmax."""
+    def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
+        """Targets in the data's dtype: a column of 0/1 for the sigmoid output, one-hot rows
+        for softmax."""
         check_classification_targets(y)
         if (
             not first
@@ -477,10 +580,14 @@ class MLPClassifier(ClassifierMixin, _MLP):
         if unseen.size:
             raise ValueError(f"y holds classes {unseen.tolist()} not in classes_ {self.classes_}")
         index = np.searchsorted(self.classes_, y)
-        return index.astype(np.float32) if len(self.classes_) == 2 else index.astype(np.int64)
+        if len(self.classes_) == 2:  # one column, as the output: no reshape in each step
+            return index.astype(dtype).reshape(-1, 1)
+        # one-hot rows, as scikit-learn's LabelBinarizer: no encoding in each step
+        return (index[:, None] == np.arange(len(self.classes_))).astype(dtype)
 
-    def _data_loss(self, logits: Any, targets: Any) -> Any:
-        if self.n_outputs_ == 1:
+    @staticmethod
+    def _data_loss(outputs: int, logits: Any, targets: Any) -> Any:
+        if outputs == 1:
             return nn.binary_cross_entropy_with_logits(logits, targets)
         return nn.softmax_cross_entropy(logits, targets)
 
@@ -492,8 +599,7 @@ class MLPRegressor(RegressorMixin, _MLP):
     """scikit-learn's ``MLPRegressor`` trained by gradcore: linear outputs, mean squared error.
 
     The parameters are those of ``MLPClassifier``. ``y`` may have several columns (one output
-    each). The loss is the mean squared error itself, where scikit-learn uses half of it, so
-    ``loss_curve_`` reads twice scikit-learn's for the same fit.
+    each). The loss is scikit-learn's: half the mean squared error.
     """
 
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
@@ -519,14 +625,22 @@ class MLPRegressor(RegressorMixin, _MLP):
     def _out_activation(self, outputs: int) -> str:
         return "identity"
 
-    def _targets(self, y: np.ndarray, first: bool, classes: Any) -> np.ndarray:
+    def _targets(self, y: np.ndarray, first: bool, classes: Any, dtype: Any) -> np.ndarray:
         y = y.reshape(-1, 1) if y.ndim == 1 else y
         if not first and y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[1]} columns; the model has {self.n_outputs_} outputs")
-        return y.astype(np.float32)
+        return y.astype(dtype)
 
-    def _data_loss(self, outputs: Any, targets: Any) -> Any:
-        return nn.mse(outputs, targets)
+    @staticmethod
+    def _data_loss(outputs: int, predictions: Any, targets: Any) -> Any:
+        """scikit-learn's ``squared_loss``: half the mean over every entry. Its gradient is not
+        that loss's but ``(outputs - targets) / rows``, the gradient of the sum over outputs;
+        so the loss is scaled by the number of outputs and the excess taken off as a constant:
+        the value is scikit-learn's, and so is the gradient."""
+        half = nn.mse(predictions, targets) * 0.5
+        if outputs == 1:
+            return half
+        return half * float(outputs) - stop_gradient(half) * float(outputs - 1)
 
     def _validation_score(self, outputs: Any, targets: np.ndarray) -> float:
         return float(r2_score(to_numpy(targets), to_numpy(outputs)))
@@ -542,7 +656,8 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
     ``device`` replaces the saved one (a model trained on a GPU can score on a CPU machine).
 
     Raises ``ModelFileError`` (a ``ValueError``) naming the path for a file that is not a
-    gradcore model, is damaged, or was written by a newer gradcore in a newer format.
+    gradcore model, is damaged, was written by a newer gradcore in a newer format, or holds
+    NaN or infinite weights (naming the array).
     """
     path = Path(path)
     try:
@@ -563,6 +678,13 @@ def load(path: str | os.PathLike, device: str | None = None) -> MLPClassifier | 
             f"{path}: model format version {version} is newer than this gradcore "
             f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade gradcore to load it"
         )
+    for name, values in arrays.items():
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise ModelFileError(
+                f"{path}: {name} holds {bad} NaN or infinite value(s) of {values.size}; a model "
+                "whose training diverged cannot predict: train it again"
+            )
     try:
         model = _restore(meta, arrays)
     except (KeyError, TypeError, ValueError) as error:
@@ -589,6 +711,7 @@ def _restore(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPClassifi
     model.n_iter_, model.loss_curve_ = meta["n_iter"], list(meta["loss_curve"])
     model.mean_, model.scale_ = arrays.get("mean"), arrays.get("scale")
     model.metadata_ = meta["metadata"]
+    model.t_ = 0
     model._reset_counters()
     if cls is MLPClassifier:
         classes = arrays["classes"]

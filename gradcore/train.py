@@ -1,47 +1,59 @@
-"""Layer 5: the minibatch trainer, its history and its checkpoints.
+"""Layer 5: the minibatch trainer.
 
-``fit`` is Algorithm 8.1 with momentum: shuffle, cut a minibatch, one ``value_and_grad``, one
-fused optimizer update. Everything in a step stays on the device; the per-step losses are
-written into a device buffer that is read every ``READ_EVERY`` steps, which is when the
-progress bar moves and the divergence guard looks at the loss.
+``Trainer`` is Algorithm 8.1 with momentum, built once and fitted many times: shuffle, cut a
+minibatch, one ``value_and_grad``, one optimizer update. The step is made once per trainer by
+``_make_step`` (recorded by ``gc.jit`` once per batch shape and replayed, on every later
+``fit`` too); the epoch loop is short; everything else is a callback (``gradcore.callbacks``):
+the divergence guard, checkpoints, the progress bar, early stopping, logging, the history.
 
-The loop in ``fit`` is short on purpose; what happens around it lives in small pieces of its
-own: ``_Guard`` (divergence), ``_Evaluation`` (validation loss and metrics), ``_Progress``
-(the bar), ``_Checkpoints`` (files) and ``_make_step`` (the one place a training step is built).
-Data-parallel training (``distributed=True``, ``gradcore.distributed``) changes each piece by
-a line: the step averages gradients, the data is sharded, numbers are averaged over the ranks
-and only rank 0 writes.
+Nothing in a step synchronises with the host: each step's loss is written into a device
+buffer, read every ``READ_EVERY`` steps and at the end of each epoch; the batch callbacks see
+the losses at those reads. Data-parallel training (``distributed=True``) is a property of the
+step (gradients averaged over the ranks), of the data (each rank its shard) and of the reads
+(losses and evaluations averaged over the ranks), so every callback sees the same numbers on
+every rank.
+
+``fit`` is the one-call form: a ``Trainer`` with the callbacks its arguments ask for.
 """
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and the public API's
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import math
 import operator
 import os
 import signal
-import sys
 import threading
 import time
-import warnings
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from gradcore import distributed as gd
 from gradcore import nn
 from gradcore.backend import DeviceError, backend_for_device, backend_of
-from gradcore.devices import array, device_of, to_device, to_numpy
+from gradcore.callbacks import (
+    DIVERGENCE_FACTOR,
+    Callback,
+    CallbackList,
+    Checkpoint,
+    DivergenceGuard,
+    History,
+    ProgressBar,
+)
+from gradcore.checkpoints import (
+    CHECKPOINT_EVERY,
+    FORMAT,
+    CheckpointError,
+    check_writable,
+    history_path,
+    load_checkpoint,
+    save_checkpoint,
+    write_npz,
+)
+from gradcore.devices import array, device_of, to_device
 from gradcore.differential_operators import value_and_grad
 from gradcore.jit import jit as record_once
 from gradcore.optim import SGD
@@ -54,6 +66,7 @@ __all__ = [
     "READ_EVERY",
     "CheckpointError",
     "History",
+    "Trainer",
     "check_writable",
     "fit",
     "history_path",
@@ -62,380 +75,366 @@ __all__ = [
     "write_npz",
 ]
 
-READ_EVERY = 50  # steps between reads of the loss buffer: progress display and the guard
-# Seconds between checkpoint writes at the end of epochs; the last epoch, Ctrl-C and a resume
-# point inside an epoch are always written. A kill -9 loses at most this much training.
-CHECKPOINT_EVERY = 1.0
-DIVERGENCE_FACTOR = 1e3  # a step loss above this many times the starting loss is divergence
-FORMAT = 2  # checkpoint layout version; 2 added the run's settings and the history sidecar
+READ_EVERY = 50  # steps between reads of the loss buffer: the batch callbacks run there
 _EVAL_CHUNK = 4096  # rows per forward pass when evaluating a whole data set
-# What must match for a resume to continue the same run (allow_changes=True accepts changes).
-_SETTINGS = ("learning_rate", "momentum", "nesterov", "weight_decay", "batch_size", "seed")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not belong to this run; names path and why."""
-
-
-@dataclass
-class History:
-    """What ``fit`` measured, one entry per epoch, and the trained ``params``.
-
-    After a resume the lists hold every epoch of the run; ``resumed_epochs`` says how many of
-    them the checkpoint already held (0 for a fresh run), so that what this call did is known.
-    """
-
-    loss: list[float] = field(default_factory=list)  # mean training loss over the epoch
-    val_loss: list[float] = field(default_factory=list)  # empty without validation_data
-    metrics: dict[str, list[float]] = field(default_factory=dict)  # "name" and "val_name"
-    time: list[float] = field(default_factory=list)  # wall seconds per epoch
-    params: Any = None
-    resumed_epochs: int = 0
-
-    @property
-    def epochs(self) -> int:
-        return len(self.loss)
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Write the loss curves (and metric curves, if any) to a PNG file at ``path``."""
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as error:
-            raise ImportError(
-                "History.plot needs matplotlib: pip install matplotlib "
-                "(or pip install 'gradcore[examples]')"
-            ) from error
-        panels = 2 if self.metrics else 1
-        figure = Figure(figsize=(5 * panels, 3.6), layout="constrained")
-        axes = figure.subplots(1, panels, squeeze=False)[0]
-        epochs = range(1, self.epochs + 1)
-        axes[0].plot(epochs, self.loss, label="train")
-        if self.val_loss:
-            axes[0].plot(epochs, self.val_loss, label="validation")
-        axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
-        axes[0].legend()
-        if self.metrics:
-            for name, values in self.metrics.items():
-                axes[1].plot(epochs, values, label=name)
-            axes[1].set(xlabel="epoch", title="metrics")
-            axes[1].legend()
-        figure.savefig(path, dpi=120)
-        return Path(path)
-
-    def _append(self, entry: Mapping[str, Any]) -> None:
-        """One epoch. Every list that has values keeps one per epoch, NaN where an epoch did
-        not measure it (a resume that added validation data or a metric, say)."""
-        done = len(self.loss)
-        self.loss.append(entry["loss"])
-        if "val_loss" in entry or self.val_loss:
-            self.val_loss += [math.nan] * (done - len(self.val_loss))
-            self.val_loss.append(entry.get("val_loss", math.nan))
-        for name in {*self.metrics, *entry["metrics"]}:
-            values = self.metrics.setdefault(name, [])
-            values += [math.nan] * (done - len(values))
-            values.append(entry["metrics"].get(name, math.nan))
-        self.time.append(entry["time"])
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoint files: .npz without pickles, written next to the target and renamed into place
+# the step
 
 
-def _temporary(path: Path) -> Path:
-    """A name next to ``path`` that says what it is and which process wrote it."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _make_step(loss_fn: Callable, distributed: bool, jit: bool) -> Callable[..., Any]:
+    """One training step, ``(params, optimizer, xb, yb) -> loss`` (a device scalar, never read
+    here).
 
-
-def history_path(path: str | os.PathLike) -> Path:
-    """The append-only JSON-lines file beside checkpoint ``path`` that holds its history.
-
-    One line per epoch keeps a checkpoint's cost independent of the number of epochs.
+    The single place a step is built. With ``jit``, the step is recorded once per batch shape
+    (and optimizer) and replayed, eagerly with one warning where recording fails. gradcore's
+    optimizers declare their update to ``gc.jit`` (``update_in_place``), so for them the whole
+    step is one program: gradient and update, no pytree of gradients built between them. Any
+    other optimizer's ``step`` runs eagerly after the recorded gradient: an update that assigns
+    to the arrays it is given would change nothing while recording. Distributed, the
+    gradients are averaged over the ranks (one fused collective) before the update, so every
+    rank makes the same update.
     """
-    path = Path(path)
-    return path.with_name(path.name + ".history.jsonl")
+    loss_and_grads = value_and_grad(loss_fn)
+
+    def split(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        loss, grads = recorded_grads(params, xb, yb)
+        if distributed:
+            gd.allreduce_mean(grads)
+        optimizer.step(params, grads)
+        return loss
+
+    if not jit:
+        recorded_grads = loss_and_grads
+        return split
+    recorded_grads = record_once(loss_and_grads, fallback=True)
+    if distributed:
+        return split
+
+    def whole(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        loss, grads = loss_and_grads(params, xb, yb)
+        optimizer.step(params, grads)
+        return loss
+
+    recorded_whole = record_once(whole, static_argnums=1, fallback=True)
+
+    def step(params: Any, optimizer: Any, xb: Any, yb: Any) -> Any:
+        if type(optimizer).__module__ == "gradcore.optim":
+            return recorded_whole(params, optimizer, xb, yb)
+        return split(params, optimizer, xb, yb)
+
+    return step
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a Path, after creating and removing a file beside it: a path that cannot be
-    written fails now, before any training, naming ``what`` (e.g. "--plot") and the path."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; give a file path such as {path}/run.npz")
-    probe = _temporary(path)
-    try:
-        probe.open("wb").close()
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(
-            f"{what} {path} cannot be written ({error.strerror or error}); choose another path"
-        ) from None
-    return path
+# ---------------------------------------------------------------------------------------------
+# the trainer
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of processes that no longer run (killed while saving) go away."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            continue  # alive, under another user
+class Trainer:
+    """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches, as often as asked.
 
+    ``fit(params, X, y, epochs)`` trains ``params`` in place and may be called many times: the
+    step is built once, so later calls with data of the same shapes and dtypes replay what the
+    first one recorded. The optimizer (``SGD()`` by default; any object with ``step``,
+    ``state_dict`` and ``load_state_dict``) and the shuffling generator ``rng`` (seeded by
+    ``seed``) carry on from one call to the next; both are attributes that may be replaced.
 
-def save_checkpoint(path: str | os.PathLike, params: Any, meta: Mapping[str, Any]) -> None:
-    """Atomically write the arrays of ``params`` and JSON-able ``meta`` to an ``.npz`` file.
-
-    Lists of arrays in ``meta`` (optimizer velocities) are stored as arrays too. A reader
-    never sees a half-written file (``write_npz``).
-    """
-    arrays = {f"param/{i}": a for i, a in enumerate(to_numpy(tree_leaves(params)))}
-    scalars = {}
-    for key, value in meta.items():
-        if isinstance(value, list) and value and hasattr(value[0], "shape"):
-            for i, a in enumerate(to_numpy(value)):
-                arrays[f"{key}/{i}"] = a
-            scalars[key] = {"arrays": len(value)}
-        else:
-            scalars[key] = value
-    arrays["meta"] = np.array(json.dumps(scalars))
-    write_npz(path, arrays)
-
-
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
-    """Write host ``arrays`` to an ``.npz`` at ``path`` so that no reader sees half a file.
-
-    The data goes to ``.<name>.tmp-<pid>`` beside ``path``, reaches the disk, then replaces
-    ``path``; the temporary file is removed if anything fails. The mode follows the umask.
-    """
-    path = Path(path)
-    temporary = _temporary(path)
-    try:
-        with temporary.open("wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _unreadable(path: Any, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint {path} cannot be read: {why}; delete it or use another checkpoint path"
-    )
-
-
-def _kind_of_file(path: Path, error: Exception) -> str:
-    """What a file that np.load refused looks like, for the error message."""
-    with path.open("rb") as file:
-        head = file.read(8)
-    if head[:2] == b"PK":
-        return f"it is truncated or corrupt ({error})"
-    if head[:1] == b"\x80":
-        return "it is a pickle, which gradcore never loads (loading one can run code)"
-    if not head:
-        return "it is empty"
-    return "it is not an .npz file (wrong leading bytes)"
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The parameter arrays (host copies, in pytree order) and the meta of a checkpoint.
-
-    Never executes code from the file (``allow_pickle=False``). Raises ``CheckpointError``
-    naming the path when the file is truncated, corrupt, foreign, pickled or of another format.
-    """
-    path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise _unreadable(path, _kind_of_file(path, error)) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise _unreadable(path, "it is a single .npy array, not a gradcore .npz checkpoint")
-    with data:
-        if "meta" not in data.files:
-            raise _unreadable(path, "it is an .npz file without gradcore's metadata")
-        try:
-            meta = json.loads(str(data["meta"]))
-            found = meta.get("format") if isinstance(meta, dict) else None
-            if found != FORMAT:
-                raise _unreadable(path, f"it has format {found}, this gradcore reads {FORMAT}")
-            for key, value in meta.items():
-                if isinstance(value, dict) and set(value) == {"arrays"}:
-                    meta[key] = [data[f"{key}/{i}"] for i in range(value["arrays"])]
-            count = sum(1 for name in data.files if name.startswith("param/"))
-            return [data[f"param/{i}"] for i in range(count)], meta
-        except CheckpointError:
-            raise
-        except ValueError as error:
-            if "allow_pickle" in str(error):
-                why = "it holds pickled objects, which gradcore never loads"
-                raise _unreadable(path, why) from None
-            raise _unreadable(path, f"it is truncated or corrupt ({error})") from None
-        except (KeyError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
-            raise _unreadable(path, f"it is truncated or corrupt ({error})") from None
-
-
-def _dtype_name(x: Any) -> str:
-    """The dtype's name on every backend (array-api-strict says "array_api_strict.float32")."""
-    return str(x.dtype).rsplit(".", 1)[-1]
-
-
-def _describe(value: Any) -> Any:
-    """A JSON value that identifies a setting: numbers as they are, a schedule by its name and
-    the numbers it closes over (``linear_decay(final=0.01, initial=0.1, steps=100)``)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    name = getattr(value, "__qualname__", type(value).__qualname__).replace(".<locals>.", ".")
-    code = getattr(value, "__code__", None)
-    if code is None or not code.co_freevars:
-        return name
-    cells = sorted(zip(code.co_freevars, value.__closure__))
-    return f"{name}({', '.join(f'{k}={c.cell_contents!r}' for k, c in cells)})"
-
-
-class _Checkpoints:
-    """The checkpoint of one run: its checks before training, its restore and its writes.
-
-    The ``.npz`` holds what the next step needs (params, optimizer state, position, settings);
-    the epochs' history is appended to ``history_path(path)``, whose length at the time of
-    each save is recorded, so a resume cuts off whatever a kill left after it.
+    Each epoch shuffles (unless ``shuffle=False``) and keeps the last, smaller batch.
+    ``callbacks`` see every epoch (``gradcore.callbacks``); a ``DivergenceGuard`` with
+    ``divergence_factor`` is added unless one is given, and a ``ProgressBar`` if ``progress``.
+    ``distributed=True`` trains data parallel (see ``fit``). ``check_start=False`` skips the
+    pass over all the data before each ``fit`` (its checks, and the guard's starting loss, so
+    that a guard then stops only non-finite losses): for callers whose targets are their own
+    encoding and who call ``fit`` once per epoch, as the estimators' ``partial_fit`` does.
     """
 
     def __init__(
-        self, path: str | os.PathLike, settings: dict, leaves: list, rows: int, writes: bool,
-        ranks: int,
-    ) -> None:  # fmt: skip
-        self.path = Path(path)
-        self.settings = settings
-        self.architecture = [[list(p.shape), _dtype_name(p)] for p in leaves]
-        self.rows = rows
-        self.ranks = ranks  # distributed: an epoch's steps depend on how many ranks share it
-        self.writes = writes  # False on the ranks other than 0: they only read, to resume
-        self.log: Any = None  # the open history file
-        self.saved_at = time.monotonic()
+        self,
+        loss_fn: Callable[[Any, Any, Any], Any],
+        optimizer: Any = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+        jit: bool = True,
+        callbacks: Sequence[Callback] = (),
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        divergence_factor: float | None = DIVERGENCE_FACTOR,
+        progress: bool = False,
+        distributed: bool = False,
+        check_start: bool = True,
+    ) -> None:
+        self.batch_size = _integer("batch_size", batch_size, 1)
+        self.seed = _integer("seed", seed, 0)
+        if distributed:  # this rank's device; rank 0 speaks for all ranks
+            device = gd.init(device)
+        backend_for_device(device)  # an unknown or unavailable device fails first
+        self.loss_fn, self.device, self.shuffle = loss_fn, device, shuffle
+        self.distributed, self.check_start = distributed, check_start
+        self.is_root = not distributed or gd.is_root()
+        self.ranks = gd.size() if distributed else 1
+        self.optimizer = SGD() if optimizer is None else optimizer
+        self.rng = np.random.default_rng(self.seed)
+        self.callbacks = list(callbacks)
+        if not any(isinstance(c, DivergenceGuard) for c in self.callbacks):
+            self.callbacks.insert(0, DivergenceGuard(divergence_factor))
+        if progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
+            self.callbacks.append(ProgressBar())
+        self._step = _make_step(loss_fn, distributed, jit)
+        # The state of the current fit, which callbacks read.
+        self.params: Any = None
+        self.history: History | None = None
+        self.X = self.y = self._Xe = self._ye = None
+        self.stop_training = False
+        self.epoch = self.epochs = self.position = self.steps = self.rows = 0
+        self.step_losses: list[float] = []
+        self.start_loss = math.nan
 
-    def prepare(self, resume: bool, overwrite: bool) -> bool:
-        """Check the paths before any work; True when there is a checkpoint to resume."""
-        if self.writes:
-            check_writable(self.path, "fit: checkpoint")
-            _remove_stale_temporaries(self.path)
-        exists = self.path.exists()
-        if exists and not resume and not overwrite:
-            raise FileExistsError(
-                f"fit: checkpoint {self.path} exists; pass resume=True to continue from it, "
-                "overwrite=True to start again from scratch, or another checkpoint path"
-            )
-        if resume and not exists:
-            warnings.warn(f"fit: no checkpoint at {self.path} yet; starting afresh", stacklevel=3)
-        return resume and exists
+    def fit(
+        self,
+        params: Any,
+        X: Any,
+        y: Any,
+        epochs: int = 1,
+        validation_data: tuple[Any, Any] | None = None,
+        metrics: Sequence[Callable] | Mapping[str, Callable] = (),
+    ) -> History:
+        """Train ``params`` in place for ``epochs`` epochs; the run's ``History``.
 
-    def restore(
-        self, leaves: list, optimizer: Any, rng: Any, history: History, allow_changes: bool
-    ) -> dict[str, Any]:
-        """Load params (in place), optimizer, rng and history, after checking that the file
-        belongs to this run; the meta, which says where to go on."""
-        saved, meta = load_checkpoint(self.path)
-        found = [[list(a.shape), _dtype_name(a)] for a in saved]
-        if found != self.architecture:
-            raise CheckpointError(
-                f"fit: checkpoint {self.path} holds params of shapes and dtypes {found}, but "
-                f"these params are {self.architecture}; use the network it was written for, or "
-                "another checkpoint path"
-            )
-        then = meta["settings"]
-        changed = [k for k in _SETTINGS if then.get(k) != self.settings.get(k)]
-        if changed and not allow_changes:
-            old = ", ".join(f"{k}={then.get(k)!r}" for k in changed)
-            new = ", ".join(f"{k}={self.settings.get(k)!r}" for k in changed)
-            raise ValueError(
-                f"fit: checkpoint {self.path} was written with {old} but this run has {new}; "
-                "pass allow_changes=True (--allow-changes) to continue with the new values"
-            )
-        batch_size = self.settings["batch_size"]
-        was = (meta["rows"], then["batch_size"], meta.get("ranks", 1))
-        if meta["step"] and was != (self.rows, batch_size, self.ranks):
-            raise ValueError(
-                f"fit: checkpoint {self.path} stopped inside an epoch of {was[0]} rows in "
-                f"batches of {was[1]} on {was[2]} rank(s); this run has {self.rows} rows in "
-                f"batches of {batch_size} on {self.ranks}, so it cannot continue that epoch"
-            )
-        for entry in self._read_history(meta["history_bytes"]):
-            history._append(entry)
-        for param, values in zip(leaves, saved):
-            param[...] = backend_of(param).asarray(values, dtype=param.dtype)
-        prefix = "optimizer/"
-        optimizer.load_state_dict(
-            {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
-        )
-        rng.bit_generator.state = meta["rng"]
-        history.resumed_epochs = meta["epoch"]
-        return meta
-
-    def _read_history(self, length: int) -> list[dict]:
-        """The first ``length`` bytes of the history file, the file cut to them (a kill may
-        have appended an epoch that the checkpoint does not hold)."""
-        log = history_path(self.path)
+        Host data and params move to the trainer's device once (the dicts and lists of
+        ``params`` end up holding the trained arrays there); floating data is cast to the
+        params' dtype and must be finite. ``metrics`` are functions ``(params, X, y) -> float``
+        (a list, or a dict by name) evaluated after every epoch on the training and validation
+        data. Before training (unless ``check_start=False``), the loss of the initial params
+        over all of ``X`` is computed once with the loss's target checks on: a mistake shows
+        now, and the divergence guard measures from it.
+        """
+        epochs = _integer("epochs", epochs, 0)
+        leaves = _params_on(params, self.device)
+        X, y = _pair("", X, y, self.device, leaves[0].dtype)
+        if X.shape[0] == 0:
+            raise ValueError("fit: no training data (X has 0 rows)")
+        validation = _validation(validation_data, self.device, leaves[0].dtype)
+        evaluation = _Evaluation(self.loss_fn, validation, metrics, self.distributed)
+        self._start(params, X, y, epochs)
+        callbacks = CallbackList([self.history, *self.callbacks], self)
+        logs: dict[str, Any] = {"error": None}
         try:
-            with log.open("r+b" if self.writes else "rb") as file:
-                text = file.read(length)
-                if self.writes:
-                    file.truncate(length)
-            if len(text) != length:
-                raise ValueError(f"it has {len(text)} bytes, the checkpoint recorded {length}")
-            return [json.loads(line) for line in text.decode().splitlines()]
-        except (OSError, ValueError) as error:
-            if length == 0 and isinstance(error, FileNotFoundError):
-                return []
-            raise CheckpointError(
-                f"fit: the history {log} of checkpoint {self.path} cannot be read ({error}); "
-                "delete both files or use another checkpoint path"
-            ) from None
+            callbacks.on_train_begin({})
+            if self.distributed:  # every rank starts where, and with what, rank 0 starts
+                gd.start(params, self.optimizer, self.rng, rows=self.rows, epoch=self.epoch,
+                         step=self.position)  # fmt: skip
+            if self.check_start:
+                self._check_start(evaluation)
+            with nn.target_checks(False), _DeferredInterrupt() as interrupt:
+                self._epochs(callbacks, evaluation, interrupt)
+        except BaseException as error:
+            logs["error"] = error
+            raise
+        finally:
+            callbacks.on_train_end(logs)
+            self.X = self.y = self._Xe = self._ye = None  # the trainer keeps no data between fits
+        if self.distributed:  # no rank reads a file before rank 0 wrote it
+            gd.barrier()
+        return self.history
 
-    def __enter__(self) -> _Checkpoints:
-        if self.writes:
-            self.log = history_path(self.path).open("ab")
-        return self
+    def _check_start(self, evaluation: _Evaluation) -> None:
+        """The loss of the initial params over all the data, with the loss's target checks on,
+        and the metrics tried once: a mistake shows now, not after an epoch."""
+        start_loss = evaluation.loss(self.params, self.X, self.y)
+        if not math.isfinite(start_loss):
+            raise FloatingPointError(
+                f"fit: the loss of the initial params is {start_loss}; check loss_fn and the init"
+            )
+        evaluation.check(self.params, self.X, self.y)
+        if math.isnan(self.start_loss):  # a resume keeps the bound of the run's own start
+            self.start_loss = start_loss
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.writes:
-            self.log.close()
+    def _start(self, params: Any, X: Any, y: Any, epochs: int) -> None:
+        """The state of a new fit: its data, its batches, its loss buffer, its history."""
+        self.params, self.X, self.y, self.rows, self.epochs = params, X, y, X.shape[0], epochs
+        self.history = History(params=params)
+        self.stop_training = False
+        self.epoch = self.position = 0
+        self.start_loss = math.nan
+        # Distributed, each rank trains on its shard: the same number of equal steps everywhere.
+        n = gd.local_rows(self.rows, self.batch_size) if self.distributed else self.rows
+        size = self.batch_size
+        self._batches = [slice(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        self._sizes = [b.stop - b.start for b in self._batches]
+        self.steps = len(self._batches)
+        self._add(0, [])
+        self._backend = backend_of(X)
+        dtype = tree_leaves(params)[0].dtype  # the loss's dtype, whatever the data's
+        self._losses = self._backend.xp.zeros(
+            (self.steps,), dtype=dtype, device=self._backend.array_device(X)
+        )
+        self._epoch_rng = self.rng.bit_generator.state
 
-    def start_fresh(self) -> None:
-        """A run that does not resume replaces both files: a checkpoint left behind would no
-        longer match the history."""
-        if self.writes:
-            self.path.unlink(missing_ok=True)
-            self.log.truncate(0)
+    def _epochs(self, callbacks: CallbackList, evaluation: _Evaluation, interrupt: Any) -> None:
+        """The epoch loop: steps between reads of their losses, then the epoch's numbers."""
+        alone = None if self.distributed else interrupt  # ranks stop together, at a read
+        for epoch in range(self.epoch, self.epochs):
+            started = time.perf_counter()
+            callbacks.on_epoch_begin(epoch, {})
+            self._epoch_rng = self.rng.bit_generator.state  # a fresh dict each time
+            self._Xe, self._ye = self._epoch_data()
+            while self.position < self.steps and not self.stop_training:
+                first = self.position
+                callbacks.on_batch_begin(first, {})
+                reached = self.run_steps(first, min(first + READ_EVERY, self.steps), alone)
+                losses = self._read(first, reached)
+                self._add(first, losses)
+                self.position = reached
+                logs = {"losses": losses, "first": first, "loss": self._mean()}
+                callbacks.on_batch_end(reached - 1, logs)
+                if self._interrupted(interrupt):
+                    raise KeyboardInterrupt(callbacks.on_interrupt())
+            logs = {"loss": self._mean(), **evaluation.after_epoch(self.params, self.X, self.y)}
+            logs["time"] = time.perf_counter() - started
+            self.epoch, self.position = epoch + 1, 0
+            self._add(0, [])
+            self._epoch_rng = self.rng.bit_generator.state  # a fresh dict each time
+            callbacks.on_epoch_end(epoch, logs)
+            if self._interrupted(interrupt):
+                raise KeyboardInterrupt(callbacks.on_interrupt())
+            if self.stop_training:
+                break
 
-    def append(self, entry: Mapping[str, Any]) -> None:
-        if self.writes:
-            self.log.write(json.dumps(entry).encode() + b"\n")
-            self.log.flush()
+    def run_steps(self, first: int, stop: int, interrupt: Any = None) -> int:
+        """Steps ``first`` to ``stop - 1`` of this epoch, their losses left on the device;
+        where it stopped (early on Ctrl-C)."""
+        step, params, optimizer, losses = self._step, self.params, self.optimizer, self._losses
+        Xe, ye, batches = self._Xe, self._ye, self._batches
+        for k in range(first, stop):
+            batch = batches[k]
+            losses[k] = step(params, optimizer, Xe[batch, ...], ye[batch, ...])
+            if interrupt is not None and interrupt.requested:
+                return k + 1
+        return stop
 
-    def due(self, force: bool) -> bool:
-        """Whether to write now: when ``force``d, or ``CHECKPOINT_EVERY`` seconds after the
-        last write (short epochs should train, not write)."""
-        return self.writes and (force or time.monotonic() - self.saved_at >= CHECKPOINT_EVERY)
+    def _epoch_data(self) -> tuple[Any, Any]:
+        """The data in this epoch's order (drawn from ``rng``, or as given), permuted on the
+        device; distributed, this rank's shard of it."""
+        if not self.shuffle and not self.distributed:
+            return self.X, self.y
+        order = self.rng.permutation(self.rows) if self.shuffle else np.arange(self.rows)
+        if self.distributed:
+            order = gd.shard(order, self.batch_size)
+        order = self._backend.asarray(order)
+        xp = self._backend.xp
+        return xp.take(self.X, order, axis=0), xp.take(self.y, order, axis=0)
 
-    def save(self, params: Any, state: dict) -> None:
-        """Write ``state`` (what ``fit`` needs to go on) with the run's settings."""
-        meta = {
-            "format": FORMAT,
-            "settings": self.settings,
-            "architecture": self.architecture,
-            "history_bytes": self.log.tell(),
-            **state,
-        }
-        save_checkpoint(self.path, params, meta)
-        self.saved_at = time.monotonic()
+    def _read(self, first: int, stop: int) -> list[float]:
+        """The losses of steps ``first`` to ``stop - 1``: the one wait for the device.
+        Distributed, every rank gets (and a checkpoint keeps) the mean over the ranks."""
+        read = self._backend.to_numpy(self._losses[first:stop])
+        if self.distributed:
+            read = gd.allreduce_mean(np.array(read, np.float64))
+        return read.tolist()
+
+    def _add(self, first: int, losses: list[float]) -> None:
+        """Count the losses of steps from ``first`` (0: a new epoch) into the epoch's mean,
+        summed in step order as scikit-learn sums its ``loss_curve_``, so that a resumed epoch
+        adds up to the same bits."""
+        if first == 0:
+            self.step_losses, self._total, self._rows = [], 0.0, 0
+        self.step_losses += losses
+        for loss, rows in zip(losses, self._sizes[first:]):
+            self._total += loss * rows
+            self._rows += rows
+
+    def _mean(self) -> float:
+        """The mean loss per example over the steps so far in the epoch."""
+        return self._total / self._rows if self._rows else math.nan
+
+    def _interrupted(self, interrupt: Any) -> bool:
+        """Ctrl-C; distributed, on any rank (every rank stops at the same step)."""
+        if self.distributed:
+            interrupt.requested = gd.mean(float(interrupt.requested)) > 0.0
+        return interrupt.requested
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps to go on from here exactly: position, the generator as it
+        was before this epoch's permutation, the epoch's losses so far, the optimizer."""
+        return {
+            "epoch": self.epoch, "step": self.position, "rows": self.rows,
+            "rng": self._epoch_rng, "ranks": self.ranks, "step_losses": list(self.step_losses),
+            "start_loss": self.start_loss,
+            **{f"optimizer/{k}": v for k, v in self.optimizer.state_dict().items()},
+        }  # fmt: skip
+
+    def resume_from(self, meta: Mapping[str, Any]) -> None:
+        """Go on from a checkpoint's ``state()`` (params, optimizer, rng: restored by it)."""
+        self.epoch, self.position = meta["epoch"], meta["step"]
+        self._add(0, list(meta["step_losses"]))
+        self.start_loss = meta["start_loss"]
+
+
+def fit(
+    loss_fn: Callable[[Any, Any, Any], Any],
+    params: Any,
+    X: Any,
+    y: Any,
+    optimizer: Any = None,
+    epochs: int = 1,
+    batch_size: int = 32,
+    device: str = "cpu",
+    shuffle: bool = True,
+    seed: int = 0,
+    validation_data: tuple[Any, Any] | None = None,
+    metrics: Sequence[Callable] | Mapping[str, Callable] = (),
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
+    allow_changes: bool = False,
+    overwrite: bool = False,
+    distributed: bool = False,
+    jit: bool = True,
+) -> History:
+    """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
+
+    A one-call ``Trainer``: see ``Trainer.fit`` for the data, the params and ``metrics``.
+    Each epoch shuffles with a generator seeded by ``seed`` and keeps the last, smaller batch.
+    ``optimizer`` defaults to ``SGD()``.
+
+    Divergence guard: a step loss that is not finite, or (unless ``divergence_factor`` is None)
+    above ``divergence_factor`` times the loss of the initial params, stops training with a
+    ``FloatingPointError`` naming epoch and step; params keep their values from before it.
+
+    With ``checkpoint=path`` the state is written at the end of epochs (at most every
+    ``CHECKPOINT_EVERY`` seconds, and always at the end) and on Ctrl-C; the history goes to
+    ``history_path(path)``. An existing file is resumed with ``resume=True`` (ending with
+    exactly the params of an uninterrupted run), replaced with ``overwrite=True``, and
+    otherwise refused. A resume whose learning rate, momentum, Nesterov, weight decay, batch
+    size or seed differ from the checkpoint's is refused naming them, unless ``allow_changes``.
+    ``resume=True`` without a file warns and starts afresh.
+
+    ``distributed=True`` trains data parallel, one process per rank under ``mpiexec -n K
+    python -m mpi4py``: rank 0's initial params and optimizer state go to every rank, each
+    epoch's permutation is sharded by rank, ``batch_size`` is per rank, the remainder of
+    ``n mod (K batch_size)`` rows is dropped each epoch, gradients are averaged every step,
+    losses and metrics over the ranks, and only rank 0 shows progress and writes the
+    checkpoint (see ``gradcore.distributed``).
+
+    With ``jit`` (the default) the loss and gradient are recorded once per batch shape by
+    ``gradcore.jit`` and replayed; if recording fails, one warning says why and training goes
+    on eagerly. ``jit=False`` traces every step.
+    """
+    if resume and checkpoint is None:
+        raise ValueError("fit: resume=True needs a checkpoint path")
+    callbacks: list[Callback] = [DivergenceGuard(divergence_factor)]
+    if checkpoint is not None:
+        callbacks.append(
+            Checkpoint(checkpoint, resume, overwrite, allow_changes, every=CHECKPOINT_EVERY)
+        )
+    trainer = Trainer(
+        loss_fn, optimizer, batch_size, device, jit, callbacks, shuffle=shuffle, seed=seed,
+        progress=progress, distributed=distributed,
+    )  # fmt: skip
+    return trainer.fit(params, X, y, epochs, validation_data, metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,16 +559,6 @@ def _params_on(params: Any, device: str) -> list[Any]:
     return list(leaves)
 
 
-def _settings(optimizer: Any, batch_size: int, seed: int) -> dict[str, Any]:
-    """The hyperparameters a checkpoint records, read from any optimizer that has them."""
-    found = {
-        name: _describe(getattr(optimizer, name))
-        for name in ("learning_rate", "momentum", "nesterov", "weight_decay")
-        if hasattr(optimizer, name)
-    }
-    return {"optimizer": type(optimizer).__name__, **found, "batch_size": batch_size, "seed": seed}
-
-
 # ---------------------------------------------------------------------------------------------
 # the pieces around the loop
 
@@ -635,72 +624,12 @@ class _Evaluation:
                 values[prefix + name] = metric(params, *data)
         return values
 
-    def after_epoch(self, params: Any, X: Any, y: Any) -> dict[str, Any]:
-        """The epoch's history entry, less its training loss and time."""
-        entry: dict[str, Any] = {"metrics": self._metrics(params, X, y)}
+    def after_epoch(self, params: Any, X: Any, y: Any) -> dict[str, float]:
+        """The epoch's logs, less its training loss and time: validation loss, metrics."""
+        logs = {}
         if self.validation is not None:
-            entry["val_loss"] = self.loss(params, *self.validation)
-        return entry
-
-
-class _Guard:
-    """Divergence: a step loss that is not finite, or above ``factor`` times the starting loss
-    (the loss of the initial params over the training data), stops training."""
-
-    def __init__(self, factor: float | None, start_loss: float, distributed: bool) -> None:
-        self.start_loss = start_loss
-        positive = factor is not None and start_loss > 0
-        self.bound = factor * start_loss if positive else math.inf
-        self.factor = factor
-        self.distributed = distributed
-
-    def first_bad(self, losses: list[float]) -> int | None:
-        """The first bad step; distributed, the first over all ranks, so that every rank rolls
-        back to the same step (one that stopped alone would leave the others waiting)."""
-        bad = next(
-            (i for i, v in enumerate(losses) if not math.isfinite(v) or v > self.bound), None
-        )
-        return gd.earliest(bad) if self.distributed else bad
-
-    def error(self, loss: float, where: str) -> FloatingPointError:
-        if math.isfinite(loss) and loss <= self.bound:  # distributed: this rank's was fine
-            why = "the loss diverged on another rank"
-        elif math.isfinite(loss):
-            why = (
-                f"the loss is {loss:.4g}, more than divergence_factor={self.factor:g} times "
-                f"the starting loss {self.start_loss:.4g}"
-            )
-        else:
-            why = f"the loss is {loss}"
-        return FloatingPointError(
-            f"fit: diverged at {where}: {why}; params hold their values from before that "
-            "step (a smaller learning rate may help)"
-        )
-
-
-class _Progress:
-    """The progress bar: moves at each read of the losses, shows the epoch's mean loss."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int, done: int) -> None:
-        self.epochs = epochs
-        self.shown: dict[str, str] = {}
-        self.bar = tqdm(
-            total=epochs * steps,
-            initial=min(done, epochs * steps),
-            unit="step",
-            disable=not enabled or not sys.stderr.isatty(),
-        )
-
-    def epoch(self, epoch: int) -> None:
-        self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
-
-    def update(self, steps: int, **values: float) -> None:
-        self.shown.update({k: f"{v:.4f}" for k, v in values.items()})
-        self.bar.update(steps)
-        self.bar.set_postfix(self.shown, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
+            logs["val_loss"] = self.loss(params, *self.validation)
+        return logs | self._metrics(params, X, y)
 
 
 class _DeferredInterrupt:
@@ -724,268 +653,3 @@ class _DeferredInterrupt:
     def __exit__(self, *exc: Any) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous or signal.SIG_DFL)
-
-
-def _make_step(
-    loss_fn: Callable, optimizer: Any, distributed: bool, jit: bool
-) -> Callable[[Any, Any, Any], Any]:
-    """One training step, ``(params, xb, yb) -> loss`` (a device scalar, never read here).
-
-    The single place a step is built. With ``jit`` the loss and gradient are recorded once per
-    batch shape and replayed (eager, with one warning, where recording fails). Distributed,
-    the gradients are averaged over the ranks (one fused collective) before the update, so
-    every rank makes the same update.
-    """
-    loss_and_grads = value_and_grad(loss_fn)
-    if jit:
-        loss_and_grads = record_once(loss_and_grads, fallback=True)
-
-    def step(params: Any, xb: Any, yb: Any) -> Any:
-        loss, grads = loss_and_grads(params, xb, yb)
-        if distributed:
-            gd.allreduce_mean(grads)
-        optimizer.step(params, grads)
-        return loss
-
-    return step
-
-
-class _Steps:
-    """The minibatches of one data set and the training steps over them. Losses stay in a
-    device buffer, read back once per call of ``run_and_read``, where the guard sees them."""
-
-    def __init__(
-        self, step: Callable, params: Any, optimizer: Any, X: Any, y: Any, batch_size: int,
-        distributed: bool,
-    ) -> None:  # fmt: skip
-        self.step, self.params, self.optimizer, self.X, self.y = step, params, optimizer, X, y
-        self.batch_size, self.distributed = batch_size, distributed
-        # Distributed, each rank trains on its shard: the same number of equal steps everywhere.
-        n = gd.local_rows(X.shape[0], batch_size) if distributed else X.shape[0]
-        self.batches = [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-        self.sizes = np.array([b.stop - b.start for b in self.batches], np.float64)
-        self.backend = backend_of(X)
-        xp = self.backend.xp
-        dtype = tree_leaves(params)[0].dtype  # the loss's dtype, whatever the data's
-        self.losses = xp.zeros((len(self),), dtype=dtype, device=self.backend.array_device(X))
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def epoch_data(self, rng: np.random.Generator, shuffle: bool) -> tuple[Any, Any]:
-        """The data in this epoch's order (drawn from ``rng``, or as given), permuted on the
-        device; distributed, this rank's shard of it."""
-        if not shuffle and not self.distributed:
-            return self.X, self.y
-        n = self.X.shape[0]
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        if self.distributed:
-            order = gd.shard(order, self.batch_size)
-        order = self.backend.asarray(order)
-        xp = self.backend.xp
-        return xp.take(self.X, order, axis=0), xp.take(self.y, order, axis=0)
-
-    def mean(self, step_losses: list[float]) -> float:
-        """The mean loss per example over the steps so far in the epoch."""
-        done = self.sizes[: len(step_losses)]
-        return float(np.dot(step_losses, done) / done.sum())
-
-    def run(self, Xe: Any, ye: Any, first: int, stop: int, interrupt: Any = None) -> int:
-        """Steps ``first`` to ``stop - 1``; returns where it stopped (early on Ctrl-C)."""
-        for k in range(first, stop):
-            batch = self.batches[k]
-            self.losses[k] = self.step(self.params, Xe[batch, ...], ye[batch, ...])
-            if interrupt is not None and interrupt.requested:
-                return k + 1
-        return stop
-
-    def run_and_read(
-        self, Xe: Any, ye: Any, first: int, stop: int, interrupt: Any, guard: _Guard,
-        epoch: int, epochs: int,
-    ) -> list[float]:  # fmt: skip
-        """Run steps, then read their losses (the only wait for the device). On a bad loss,
-        go back to the state before ``first`` and replay the steps before the bad one."""
-        leaves = tree_leaves(self.params)
-        params_before = [array(p) for p in leaves]
-        optimizer_before = self.optimizer.state_dict()
-        reached = self.run(Xe, ye, first, stop, interrupt)
-        read = self.backend.to_numpy(self.losses[first:reached]).tolist()
-        bad = guard.first_bad(read)
-        if bad is None:
-            return read
-        for param, before in zip(leaves, params_before):
-            param[...] = before
-        self.optimizer.load_state_dict(optimizer_before)
-        self.run(Xe, ye, first, first + bad)
-        where = f"epoch {epoch + 1}/{epochs}, step {first + bad + 1}/{len(self)}"
-        raise guard.error(read[bad], where)
-
-
-# ---------------------------------------------------------------------------------------------
-# the trainer
-
-
-def fit(
-    loss_fn: Callable[[Any, Any, Any], Any],
-    params: Any,
-    X: Any,
-    y: Any,
-    optimizer: Any = None,
-    epochs: int = 1,
-    batch_size: int = 32,
-    device: str = "cpu",
-    shuffle: bool = True,
-    seed: int = 0,
-    validation_data: tuple[Any, Any] | None = None,
-    metrics: Sequence[Callable] | Mapping[str, Callable] = (),
-    progress: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    divergence_factor: float | None = DIVERGENCE_FACTOR,
-    allow_changes: bool = False,
-    overwrite: bool = False,
-    distributed: bool = False,
-    jit: bool = True,
-) -> History:
-    """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
-
-    Host data and params move to ``device`` once (the dicts and lists of ``params`` end up
-    holding the trained arrays there); floating data is cast to the params' dtype and must be
-    finite. Each epoch shuffles with a generator seeded by ``seed`` and keeps the last, smaller
-    batch. ``optimizer`` defaults to ``SGD()``; any object with ``step``, ``state_dict`` and
-    ``load_state_dict`` works. ``metrics`` are functions ``(params, X, y) -> float`` (a list,
-    or a dict by name) evaluated after every epoch on the training and validation data.
-
-    Divergence guard: a step loss that is not finite, or (unless ``divergence_factor`` is None)
-    above ``divergence_factor`` times the loss of the initial params, stops training with a
-    ``FloatingPointError`` naming epoch and step; params keep their values from before it.
-
-    With ``checkpoint=path`` the state is written at the end of epochs (at most every
-    ``CHECKPOINT_EVERY`` seconds, and always after the last) and on Ctrl-C; the history goes
-    to ``history_path(path)``. An existing file is resumed with ``resume=True`` (ending with
-    exactly the params of an uninterrupted run), replaced with ``overwrite=True``, and
-    otherwise refused. A resume whose learning rate, momentum, Nesterov, weight decay, batch
-    size or seed differ from the checkpoint's is refused naming them, unless ``allow_changes``.
-    ``resume=True`` without a file warns and starts afresh.
-
-    ``distributed=True`` trains data parallel, one process per rank under ``mpiexec -n K
-    python -m mpi4py``: rank 0's initial params and optimizer state go to every rank, each
-    epoch's permutation is sharded by rank, ``batch_size`` is per rank, the remainder of
-    ``n mod (K batch_size)`` rows is dropped each epoch, gradients are averaged every step,
-    losses and metrics over the ranks, and only rank 0 shows progress and writes the
-    checkpoint (see ``gradcore.distributed``).
-
-    With ``jit`` (the default) the loss and gradient are recorded once per batch shape by
-    ``gradcore.jit`` and replayed; if recording fails, one warning says why and training goes
-    on eagerly. ``jit=False`` traces every step.
-    """
-    epochs = _integer("epochs", epochs, 0)
-    batch_size = _integer("batch_size", batch_size, 1)
-    seed = _integer("seed", seed, 0)
-    if resume and checkpoint is None:
-        raise ValueError("fit: resume=True needs a checkpoint path")
-    if distributed:  # this rank's device; rank 0 speaks for all ranks
-        device = gd.init(device)
-        progress = progress and gd.is_root()
-    backend_for_device(device)  # an unknown or unavailable device fails first
-    optimizer = SGD() if optimizer is None else optimizer
-    leaves = _params_on(params, device)
-    X, y = _pair("", X, y, device, leaves[0].dtype)
-    if X.shape[0] == 0:
-        raise ValueError("fit: no training data (X has 0 rows)")
-    validation = _validation(validation_data, device, leaves[0].dtype)
-    evaluation = _Evaluation(loss_fn, validation, metrics, distributed)
-    saver, resuming = None, False
-    if checkpoint is not None:
-        settings = _settings(optimizer, batch_size, seed)
-        writes = not distributed or gd.is_root()
-        ranks = gd.size() if distributed else 1
-        saver = _Checkpoints(checkpoint, settings, leaves, X.shape[0], writes, ranks)
-        resuming = saver.prepare(resume, overwrite)
-
-    history = History(params=params)
-    rng = np.random.default_rng(seed)
-    first_epoch, position, step_losses = 0, 0, []
-    if resuming:
-        meta = saver.restore(leaves, optimizer, rng, history, allow_changes)
-        first_epoch, position, step_losses = meta["epoch"], meta["step"], meta["step_losses"]
-    if distributed:  # every rank starts where, and with what, rank 0 starts
-        gd.start(params, optimizer, rng, rows=X.shape[0], epoch=first_epoch, step=position)
-
-    # Run the loss once over all the data with the target checks on (a clear error now, not a
-    # wrong number later); inside the training steps they are off, so no step waits.
-    start_loss = evaluation.loss(params, X, y)
-    if not math.isfinite(start_loss):
-        raise FloatingPointError(
-            f"fit: the loss of the initial params is {start_loss}; check loss_fn and the init"
-        )
-    evaluation.check(params, X, y)
-    if resuming:  # the guard's bound stays that of the run's own start
-        start_loss = meta["start_loss"]
-    guard = _Guard(divergence_factor, start_loss, distributed)
-    step = _make_step(loss_fn, optimizer, distributed, jit)
-    steps = _Steps(step, params, optimizer, X, y, batch_size, distributed)
-    bar = _Progress(progress, epochs, len(steps), first_epoch * len(steps) + position)
-
-    def interrupted() -> bool:
-        """Ctrl-C; distributed, on any rank (every rank stops at the same step)."""
-        if distributed:
-            interrupt.requested = gd.mean(float(interrupt.requested)) > 0.0
-        return interrupt.requested
-
-    def save(epoch: int, position: int, rng_state: dict, step_losses: list, force: bool) -> bool:
-        """Write the checkpoint if one is due; whether it was written."""
-        if saver is not None and saver.due(force):
-            state = {
-                "epoch": epoch, "step": position, "rows": X.shape[0], "rng": rng_state,
-                "ranks": saver.ranks,
-                "step_losses": step_losses, "start_loss": start_loss,
-                **{f"optimizer/{k}": v for k, v in optimizer.state_dict().items()},
-            }  # fmt: skip
-            saver.save(params, state)
-            return True
-        return False
-
-    def stop_on_interrupt(*where: Any) -> None:
-        saved = save(*where, force=True)
-        raise KeyboardInterrupt(f"state saved to {checkpoint}" if saved else "")
-
-    with (
-        saver or contextlib.nullcontext(),
-        contextlib.closing(bar),
-        nn.target_checks(False),
-        _DeferredInterrupt() as interrupt,
-    ):
-        if saver is not None and not resuming:
-            saver.start_fresh()
-        for epoch in range(first_epoch, epochs):
-            started = time.perf_counter()
-            bar.epoch(epoch)
-            epoch_rng = copy.deepcopy(rng.bit_generator.state)
-            Xe, ye = steps.epoch_data(rng, shuffle)
-            while position < len(steps):
-                stop = min(position + READ_EVERY, len(steps))
-                # Distributed, a rank never stops alone between reads: the others would wait.
-                alone = None if distributed else interrupt
-                read = steps.run_and_read(Xe, ye, position, stop, alone, guard, epoch, epochs)
-                if distributed:  # every rank holds (and a checkpoint keeps) the ranks' mean
-                    read = gd.allreduce_mean(np.array(read, np.float64)).tolist()
-                step_losses += read
-                position += len(read)
-                bar.update(len(read), loss=steps.mean(step_losses))
-                if interrupted():
-                    stop_on_interrupt(epoch, position, epoch_rng, step_losses)
-
-            entry = {"loss": steps.mean(step_losses), **evaluation.after_epoch(params, X, y)}
-            entry["time"] = time.perf_counter() - started
-            history._append(entry)
-            bar.update(0, **{k: v for k, v in entry.items() if k.endswith("loss")})
-            position, step_losses = 0, []
-            if saver is not None:
-                saver.append(entry)
-            if interrupted():
-                stop_on_interrupt(epoch + 1, 0, rng.bit_generator.state, [])
-            save(epoch + 1, 0, rng.bit_generator.state, [], force=epoch == epochs - 1)
-    if distributed and checkpoint is not None:  # no rank reads the file before rank 0 wrote it
-        gd.barrier()
-    return history

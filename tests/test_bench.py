@@ -48,6 +48,7 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "checkpoint",
         "scaling",
         "gpu",
+        "estimators",
         "optimizers",
     ]
     for suite in suites.values():
@@ -63,6 +64,9 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "not run: the GPU table needs `--device cuda` (bench/gpu_run.sh runs it)"
     ]
     assert {row["impl"] for row in suites["memory"]["rows"]} >= {"gradcore"}
+    estimator_cases = {row["case"] for row in suites["estimators"]["rows"]}
+    assert estimator_cases == {f"{data} {what}" for data in ("breast cancer", "digits")
+                               for what in ("fit", "predict_proba")}  # fmt: skip
     assert path.with_suffix(".md").read_text().startswith("# Benchmarks: cpu")
     if importlib.util.find_spec("matplotlib"):
         assert path.with_suffix(".png").stat().st_size > 0

@@ -1,6 +1,6 @@
 """MLPClassifier and MLPRegressor: scikit-learn's own checks, its meanings, saving, predicting."""
 
-# ruff: noqa: N806 - X is a data matrix
+# ruff: noqa: N803, N806 - X is a data matrix
 
 from __future__ import annotations
 
@@ -14,13 +14,18 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import run_gradcore
+from sklearn.base import clone
 from sklearn.datasets import make_blobs, make_regression
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier as SKMLPClassifier
+from sklearn.neural_network import MLPRegressor as SKMLPRegressor
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import gradcore as gc
 from gradcore import datafiles
 from gradcore.estimators import MLPClassifier, MLPRegressor, ModelFileError, load
+from gradcore.jit import Jitted
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -340,3 +345,141 @@ def test_cuda_training_matches_the_cpu(tmp_path):
     np.testing.assert_array_equal(
         load(cuda.save(tmp_path / "m.npz"), "cpu").predict(X), cuda.predict(X)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn's arithmetic
+
+
+def scaled_blobs(classes: int, n: int = 150, dtype=np.float64):
+    X, y = make_blobs(n, centers=classes, n_features=4, cluster_std=3.0, random_state=1)
+    return StandardScaler().fit_transform(X).astype(dtype), y
+
+
+def from_weights(model, X, y, coefs, intercepts, max_iter):
+    """``model`` trained for ``max_iter`` epochs from the given weights: one epoch sets up every
+    fitted attribute, then the weights are replaced and ``warm_start`` goes on from them."""
+    model.set_params(max_iter=1, warm_start=False).fit(X, y)
+    model.coefs_ = [c.copy() for c in coefs]
+    model.intercepts_ = [b.copy() for b in intercepts]
+    model.loss_curve_, model.best_loss_, model._no_improvement_count = [], np.inf, 0
+    return model.set_params(max_iter=max_iter, warm_start=True).fit(X, y)
+
+
+def assert_same_fit(ours, theirs, rtol=1e-8):
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("classes", [2, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize(
+    "momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)],
+    ids=["plain", "momentum", "nesterov"],
+)  # fmt: skip
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic"])
+def test_sgd_follows_scikit_learn_from_the_same_initial_weights(
+    classes, momentum, nesterov, activation
+):
+    X, y = scaled_blobs(classes)
+    rng = np.random.default_rng(classes)
+    sizes = [4, 7, 1 if classes == 2 else classes]
+    coefs = [rng.uniform(-0.7, 0.7, shape) for shape in zip(sizes[:-1], sizes[1:])]
+    intercepts = [rng.uniform(-0.7, 0.7, n) for n in sizes[1:]]
+    settings = dict(
+        hidden_layer_sizes=(7,), activation=activation, solver="sgd", alpha=1e-3,
+        batch_size=32, learning_rate_init=0.05, momentum=momentum, nesterovs_momentum=nesterov,
+        shuffle=False, tol=0.0, random_state=0,
+    )  # fmt: skip
+    theirs = from_weights(SKMLPClassifier(**settings), X, y, coefs, intercepts, 30)
+    ours = from_weights(MLPClassifier(**settings), X, y, coefs, intercepts, 30)
+    assert len(ours.loss_curve_) == ours.n_iter_ == 30
+    assert_same_fit(ours, theirs)
+
+
+def test_a_random_state_gives_scikit_learns_init_and_fit():
+    X, y = scaled_blobs(3)
+    settings = dict(hidden_layer_sizes=(6, 5), solver="sgd", shuffle=False, max_iter=10,
+                    learning_rate_init=0.05, random_state=3, tol=0.0)  # fmt: skip
+    assert_same_fit(MLPClassifier(**settings).fit(X, y), SKMLPClassifier(**settings).fit(X, y))
+    ours, theirs = MLPClassifier(**settings), SKMLPClassifier(**settings)
+    for _ in range(3):  # partial_fit keeps the optimizer's momentum
+        ours.partial_fit(X, y, classes=[0, 1, 2])
+        theirs.partial_fit(X, y, classes=[0, 1, 2])
+    assert_same_fit(ours, theirs)
+    X_r, y_r = make_regression(120, 4, n_targets=2, noise=1.0, random_state=0)
+    X_r, y_r = StandardScaler().fit_transform(X_r), y_r / 100
+    regressor = MLPRegressor(**settings).fit(X_r, y_r)
+    assert_same_fit(regressor, SKMLPRegressor(**settings).fit(X_r, y_r))
+
+
+def test_warm_start_keeps_the_weights_and_starts_a_fresh_optimizer():
+    X, y = scaled_blobs(2)
+    settings = dict(hidden_layer_sizes=(5,), shuffle=False, max_iter=4, random_state=0, tol=0.0)
+    warm = MLPClassifier(warm_start=True, **settings).fit(X, y).fit(X, y)
+    theirs = SKMLPClassifier(solver="sgd", warm_start=True, **settings).fit(X, y).fit(X, y)
+    assert_same_fit(warm, theirs)
+    assert len(warm.loss_curve_) == 8 and warm.n_iter_ == 4
+    cold = MLPClassifier(**settings).fit(X, y)
+    refit = clone(cold).fit(X, y).fit(X, y)  # without warm_start a fit starts again
+    np.testing.assert_array_equal(refit.coefs_[0], cold.coefs_[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_data_dtype_is_kept(dtype):
+    X, y = scaled_blobs(3, dtype=dtype)
+    model = MLPClassifier((5,), max_iter=3, random_state=0).fit(X, y)
+    assert all(a.dtype == dtype for a in model.coefs_ + model.intercepts_)
+    assert model.predict_proba(X).dtype == np.float64
+
+
+def test_the_step_is_recorded_once_per_configuration(monkeypatch):
+    recordings, passes = [], []
+    real_record, real_evaluate = Jitted._record, gc.train._evaluate
+    monkeypatch.setattr(
+        Jitted, "_record", lambda self, *a: recordings.append(1) or real_record(self, *a)
+    )
+    monkeypatch.setattr(gc.train, "_evaluate", lambda *a: passes.append(1) or real_evaluate(*a))
+    X, y = scaled_blobs(3, n=150)  # batches of 32: 4 full and one of 22
+    settings = dict(hidden_layer_sizes=(5,), batch_size=32, random_state=0, alpha=0.0123)
+    model = MLPClassifier(max_iter=6, **settings).fit(X, y)
+    assert len(recordings) == 2 and model.n_iter_ == 6
+    assert passes == []  # no pass over the data: loss_curve_ is the steps' own losses
+    for _ in range(3):
+        model.partial_fit(X, y)
+    model.set_params(warm_start=True, max_iter=2).fit(X, y)
+    fresh = MLPClassifier(max_iter=3, **settings).fit(X, y)  # another estimator, same settings
+    assert len(recordings) == 2
+    np.testing.assert_array_equal(
+        fresh.coefs_[0], MLPClassifier(max_iter=3, **settings).fit(X, y).coefs_[0]
+    )
+    model.set_params(alpha=0.1).fit(X, y)  # the loss changed: another trainer, recorded again
+    assert len(recordings) == 4
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+    restored.partial_fit(X, y)
+    assert restored.n_iter_ == model.n_iter_ + 1
+
+
+@pytest.mark.parametrize("name", ["coef/1", "intercept/0"])
+def test_a_model_file_with_nan_weights_is_refused_naming_the_array(tmp_path, name):
+    path = write_model(tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match=rf"m.npz: {name} holds 1 NaN or infinite value"):
+        load(path)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_predictions_are_the_forward_pass_of_the_ops(activation):
+    X, y = scaled_blobs(3)
+    model = MLPClassifier((6, 5), activation=activation, max_iter=3, random_state=0).fit(X, y)
+    layers = [{"W": W, "b": b} for W, b in zip(model.coefs_, model.intercepts_)]
+    logits = gc.nn.mlp(layers, X, gc.estimators.ACTIVATIONS[activation])
+    np.testing.assert_array_equal(model._forward(X), logits)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(model.predict_proba(X), shifted / shifted.sum(axis=1, keepdims=True))
