@@ -552,3 +552,30 @@ def test_fit_checkpoints_carry_every_optimizers_state(tmp_path, case):
     fit(resumed, 4, checkpoint=tmp_path / "run.npz", resume=True)
     for a, b in zip(tree_host(whole), tree_host(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_resume_with_other_optimizer_settings_is_refused_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def fit(optimizer, **more):
+        loss = lambda p, x, y: gc.nn.binary_cross_entropy_with_logits(  # noqa: E731
+            gc.nn.mlp(p, x)[:, 0], y
+        )
+        path = tmp_path / "run.npz"
+        gc.train.fit(loss, gc.nn.init_mlp([3, 2, 1]), x, y, optimizer=optimizer, epochs=1,
+                     batch_size=8, progress=False, checkpoint=path, **more)  # fmt: skip
+
+    fit(optim.Adam(0.01, amsgrad=True, clipnorm=1.0))
+    _, meta = gc.train.load_checkpoint(tmp_path / "run.npz")
+    assert meta["settings"] == {
+        "optimizer": "Adam", "learning_rate": 0.01, "weight_decay": 0.0, "beta_1": 0.9,
+        "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": True, "clipnorm": 1.0, "batch_size": 8,
+        "seed": 0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"written with beta_1=0.9 but this run has beta_1=0.5"):
+        fit(optim.Adam(0.01, beta_1=0.5, amsgrad=True, clipnorm=1.0), resume=True)
+    with pytest.raises(ValueError, match=r"written with optimizer='Adam', .* this run has "
+                       r"optimizer='RMSprop'"):  # fmt: skip
+        fit(optim.RMSprop(0.01), resume=True)
