@@ -455,6 +455,10 @@ class Optimizer:
             views.append(tuple(xp.reshape(buffer[:n], param.shape) for buffer in pair))
         return views
 
+    def reset(self) -> None:
+        """Forget the update count and the state: the next step is a first step."""
+        self.load_state_dict({"iterations": 0, **{slot: [] for slot in self._slots()}})
+
     def state_dict(self) -> dict[str, Any]:
         """Copies of what ``step`` changes: ``iterations``, and one list of arrays per state
         slot (empty before the first step). Numbers and lists of arrays, as checkpoints store."""
