@@ -235,8 +235,7 @@ class _MLP(BaseEstimator):
         self._check_params()
         if incremental and self.solver == "lbfgs":
             raise AttributeError(
-                "partial_fit is only available for stochastic optimizers. lbfgs is not "
-                "stochastic."
+                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
             )
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
