@@ -89,6 +89,13 @@ def _function(name: str) -> Callable[..., Value]:
     return lambda *args: _call(f"{name}({', '.join(f'{{{k}}}' for k in range(len(args)))})", *args)
 
 
+def _astype(value: Value, dtype: str) -> Value:
+    """``value`` as a ``T`` (the one type a kernel computes in): a comparison is 1 or 0."""
+    if dtype != "T":
+        raise TypeError(f"a CUDA formula computes in its element type T, not {dtype!r}")
+    return _call("((T)({0}))", value) if value.type == "bool" else value
+
+
 # The Array API names a formula may use, as CUDA C (CUDA's overloads pick float or double;
 # CUDA's max and min, like fmax and fmin, drop a NaN operand).
 CUDA = SimpleNamespace(
@@ -96,7 +103,8 @@ CUDA = SimpleNamespace(
     abs=_function("fabs"),
     maximum=_function("max"),
     minimum=_function("min"),
-    sign=lambda x: _call("copysign((T)({0} != (T)0), {0})", x),  # 0 at 0, else 1 signed as x
+    result_type=lambda *values: "T",
+    astype=_astype,
     where=lambda condition, x, y: _call("({0} ? (T){1} : (T){2})", condition, x, y),
 )
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import types
 import warnings
 
@@ -648,6 +649,61 @@ def test_numpy_kernels_write_into_a_strided_output(shape, no_warnings):
     np.testing.assert_array_equal(out, numpy_kernels.sigmoid(x))
     numpy_kernels.sigmoid_grad(x, x, out=out)
     np.testing.assert_array_equal(out, numpy_kernels.sigmoid_grad(x, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_sigmoid_of_zeros_infinities_and_nan_on_every_path(host, dtype, no_warnings):
+    """The formula's numerator max(e, x >= 0): 1 at -0.0 too, and NaN from NaN everywhere."""
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan], dtype)
+    expected = np.array([0.5, 0.5, 1.0, 0.0, np.nan], dtype)
+    cuda = np.empty_like(x)
+    host(cuda_kernels.SIGMOID, dtype, x, cuda)
+    python = [gc.sigmoid(float(value)) for value in x]
+    for got in (numpy_kernels.sigmoid(x), formulas.sigmoid(np, x), cuda, python):
+        np.testing.assert_array_equal(got, expected)
+
+
+ARBITRARY_FORMULAS = {  # values read twice, in place and not, numbers on either side
+    "square": (lambda m, x: x * x, 1),
+    "shared": (lambda m, x, y: m.maximum(x * y, m.exp(-x)) - (x - y) / (1.0 + m.abs(y)), 2),
+    "condition": (lambda m, x, y: m.minimum(m.astype(x < y, m.result_type(x)), 0.5) * y, 2),
+}
+
+
+@pytest.mark.parametrize("n", [5, 3 * numpy_kernels.CHUNK + 5])
+@pytest.mark.parametrize("name", ARBITRARY_FORMULAS)
+def test_a_formula_traced_into_ufunc_calls_computes_it_bit_for_bit(name, n):
+    """Buffers reused by liveness never hold a value still to be read, ``out`` an input or not."""
+    formula, arity = ARBITRARY_FORMULAS[name]
+    program = numpy_kernels._Program(formula, arity)
+    inputs = [_inputs("float64", n, seed) for seed in range(arity)]
+    expected = formula(np, *inputs)
+    for argnum in (None, *range(arity)):  # out: its own array, then over each argument
+        args = [a.copy() for a in inputs]
+        out = np.empty(n) if argnum is None else args[argnum]
+        assert program(out, *args) is out
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_a_formula_that_ends_in_an_argument_is_refused():
+    with pytest.raises(TypeError, match="<lambda>: a NumPy kernel's formula ends in an operation"):
+        numpy_kernels._Program(lambda m, x: x, 1)
+
+
+def test_the_numpy_kernels_allocate_no_temporaries(no_warnings):
+    """Each chunk's passes run in this thread's scratch chunks, made once and reused."""
+    x = _inputs("float32", 3 * numpy_kernels.CHUNK + 5)
+    g, out = _inputs("float32", x.size, seed=1), np.empty_like(x)
+    for _ in range(2):  # the first call makes the scratch chunks
+        tracemalloc.start()
+        try:
+            numpy_kernels.sigmoid(x, out=out)
+            numpy_kernels.sigmoid_grad(out, g, out=g)
+            numpy_kernels.sigmoid(x[:1000], out=out[:1000])  # one chunk of its own shape
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16_384  # views and 0-d numbers; a chunk of float32 is 128 KiB
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
