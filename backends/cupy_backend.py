@@ -152,6 +152,17 @@ class CupyBackend:
         self.xp = gpu_namespace(cupy, compat, self.gpu)
         self.array_types = (cupy.ndarray,)
 
+    def numbered_devices(self) -> list[str]:
+        """ "cuda:0" to "cuda:N-1": every GPU this process sees (``gc.available_devices``)."""
+        return [f"cuda:{i}" for i in range(self.cupy.cuda.runtime.getDeviceCount())]
+
+    @property
+    def description(self) -> str:
+        """What ``gradcore info`` prints: the GPU's own name (a simulated one says so)."""
+        name = self.cupy.cuda.runtime.getDeviceProperties(self.gpu.id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return f"GPU {self.gpu.id}: {name}, CuPy {self.cupy.__version__}"
+
     def for_array(self, x: Any) -> CupyBackend:
         gpu_id = x.device.id
         if gpu_id == self.gpu.id:
@@ -199,7 +210,17 @@ class CupyBackend:
 _backends: dict[int, CupyBackend] = {}
 
 
-def _import_cupy(name: str) -> Any:
+def import_cupy(name: str = "cuda") -> Any:
+    """CuPy, or with ``GRADCORE_SIMULATE_CUDA`` set, the simulated device's stand-in for it
+    (gradcore.backends.cudasim, a test double), installed under CuPy's name first; a
+    ``DeviceError`` about device ``name`` if neither imports."""
+    try:
+        from gradcore.backends import cudasim
+
+        if cudasim.device_count():
+            cudasim.install()
+    except (ValueError, RuntimeError) as error:
+        raise _unavailable(name, f"the simulated CUDA device cannot start: {error}") from error
     try:
         import cupy
     except Exception as error:
@@ -221,7 +242,7 @@ def load(index: int | None = None) -> CupyBackend:
     """The backend of GPU ``index`` (None: the current GPU), once CuPy, the driver, a first
     allocation and kernel, and cuBLAS have answered on it; else raise DeviceError."""
     name = "cuda" if index is None else f"cuda:{index}"
-    cupy = _import_cupy(name)
+    cupy = import_cupy(name)
     runtime = cupy.cuda.runtime
     try:
         built_for = _cuda_version(runtime.runtimeGetVersion())
@@ -257,6 +278,10 @@ def load(index: int | None = None) -> CupyBackend:
         raise _unavailable(
             name, f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r}); {NO_DEVICE_HINT}"
         )
+    if index is None:  # "cuda" keeps the GPU it named first, even if another is current now
+        named = [backend for backend in _backends.values() if backend.device == "cuda"]
+        if named:
+            return named[0]
     gpu_id = current if index is None else index
     if not 0 <= gpu_id < count:
         raise _unavailable(
@@ -293,6 +318,7 @@ def load(index: int | None = None) -> CupyBackend:
             name, f"array-api-compat cannot wrap {where} ({type(error).__name__}: {error}); "
             "pip install --upgrade 'array-api-compat>=1.9'"
         ) from error  # fmt: skip
-    device = "cuda" if gpu_id == current else f"cuda:{gpu_id}"
+    named = any(backend.device == "cuda" for backend in _backends.values())
+    device = "cuda" if gpu_id == current and not named else f"cuda:{gpu_id}"
     backend = _backends[gpu_id] = CupyBackend(cupy, compat, gpu_id, device)
     return backend

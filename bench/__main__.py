@@ -37,6 +37,7 @@ SUITES = {
     "scaling": "bench.scaling",  # launches its own mpiexec jobs
     "gpu": "bench.gpu",  # the GPU table of bench/gpu_run.sh; on the CPU only a note
     "estimators": "bench.estimators",
+    "csv": "bench.csv_load",
     "optimizers": "bench.optimizers",
 }
 

@@ -62,74 +62,174 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
     return parse
 
 
-def _data(value: str) -> str:
-    """``--data``: a bundled name or an existing file (a typo is a usage error, exit 2)."""
-    if value in DATASETS or Path(value).is_file():
-        return value
-    raise argparse.ArgumentTypeError(
-        f"invalid choice: {value!r} (choose from {', '.join(sorted(DATASETS))}, or give a CSV or "
-        ".npz file)"
-    )
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in its help: argparse's "(default: ...)", or the help's own words
+    where the default depends on the data or is not a plain value. Descriptions as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
+
+
+DESCRIPTION = """\
+Train small neural networks and score data with them.
+
+gradcore train with no flags is the network of Geena Kim's lecture notes "Math behind Neural
+Network Training": one sigmoid hidden layer, a sigmoid output, binary cross-entropy and SGD with
+momentum, on the breast-cancer data that ships with scikit-learn (no download). --data digits
+trains a softmax classifier on handwritten digits, and --data FILE a classifier or regressor on
+a CSV or .npz file, which gradcore predict then uses to score new rows.
+"""
+
+FILE_HELP = """\
+A CSV file has a header row, unless its first row is all numbers: it is then read as data and
+its columns are named 1, 2, ... (a note says so). Its delimiter (comma, semicolon or tab) is
+detected from the first row, or given with --delimiter.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradcore", description=__doc__.split("\n")[0])
+    parser = _Parser(
+        prog="gradcore",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"gradcore {gc.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser(
-        "train", help="train a small network on a bundled data set or a file"
+        "train",
+        help="train a small network on a bundled data set or a file",
+        description="Train a small network on a bundled data set or on a CSV or .npz file.\n\n"
+        + FILE_HELP,
+        formatter_class=lambda prog: _Help(prog, width=100),
     )
     train.add_argument(
-        "--data", default="breast-cancer", type=_data, help="breast-cancer, digits or a file"
+        "--data", default="breast-cancer", help="breast-cancer, digits, or a CSV or .npz file"
     )
-    train.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     positive_int, count = _number(int, 0, strict=True), _number(int, 0, strict=False)
     train.add_argument(
-        "--hidden", type=model_cli.hidden_sizes, default=(16,), help="units per layer: 64,32"
+        "--hidden", type=model_cli.hidden_sizes, default="16", help="units per layer: 64,32"
     )
     train.add_argument(
-        "--activation", default="sigmoid", choices=("sigmoid", "logistic", "tanh", "relu")
+        "--activation",
+        default="sigmoid",
+        choices=("sigmoid", "logistic", "tanh", "relu"),
+        help="the hidden units' activation",
     )
-    train.add_argument("--epochs", type=count, help="default: 50 (breast-cancer), 30 (digits)")
-    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument(
+        "--epochs", type=count, help="default: 50, or 30 for digits (--patience may stop sooner)"
+    )
+    train.add_argument("--batch-size", type=positive_int, default=32, help="rows per step")
     train.add_argument(
         "--lr", type=_number(float, 0.0, strict=True), help="learning rate (default: 0.1)"
     )
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     train.add_argument("--seed", type=count, default=0, help="seeds the init and the shuffling")
-    train.add_argument("--plot", metavar="PNG", help="write the training curves to this file")
-    train.add_argument("--checkpoint", metavar="PATH", help="save the state as it trains")
-    train.add_argument(  # None when not given, as every flag that only one trainer reads
-        "--resume", action="store_true", default=None, help="continue from --checkpoint"
+    train.add_argument(
+        "--plot", metavar="PNG", help="write the loss curves to this PNG file (default: none)"
     )
     train.add_argument(
+        "--history", metavar="CSV", help="write the losses per epoch to this file (default: none)"
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing --plot, --history and --save files (they are kept otherwise)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bundled = train.add_argument_group("bundled data sets only (breast-cancer, digits)")
+    bundled.add_argument(
+        "--checkpoint", metavar="PATH", help="save the state as it trains (default: none)"
+    )
+    bundled.add_argument(  # None when not given, as every flag that only one trainer reads
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from --checkpoint (default: no)",
+    )
+    bundled.add_argument(
         "--allow-changes",
         action="store_true",
         help="resume although the learning rate, momentum, batch size or seed changed",
     )
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument(
+    bundled.add_argument(
         "--distributed",
         action="store_true",
         help="data parallel: mpiexec -n K python -m mpi4py -m gradcore train --distributed",
     )
-    # --data FILE only: the model trainer of model_cli
-    train.add_argument("--target", help="the target column (default: the last) or .npz array")
-    train.add_argument("--task", choices=("classification", "regression"))
-    train.add_argument("--test-split", type=float, help="held-out fraction (default: 0.2)")
-    train.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="(default)")
-    train.add_argument("--patience", type=int, help="early stopping on a validation split")
-    train.add_argument("--history", metavar="CSV", help="write the loss per epoch")
-    train.add_argument("--save", metavar="MODEL", help="write the trained model (.npz)")
-    commands.add_parser("info", help="devices, backend versions and the BLAS in use")
-    predict = commands.add_parser("predict", help="score the rows of a file with a saved model")
-    predict.add_argument("model", metavar="MODEL")
+    files = train.add_argument_group("data files only (--data FILE)")
+    files.add_argument(
+        "--target", help="the target column or .npz array (default: the last column, or y)"
+    )
+    files.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="default: classification for integer or text targets, regression for decimals",
+    )
+    files.add_argument(
+        "--test-split",
+        type=_fraction,
+        metavar="FRACTION",
+        help="the fraction of rows held out for the test score (default: 0.2)",
+    )
+    files.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        help="scale the features to mean 0 and variance 1 (default: yes)",
+    )
+    files.add_argument(
+        "--patience",
+        type=count,
+        metavar="EPOCHS",
+        help="stop when the loss on a validation split (10%% of the training rows) has not "
+        "improved for this many epochs, and keep the best epoch (default: no early stopping)",
+    )
+    files.add_argument(
+        "--delimiter",
+        type=model_cli.delimiter,
+        help="the CSV's field separator: a character, comma, semicolon or tab (default: detected)",
+    )
+    files.add_argument(
+        "--save", metavar="MODEL", help="write the trained model to this .npz (default: none)"
+    )
+    info = "devices, backend versions and the BLAS in use"
+    commands.add_parser("info", help=info, description=info.capitalize() + ".")
+    predict = commands.add_parser(
+        "predict",
+        help="score the rows of a file with a saved model",
+        description="Score the rows of a CSV or .npz file with a model saved by gradcore train\n"
+        "--save. The CSV's columns are picked by the names the model was trained on.\n\n"
+        + FILE_HELP,
+        formatter_class=lambda prog: _Help(prog, width=100),
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model file from --save")
     predict.add_argument("file", metavar="FILE", help="a CSV with the training columns, or .npz")
     predict.add_argument("--proba", action="store_true", help="class probabilities")
-    predict.add_argument("--output", metavar="CSV", help="default: standard output")
-    predict.add_argument("--device", help="default: the device the model was trained on")
+    predict.add_argument(
+        "--output", metavar="CSV", help="write the predictions here (default: standard output)"
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output file"
+    )
+    predict.add_argument(
+        "--delimiter",
+        type=model_cli.delimiter,
+        help="the CSV's field separator: a character, comma, semicolon or tab (default: detected)",
+    )
+    predict.add_argument(
+        "--device", help="cpu, cuda or auto (default: the device the model was trained on)"
+    )
     return parser
+
+
+def _fraction(text: str) -> float:
+    """``--test-split``: a fraction of the rows in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def _load(name: str) -> tuple[np.ndarray, ...]:
@@ -159,27 +259,41 @@ def _device(requested: str) -> str:
 
 
 def _check_paths(args: argparse.Namespace) -> bool:
-    """Refuse unusable paths before any work; whether to resume from ``--checkpoint``."""
-    if args.plot:
-        gc.train.check_writable(args.plot, "--plot")
-    if args.checkpoint is None:
+    """Refuse unusable output paths before any work; whether to resume from ``--checkpoint``."""
+    checkpoint = args.checkpoint
+    model_cli.check_outputs(
+        {
+            "--checkpoint": checkpoint,
+            "the checkpoint's history": checkpoint and str(gc.train.history_path(checkpoint)),
+            "--plot": args.plot,
+            "--history": args.history,
+        },
+        {},
+        args.overwrite,
+        kept=("--checkpoint", "the checkpoint's history"),  # --resume decides, below
+    )
+    if checkpoint is None:
         if args.resume:
             raise ValueError("--resume needs --checkpoint PATH")
         return False
-    path = Path(args.checkpoint)
+    path = Path(checkpoint)
     if path.is_file() and not args.resume:
         raise FileExistsError(
-            f"--checkpoint {path} exists: add --resume to continue from it, or give another "
-            "--checkpoint path"
+            f"--checkpoint {checkpoint} exists: add --resume to continue from it, or give "
+            "another --checkpoint path"
         )
     if args.resume and not path.exists():
-        print(f"no checkpoint at {path} yet: starting afresh")
+        print(f"no checkpoint at {checkpoint} yet: starting afresh")
         return False
     return bool(args.resume)
 
 
 def train(args: argparse.Namespace) -> None:
     if args.data not in DATASETS:
+        if not os.path.lexists(args.data):
+            raise ValueError(
+                f"--data {args.data}: no such file (nor a bundled data set: {', '.join(DATASETS)})"
+            )
         if args.distributed:
             raise ValueError("--distributed trains the bundled data sets; --data FILE does not")
         return model_cli.train_file(args)
@@ -256,16 +370,21 @@ def train(args: argparse.Namespace) -> None:
         what = f"trained {ran} more epoch{'s' * (ran != 1)} (epochs {first}-{last})"
     print(f"{what} in {seconds:.2f} s; final training loss {final_loss}")
     print(f"test accuracy: {test_accuracy:.4f}")
-    if args.plot and (not args.distributed or gd.is_root()):
-        print(f"curves written to {history.plot(args.plot)}")
+    if not args.distributed or gd.is_root():
+        if args.history:
+            model_cli.write_history(args.history, history, np.dtype(np.float32))
+            print(f"history written to {args.history}")
+        if args.plot:
+            model_cli.write_plot(args.plot, history)
+            print(f"curves written to {args.plot}")
 
 
 def info() -> None:
     print(f"gradcore {gc.__version__} on Python {platform.python_version()}")
     for device in gc.backend.registered_devices():
         try:
-            gc.backend.backend_for_device(device)
-            print(f"device {device}: available")
+            about = getattr(gc.backend.backend_for_device(device), "description", None)
+            print(f"device {device}: available" + (f" ({about})" if about else ""))
         except gc.DeviceError as error:
             print(f"device {device}: unavailable ({error})")
     for package in ("numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x"):
@@ -289,6 +408,7 @@ def info() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradcore`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    prog = f"gradcore {args.command}"  # as the usage errors of argparse begin
     try:
         if args.command == "info":
             info()
@@ -308,9 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as interrupt:  # fit says where it saved the state, if it did
         saved = f"; {interrupt}" if str(interrupt) else ""
-        print(f"gradcore: interrupted{saved}", file=sys.stderr)
+        print(f"{prog}: interrupted{saved}", file=sys.stderr)
         return 130
     except (gc.DeviceError, ImportError, OSError, ValueError, FloatingPointError) as error:
-        print(f"gradcore: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     return 0

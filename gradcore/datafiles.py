@@ -1,9 +1,14 @@
 """Reading a user's data for ``gradcore train --data FILE`` and ``gradcore predict``.
 
-A CSV with a header row (``.tsv``: tab-separated) or an ``.npz`` holding ``X`` and ``y``. Every
-problem is one ``DataFileError`` line that names the file and, where there is one, the row and
-the column, because the user's next step is to open the file at that place. Rows are counted
-from 1 after the header; the line in the file is given too.
+A CSV (comma, semicolon or tab separated: the delimiter is detected from the first row, or
+given) or an ``.npz`` holding ``X`` and ``y``. A CSV whose first row is all numbers has no
+header: it is read as data, its columns named 1, 2, ..., and a ``HeaderlessWarning`` says so.
+
+The rows are parsed by NumPy's C reader (``np.loadtxt``); when it refuses a file, the csv module
+reads it again to find the place. Every problem is one ``DataFileError`` line that names the
+file and, where there is one, the row and the column, because the user's next step is to open
+the file at that place. Rows are counted from 1 after the header; the line in the file is given
+too.
 """
 
 # ruff: noqa: N803, N806 - X is a data matrix, the field's convention and scikit-learn's
@@ -12,21 +17,36 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MISSING", "DataFileError", "Dataset", "read_dataset", "read_features"]
+__all__ = [
+    "DELIMITERS",
+    "MISSING",
+    "DataFileError",
+    "Dataset",
+    "existing_file",
+    "HeaderlessWarning",
+    "read_dataset",
+    "read_features",
+]
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # compared lower-cased
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # detected, in this order of preference
 _SHOW_COLUMNS = 8  # how many column names an error lists before "..."
+_SNIFF_BYTES = 8192  # how much of a file is looked at for NUL bytes (a binary file)
 
 
 class DataFileError(ValueError):
     """A data file that cannot be used; the message is one line naming the file and place."""
+
+
+class HeaderlessWarning(UserWarning):
+    """A CSV whose first row is all numbers: it was read as data, without a header."""
 
 
 @dataclass
@@ -41,32 +61,46 @@ class Dataset:
 
 
 def read_dataset(
-    path: str | os.PathLike, target: str | None = None, task: str | None = None
+    path: str | os.PathLike,
+    target: str | None = None,
+    task: str | None = None,
+    delimiter: str | None = None,
 ) -> Dataset:
     """Features and target of a CSV (``target``: a column, default the last) or an ``.npz``
     (``target``: the array holding y, default ``"y"``).
 
     Integer or string targets are classes and float targets regression values, unless ``task``
-    ("classification" or "regression") says otherwise.
+    ("classification" or "regression") says otherwise. ``delimiter``: the CSV's field
+    separator (default: comma, semicolon or tab, detected).
     """
     if task not in (None, "classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-    path = _existing(path)
-    if path.suffix.lower() == ".npz":
+    path = existing_file(path)
+    if _suffix(path) == ".npz":
         X, y, features, target = _read_npz(path, target or "y")
         column = f"array {target!r}"
         task = task or ("regression" if y.dtype.kind == "f" else "classification")
         if task == "regression" and y.dtype.kind not in "iuf":
             raise DataFileError(f"{path}, {column}: regression needs numbers, not {y.dtype}")
     else:
-        header, rows = _read_csv(path)
+        layout = _layout(path, delimiter)
+        header = layout.header
+        if len(header) < 2:
+            raise layout.one_column(path)
         target = header[-1] if target is None else target
         if target not in header:
             raise DataFileError(f"{path}: no column {target!r} (the header has: {_names(header)})")
         features = [name for name in header if name != target]
-        X = _numbers(path, header, rows, features)
-        y, task = _target(path, header, rows, target, task)
         column = f"column {target!r}"
+        if task == "regression":  # the target is read as numbers, its bad values named
+            table, _ = _read_csv(path, layout, [*features, target])
+            X, y = np.ascontiguousarray(table[:, :-1]), table[:, -1].copy()
+        else:
+            X, texts = _read_csv(path, layout, features, [target])
+            found = _target(texts[target], task)
+            if found is None:  # floats, not all finite: read again as numbers to name the first
+                _read_csv_slow(path, layout, [target])
+            y, task = found
     if task == "classification":
         classes = np.unique(y)
         if len(classes) < 2:
@@ -78,7 +112,10 @@ def read_dataset(
 
 
 def read_features(
-    path: str | os.PathLike, features: Sequence[str] | None, n_features: int
+    path: str | os.PathLike,
+    features: Sequence[str] | None,
+    n_features: int,
+    delimiter: str | None = None,
 ) -> np.ndarray:
     """The feature matrix of new rows to score, float64.
 
@@ -86,11 +123,14 @@ def read_features(
     columns, such as the target, are ignored); without names, all its columns are taken in
     order. An ``.npz`` gives its ``X``. Either way there must be ``n_features`` columns.
     """
-    path = _existing(path)
-    if path.suffix.lower() == ".npz":
+    path = existing_file(path)
+    if _suffix(path) == ".npz":
         X = _read_npz(path, None)[0]
     else:
-        header, rows = _read_csv(path)
+        layout = _layout(path, delimiter)
+        header = layout.header
+        if len(header) == 1 and n_features > 1:
+            raise layout.one_column(path)
         if features is None:
             features = header
         missing = [name for name in features if name not in header]
@@ -99,7 +139,7 @@ def read_features(
                 f"{path}: no column {missing[0]!r}, which the model was trained on (the header "
                 f"has: {_names(header)})"
             )
-        X = _numbers(path, header, rows, list(features))
+        X, _ = _read_csv(path, layout, list(features))
     if X.shape[1] != n_features:
         raise DataFileError(f"{path}: {X.shape[1]} feature columns; the model takes {n_features}")
     return X
@@ -109,39 +149,162 @@ def read_features(
 # CSV
 
 
-def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
+def existing_file(path: str | os.PathLike) -> str:
+    """``path`` as the user typed it (errors name it so) if it is a file with something in
+    it; else the error that says why."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
         raise DataFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise DataFileError(f"{path}: not a file")
-    if path.stat().st_size == 0:
+    if os.path.isdir(path):
+        raise DataFileError(f"{path}: a directory, not a data file")
+    if not os.path.isfile(path):
+        raise DataFileError(f"{path}: not a regular file")
+    if os.path.getsize(path) == 0:
         raise DataFileError(f"{path}: the file is empty")
     return path
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header and the non-blank rows, each with its line number, every field stripped."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows = []
+def _suffix(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+@dataclass
+class _Layout:
+    """Where a CSV's data starts and how its fields are separated."""
+
+    header: list[str]
+    skip: int  # lines before the first data row
+    delimiter: str
+    detected: bool  # the delimiter was detected, not given
+
+    def one_column(self, path: str) -> DataFileError:
+        """The error for a file that parses into one column, saying which delimiter was tried."""
+        if self.detected:
+            tried = "tried comma, semicolon and tab"
+            fix = "give the delimiter with --delimiter"
+        else:
+            tried = f"with --delimiter {self.delimiter!r}"
+            fix = "check the delimiter"
+        return DataFileError(f"{path}: every row parses into one column ({tried}); {fix}")
+
+
+def _layout(path: str, delimiter: str | None) -> _Layout:
+    """The header (the first non-blank row) and the delimiter: ``delimiter``, or of comma,
+    semicolon and tab the one that splits the header into the most fields."""
+    with open(path, "rb") as file:
+        if b"\0" in file.read(_SNIFF_BYTES):
+            raise DataFileError(f"{path}: a binary file, not a CSV text file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file, delimiter=delimiter)
+            lines = enumerate(file)
+            skip, first = next(((i, line) for i, line in lines if line.strip()), (0, ""))
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path}: not a UTF-8 text file (byte {error.start})") from error
+    if not first:
+        raise DataFileError(f"{path}: the file is empty (only blank lines)")
+    candidates = [delimiter] if delimiter else list(DELIMITERS)
+    split = {d: _fields(first, d) for d in candidates}
+    chosen = max(candidates, key=lambda d: len(split[d]))  # max keeps the first of equals
+    if delimiter is None and len(split[chosen]) == 1 and _suffix(path) == ".tsv":
+        chosen = "\t"
+    fields = split[chosen]
+    if all(_is_number(field) for field in fields):
+        names = [str(i + 1) for i in range(len(fields))]
+        warnings.warn(
+            HeaderlessWarning(
+                f"{path}: the first row is all numbers, so it is read as data (no header); the "
+                f"columns are named 1 to {len(names)}"
+            ),
+            stacklevel=3,
+        )
+        return _Layout(names, skip, chosen, delimiter is None)
+    for i, name in enumerate(fields):
+        if not name:
+            raise DataFileError(f"{path}: column {i + 1} of the header has no name")
+        if name in fields[:i]:
+            raise DataFileError(f"{path}: the header names column {name!r} twice")
+    return _Layout(fields, skip + 1, chosen, delimiter is None)
+
+
+def _fields(line: str, delimiter: str) -> list[str]:
+    return [field.strip() for field in next(csv.reader([line], delimiter=delimiter))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
+) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """The ``numeric`` columns as float64 (rows, len(numeric)) and the ``text`` columns as
+    stripped strings; other columns are not looked at. A missing value, a non-number in a
+    numeric column or a row of another length is an error naming its row and column."""
+    fast = _read_csv_fast(path, layout, numeric, text)
+    if fast is not None:
+        return fast
+    return _read_csv_slow(path, layout, numeric, text)
+
+
+def _read_csv_fast(
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str]
+) -> tuple[np.ndarray, dict[str, list[str]]] | None:
+    """NumPy's C reader, in one pass: numbers as float64 fields, other columns as Python
+    strings. None where it refuses the file or a value is missing: the slow reader says where."""
+    wanted = set(numeric)
+    fields = [(f"f{i}", "f8" if name in wanted else "O") for i, name in enumerate(layout.header)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            table = np.loadtxt(
+                path,
+                dtype=np.dtype(fields),
+                delimiter=layout.delimiter,
+                skiprows=layout.skip,
+                quotechar='"',
+                comments=None,
+                encoding="utf-8-sig",
+                ndmin=1,
+            )
+    except ValueError:  # a bad value, a ragged row, a byte that is not UTF-8
+        return None
+    if table.shape[0] == 0:
+        raise DataFileError(f"{path}: a header but no data rows")
+    X = np.empty((table.shape[0], len(numeric)))
+    for j, name in enumerate(numeric):
+        X[:, j] = table[f"f{layout.header.index(name)}"]
+    texts = {}
+    for name in text:
+        texts[name] = [cell.strip() for cell in table[f"f{layout.header.index(name)}"].tolist()]
+        if any(cell.lower() in MISSING for cell in texts[name]):
+            return None
+    del table
+    if not np.isfinite(X).all():
+        return None
+    return X, texts
+
+
+def _read_csv_slow(
+    path: str, layout: _Layout, numeric: list[str], text: Sequence[str] = ()
+) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """The csv module, cell by cell: slow, but it knows the line of every row."""
+    header, rows = layout.header, []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            for _ in range(layout.skip):
+                file.readline()
+            reader = csv.reader(file, delimiter=layout.delimiter)
             for fields in reader:
                 if any(field.strip() for field in fields):
-                    rows.append((reader.line_num, [field.strip() for field in fields]))
+                    rows.append((layout.skip + reader.line_num, [f.strip() for f in fields]))
     except UnicodeDecodeError as error:
         raise DataFileError(f"{path}: not a UTF-8 text file (byte {error.start})") from error
     except csv.Error as error:
-        raise DataFileError(f"{path}, line {reader.line_num}: {error}") from error
-    if not rows:
-        raise DataFileError(f"{path}: the file is empty (only blank lines)")
-    (_, header), rows = rows[0], rows[1:]
-    for i, name in enumerate(header):
-        if not name:
-            raise DataFileError(f"{path}: column {i + 1} of the header has no name")
-        if name in header[:i]:
-            raise DataFileError(f"{path}: the header names column {name!r} twice")
+        raise DataFileError(f"{path}, line {layout.skip + reader.line_num}: {error}") from error
     if not rows:
         raise DataFileError(f"{path}: a header but no data rows")
     for row, (line, fields) in enumerate(rows, start=1):
@@ -155,67 +318,54 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 f"{path}, row {row} (line {line}): {len(fields)} values but the header has "
                 f"{len(header)} columns ({where})"
             )
-    return header, rows
-
-
-def _numbers(
-    path: Path, header: list[str], rows: list[tuple[int, list[str]]], columns: list[str]
-) -> np.ndarray:
-    """The named columns as float64; the first missing or non-numeric value is an error."""
-    index = [header.index(name) for name in columns]
-    cells = [[fields[j] for j in index] for _, fields in rows]
-    try:  # the fast path, for files without a bad cell
-        X = np.array(cells, dtype=np.float64).reshape(len(rows), len(columns))
-        if np.isfinite(X).all():
-            return X
-    except ValueError:
-        pass
-    return np.array(
+    index = [header.index(name) for name in numeric]
+    X = np.array(
         [
-            [_number(path, row, line, name, fields[j]) for j, name in zip(index, columns)]
+            [_number(path, row, line, name, fields[j]) for j, name in zip(index, numeric)]
             for row, (line, fields) in enumerate(rows, start=1)
         ]
-    ).reshape(len(rows), len(columns))
+    ).reshape(len(rows), len(numeric))
+    texts = {}
+    for name in text:
+        j = header.index(name)
+        for row, (line, fields) in enumerate(rows, start=1):
+            if fields[j].lower() in MISSING:
+                where = f"{path}, row {row} (line {line}), column {name!r}"
+                raise DataFileError(f"{where}: missing value")
+        texts[name] = [fields[j] for _, fields in rows]
+    return X, texts
 
 
-def _number(path: Path, row: int, line: int, column: str, text: str) -> float:
+def _number(path: str, row: int, line: int, column: str, text: str) -> float:
     where = f"{path}, row {row} (line {line}), column {column!r}"
     if text.lower() in MISSING:
         raise DataFileError(f"{where}: missing value")
     try:
         value = float(text)
     except ValueError:
-        raise DataFileError(f"{where}: {text!r} is not a number") from None
+        comma = "," in text and _is_number(text.replace(",", "."))
+        hint = " (a decimal comma? numbers are read with a decimal point)" if comma else ""
+        raise DataFileError(f"{where}: {text!r} is not a number{hint}") from None
     if not np.isfinite(value):
         raise DataFileError(f"{where}: {text!r} is not a finite number")
     return value
 
 
-def _target(
-    path: Path, header: list[str], rows: list[tuple[int, list[str]]], name: str, task: str | None
-) -> tuple[np.ndarray, str]:
-    """The target column and the task: integers or strings are classes, floats regression."""
-    j = header.index(name)
-    for row, (line, fields) in enumerate(rows, start=1):
-        if fields[j].lower() in MISSING:
-            raise DataFileError(f"{path}, row {row} (line {line}), column {name!r}: missing value")
-    texts = [fields[j] for _, fields in rows]
-    if task != "regression":
-        try:
-            return np.array([int(text) for text in texts], dtype=np.int64), "classification"
-        except ValueError:
-            pass
-    if task is None:
-        try:
-            return np.array([float(text) for text in texts]), "regression"
-        except ValueError:
-            return np.array(texts), "classification"
+def _target(texts: list[str], task: str | None) -> tuple[np.ndarray, str] | None:
+    """The target column and the task it implies: integers or strings are classes, floats
+    regression. None for floats that are not all finite (the caller names the first)."""
+    labels = np.array(texts)
+    try:
+        return labels.astype(np.int64), "classification"
+    except (ValueError, OverflowError):
+        pass
     if task == "classification":
-        return np.array(texts), task
-    values = [
-        _number(path, row, line, name, fields[j]) for row, (line, fields) in enumerate(rows, 1)
-    ]
-    return np.array(values), task
+        return labels, task
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        return labels, "classification"
+    return (values, "regression") if np.isfinite(values).all() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +373,7 @@ def _target(
 
 
 def _read_npz(
-    path: Path, target: str | None
+    path: str, target: str | None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """``X`` as float64, the ``target`` array (None: not wanted), feature names, target name."""
     try:

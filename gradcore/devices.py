@@ -24,14 +24,25 @@ DEFAULT_FLOAT = "float32"
 
 
 def available_devices() -> list[str]:
-    """The devices that answer here, e.g. ``["cpu"]`` or ``["cpu", "cuda"]``."""
+    """The devices that answer here, e.g. ``["cpu"]`` or ``["cpu", "cuda", "cuda:0", "cuda:1"]``.
+
+    A backend with numbered devices (one per GPU) names them in ``numbered_devices()``; each
+    that answers is listed after the device's plain name.
+    """
     found = []
     for device in registered_devices():
         try:
-            backend_for_device(device)
+            backend = backend_for_device(device)
         except DeviceError:
             continue
         found.append(device)
+        numbered = backend.numbered_devices() if hasattr(backend, "numbered_devices") else []
+        for unit in numbered:
+            try:
+                backend_for_device(unit)
+            except DeviceError:
+                continue
+            found.append(unit)
     return found
 
 
@@ -80,7 +91,8 @@ def array(obj: Any, dtype: Any = None, device: str | None = None) -> Any:
         return xp.asarray(obj, dtype=wanted, copy=True)
     result = target.asarray(obj, dtype=wanted)
     if wanted is None and xp.isdtype(result.dtype, "real floating"):
-        result = xp.astype(result, getattr(xp, DEFAULT_FLOAT), copy=False)
+        # through the backend, which converts on the array's own GPU (not the current one)
+        result = target.asarray(result, dtype=getattr(xp, DEFAULT_FLOAT))
     return result
 
 

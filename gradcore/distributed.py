@@ -102,7 +102,9 @@ def init(device: str = "cpu") -> str:
                 f"{device!r}: one GPU per rank"
             )
         return f"cuda:{world.gpu}"
-    cupy = importlib.import_module("cupy")
+    # CuPy (or the simulated device standing in for it), as the CUDA backend imports it; by
+    # name, as every backend is loaded: the core and the trainer import no CUDA module
+    cupy = importlib.import_module("gradcore.backends.cupy_backend").import_cupy(device)
     if device == "cuda":
         node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)
         local, ranks, gpus = node.Get_rank(), node.Get_size(), cupy.cuda.runtime.getDeviceCount()

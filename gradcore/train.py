@@ -474,7 +474,7 @@ def _on_device(what: str, x: Any, device: str) -> tuple[Any, bool]:
                 "NumPy array or a list of equal-length rows of numbers"
             ) from None
     where = device_of(x)
-    if where == device:
+    if where == device or backend_of(x) is backend_for_device(device):  # "cuda" is "cuda:N" too
         return x, False
     if where != "cpu":
         raise DeviceError(

@@ -49,6 +49,7 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "scaling",
         "gpu",
         "estimators",
+        "csv",
         "optimizers",
     ]
     for suite in suites.values():

@@ -94,6 +94,13 @@ def fake_cupy(fail: str | None = None, count: int = 1) -> types.ModuleType:
     return cupy
 
 
+@pytest.fixture(autouse=True)
+def _no_loaded_gpus(monkeypatch):
+    """Each probe here starts from no loaded GPU, whatever this process loaded before (on a
+    machine with a GPU, or on the simulated device, earlier tests may have)."""
+    monkeypatch.setattr(cupy_backend, "_backends", {})
+
+
 FAILURES = {
     "driver": (
         r"cannot read the NVIDIA driver's version \(CUDARuntimeError: cudaErrorInsufficientDriver",

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradcore.datafiles import DataFileError, read_dataset, read_features
+from gradcore.datafiles import DataFileError, HeaderlessWarning, read_dataset, read_features
 
 HEADER = "a,b,label\n"
 
@@ -151,5 +151,105 @@ def test_the_command_line_prints_the_error_in_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == (
-        f"gradcore: error: {path}, row 2 (line 3), column 'b': 'x4' is not a number\n"
+        f"gradcore train: error: {path}, row 2 (line 3), column 'b': 'x4' is not a number\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 21/18: where a file is, how it is separated, whether it has a header, and the C reader
+
+
+def test_a_directory_says_so(tmp_path):
+    assert error_of(tmp_path) == f"{tmp_path}: a directory, not a data file"
+
+
+def test_a_header_only_file_says_so(tmp_path):
+    assert error_of(write(tmp_path, "a;b;label\n")).endswith(": a header but no data rows")
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", ","])
+def test_the_delimiter_is_detected_from_the_header(tmp_path, delimiter):
+    text = "a,b,label\n1.5,2,x\n3,4,y\n".replace(",", delimiter)
+    data = read_dataset(write(tmp_path, text))
+    assert data.features == ["a", "b"] and data.y.tolist() == ["x", "y"]
+    np.testing.assert_array_equal(data.X, [[1.5, 2], [3, 4]])
+
+
+def test_a_given_delimiter_wins_and_one_column_says_which_was_tried(tmp_path):
+    path = write(tmp_path, "a|b|label\n1|2|0\n3|4|1\n")
+    assert read_dataset(path, delimiter="|").X.shape == (2, 2)
+    assert error_of(path).endswith(
+        ": every row parses into one column (tried comma, semicolon and tab); give the "
+        "delimiter with --delimiter"
+    )
+    assert error_of(path, delimiter=";").endswith(
+        ": every row parses into one column (with --delimiter ';'); check the delimiter"
+    )
+    with pytest.raises(DataFileError, match=r"one column \(tried comma, semicolon and tab\)"):
+        read_features(path, None, 2)
+
+
+def test_decimal_commas_in_a_semicolon_file_are_named(tmp_path):
+    message = error_of(write(tmp_path, "a;b;label\n1,5;2;0\n"))
+    assert message.endswith(
+        ", row 1 (line 2), column 'a': '1,5' is not a number (a decimal comma? numbers are "
+        "read with a decimal point)"
+    )
+
+
+def test_a_first_row_of_numbers_is_data_with_a_note(tmp_path):
+    path = write(tmp_path, "1,2,0\n3,4,1\n5,6,1\n")
+    with pytest.warns(HeaderlessWarning, match=r"the first row is all numbers, so it is read as "
+                      r"data \(no header\); the columns are named 1 to 3"):  # fmt: skip
+        data = read_dataset(path)
+    assert data.features == ["1", "2"] and data.target == "3" and data.y.tolist() == [0, 1, 1]
+    np.testing.assert_array_equal(data.X, [[1, 2], [3, 4], [5, 6]])
+    with pytest.warns(HeaderlessWarning):
+        np.testing.assert_array_equal(read_features(path, ["1", "2"], 2), data.X)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"a,b,label\n1,2,\x00\x01\x02\n", ": a binary file, not a CSV text file"),
+        (b"a,b,label\n1,2,caf\xe9\n3,4,x\n", ": not a UTF-8 text file (byte 17)"),
+        ("a,b,label\n1,2,0\n".encode("utf-16"), ": a binary file, not a CSV text file"),
+    ],
+)
+def test_binary_and_other_encodings(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    assert error_of(path).endswith(message)
+
+
+def test_quoted_fields_blank_lines_bom_and_crlf(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes('\ufeff"a","b",label\r\n\r\n1,"2",cat\r\n3,4,"big, dog"\r\n'.encode())
+    data = read_dataset(path)
+    assert data.features == ["a", "b"] and data.y.tolist() == ["cat", "big, dog"]
+    np.testing.assert_array_equal(data.X, [[1, 2], [3, 4]])
+
+
+def test_a_regression_target_that_is_not_finite_is_named(tmp_path):
+    message = error_of(write(tmp_path, HEADER + "1,2,0.5\n\n3,4,inf\n"))
+    assert message.endswith(", row 2 (line 4), column 'label': 'inf' is not a finite number")
+
+
+def test_missing_values_in_columns_predict_does_not_use_are_ignored(tmp_path):
+    path = write(tmp_path, "a,b,label\n1,2,\n3,4,NA\n")
+    np.testing.assert_array_equal(read_features(path, ["a", "b"], 2), [[1, 2], [3, 4]])
+
+
+def test_a_well_formed_file_is_read_by_the_c_reader_alone(tmp_path, monkeypatch):
+    """The csv module only names the place of a problem; good files never reach it."""
+    import gradcore.datafiles as datafiles
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the slow reader ran")
+
+    monkeypatch.setattr(datafiles, "_read_csv_slow", refuse)
+    rows = "".join(f"{i * 0.5},{-i},{'long class name ' * 9}{i % 3}\n" for i in range(500))
+    data = read_dataset(write(tmp_path, HEADER + rows))
+    assert data.X.shape == (500, 2) and len(np.unique(data.y)) == 3
+    assert data.y[2].endswith("name 2") and len(data.y[2]) == 16 * 9 + 1  # no truncation
+    assert read_dataset(write(tmp_path, HEADER + "1,2,0.5\n3,4,1.5\n")).task == "regression"

@@ -6,6 +6,9 @@ A step is what ``gradcore.train._make_step`` builds: ``value_and_grad`` (replaye
 or traced) and ``optimizer.step``; each call is marked here. Between steps fit stores the loss
 into a device buffer (an index assignment, no read) and reads that buffer every ``READ_EVERY``
 steps and at the end of each epoch, outside the steps; those reads are expected.
+
+On the simulated CUDA device (``GRADCORE_SIMULATE_CUDA=1``) the same check runs on "cuda"
+itself, through the real CuPy backend and kernels.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import functools
 import array_api_compat.common._aliases as compat_aliases
 import numpy as np
 import pytest
+from conftest import SIMULATED_GPUS
 from counting_backend import BACKEND, READS, CountingArray, register
+from gradcore.backends.cudasim import ENV, host_reads
 
 import gradcore as gc
 
@@ -94,3 +99,38 @@ def test_every_kind_of_host_read_is_counted(counted):
         "boolean-mask index", "nonzero", "boolean-mask assignment",
     ]  # fmt: skip
     assert type(BACKEND.xp.sum(x)) is CountingArray and type(x[0]) is CountingArray
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not SIMULATED_GPUS, reason=f"counts reads on the simulated GPU: {ENV}=1")
+@pytest.mark.parametrize("jit", [True, False], ids=["replayed", "traced"])
+def test_fit_steps_on_the_simulated_gpu_never_read_the_device(monkeypatch, jit):
+    """The same on "cuda" itself: the real CuPy backend, kernels and fusion, on the simulated
+    device, which counts every read of device data by the host."""
+    in_step, make_step = [], gc.train._make_step
+
+    def marked(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def call(*call_args):
+            with host_reads.counting() as seen:
+                result = step(*call_args)
+            in_step.extend(seen)
+            return result
+
+        return call
+
+    monkeypatch.setattr(gc.train, "_make_step", marked)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    params = gc.nn.init_mlp([8, 16, 1], seed=0, device="cuda")
+    optimizer = gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    with host_reads.counting() as everywhere:
+        history = gc.train.fit(
+            _loss, params, x, y, optimizer=optimizer, epochs=2, batch_size=16,
+            device="cuda", progress=False, jit=jit,
+        )  # fmt: skip
+    assert in_step == []
+    assert "get" in everywhere  # the loss buffer, read between steps
+    assert len(history.loss) == 2 and np.isfinite(history.loss).all()

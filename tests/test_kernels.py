@@ -49,7 +49,7 @@ FORMULA_KERNELS = {name: _formula_kernel(name) for name in FORMULA_OPS}
 
 # The GPU CuPy would ask for; the front end accepts or refuses a source whatever the target.
 ARCH = "90"
-CUPY_PINNED = "14.2.0"  # pyproject.toml's test extra
+CUPY_PINNED = "14.2.0"  # pyproject.toml's cuda-check extra
 
 
 def _skip_unless_ci(reason: str) -> None:
@@ -61,11 +61,11 @@ def _skip_unless_ci(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def cupy():
-    """CuPy, which the test extra installs (cupy-cuda12x[ctk]==14.2.0): NVRTC needs no GPU."""
+    """CuPy, which the cuda-check extra installs (cupy-cuda12x[ctk]==14.2.0): NVRTC needs no GPU."""
     try:
         import cupy
     except ImportError as error:
-        _skip_unless_ci(f"CuPy does not import ({error}): pip install -e '.[test]'")
+        _skip_unless_ci(f"CuPy does not import ({error}): pip install -e '.[test,cuda-check]'")
     return cupy
 
 
@@ -83,7 +83,7 @@ class _NoKernelCache:
 def nvrtc(cupy, monkeypatch):
     """``build(kernel, dtype, strided) -> (cubin, NVRTC options)``, as ``ElementwiseKernel``
     would build it for arrays of that dtype and layout: CuPy's own kernel source (its private
-    code generation, pinned by cupy-cuda12x==14.2.0 in the test extra), headers and options
+    code generation, pinned by cupy-cuda12x==14.2.0 in the cuda-check extra), headers and options
     (-ftz=true among them), compiled by NVRTC. Only the two steps that need a GPU are replaced:
     asking the device for its architecture, and loading the cubin into it."""
     if cupy.__version__ != CUPY_PINNED:

@@ -238,3 +238,19 @@ def test_k_gpus_follow_one_process_with_k_times_the_batch(dtype: str, tolerance:
     for got, want in zip(parallel, single):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(history.loss, expected.loss, rtol=tolerance * 10)
+
+
+@pytest.mark.cuda
+def test_params_on_the_device_init_returns_train_as_the_cli_does() -> None:
+    """``gradcore train --distributed --device cuda``: "cuda" is probed first (the current GPU),
+    init then binds each rank to its GPU and the params go on the device it returns, which for
+    one GPU is also called "cuda"; fit takes either name of it."""
+    device = _gpu()
+    X, y = _data("float32")
+    params = gc.nn.init_mlp([FEATURES, 8, CLASSES], seed=1, device=device)
+    history = gc.train.fit(
+        _loss, params, X, y, batch_size=BATCH, epochs=1, progress=False, distributed=True,
+        device=device,
+    )  # fmt: skip
+    assert gc.backend.backend_of(params[0]["W"]) is gc.backend.backend_for_device(device)
+    assert len(history.loss) == 1 and np.isfinite(history.loss).all()
