@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from gradcore.backends import cudasim
+
 import gradcore as gc
 from bench import report
 from bench.harness import machine_info
@@ -100,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--out", type=Path, default=report.RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and cudasim.device_count():
+        print(
+            f"python -m bench: {cudasim.ENV} is set: the simulated CUDA device is a test double "
+            "and never gives a speed figure; unset it to measure a real GPU",
+            file=sys.stderr,
+        )
+        return 2
     try:
         gc.backend.backend_for_device(args.device)
     except gc.DeviceError as error:

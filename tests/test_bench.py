@@ -215,3 +215,12 @@ def test_a_peer_that_fails_to_step_is_skipped_with_the_reason() -> None:
             worker.close()
     reason = "(RuntimeError: compiler not found)"
     assert notes == [f"broken skipped: it failed to build or to step {reason}"]
+
+
+def test_the_simulated_cuda_device_gives_no_speed_figure(monkeypatch, capsys) -> None:
+    """The simulator is a test double (gradcore.backends.cudasim): the suite refuses to time it."""
+    from bench.__main__ import main
+
+    monkeypatch.setenv("GRADCORE_SIMULATE_CUDA", "1")
+    assert main(["--device", "cuda", "--suite", "gpu", "--quick"]) == 2
+    assert "never gives a speed figure" in capsys.readouterr().err
