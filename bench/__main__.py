@@ -40,6 +40,7 @@ SUITES = {
     "gpu": "bench.gpu",  # the GPU table of bench/gpu_run.sh; on the CPU only a note
     "estimators": "bench.estimators",
     "csv": "bench.csv_load",
+    "optimizers": "bench.optimizers",
 }
 
 

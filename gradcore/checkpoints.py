@@ -41,7 +41,14 @@ __all__ = [
 CHECKPOINT_EVERY = 1.0
 FORMAT = 2  # checkpoint layout version; 2 added the run's settings and the history sidecar
 # What must match for a resume to continue the same run (allow_changes=True accepts changes).
-_SETTINGS = ("learning_rate", "momentum", "nesterov", "weight_decay", "batch_size", "seed")
+# The optimizer's hyperparameters a checkpoint records (those it has, unless None: Keras's names
+# across gradcore.optim) and a resume checks, with the optimizer's class.
+_OPTIMIZER_SETTINGS = (
+    "learning_rate", "momentum", "nesterov", "weight_decay", "beta_1", "beta_2", "epsilon",
+    "amsgrad", "rho", "centered", "initial_accumulator_value", "clipnorm", "clipvalue",
+    "global_clipnorm",
+)  # fmt: skip
+_SETTINGS = ("optimizer", *_OPTIMIZER_SETTINGS, "batch_size", "seed")
 
 
 class CheckpointError(ValueError):
@@ -231,8 +238,8 @@ def settings_of(optimizer: Any, batch_size: int, seed: int) -> dict[str, Any]:
     """The hyperparameters a checkpoint records, read from any optimizer that has them."""
     found = {
         name: _describe(getattr(optimizer, name))
-        for name in ("learning_rate", "momentum", "nesterov", "weight_decay")
-        if hasattr(optimizer, name)
+        for name in _OPTIMIZER_SETTINGS
+        if getattr(optimizer, name, None) is not None
     }
     return {"optimizer": type(optimizer).__name__, **found, "batch_size": batch_size, "seed": seed}
 

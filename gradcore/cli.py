@@ -124,8 +124,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--lr", type=_number(float, 0.0, strict=True), help="learning rate (default: 0.1)"
     )
+    train.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZERS),
+        help="sgd (default), adam, adamw, rmsprop or adagrad: gradcore.optim's, Keras's "
+        "defaults (learning rate 0.001 but for sgd); --data FILE takes sgd or adam",
+    )
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     train.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    nonnegative = _number(float, 0.0, strict=False)
+    train.add_argument("--beta1", type=float, help="adam, adamw: beta_1 (default: 0.9)")
+    train.add_argument("--beta2", type=float, help="adam, adamw: beta_2 (default: 0.999)")
+    train.add_argument("--rho", type=float, help="rmsprop: rho (default: 0.9)")
+    train.add_argument(
+        "--epsilon", type=nonnegative, help="adam, adamw, rmsprop, adagrad (default: 1e-7)"
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=nonnegative,
+        help="L2 weight decay, decoupled for adamw (default: 0, adamw 0.004)",
+    )
     train.add_argument("--seed", type=count, default=0, help="seeds the init and the shuffling")
     train.add_argument(
         "--plot", metavar="PNG", help="write the loss curves to this PNG file (default: none)"
@@ -152,7 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     bundled.add_argument(
         "--allow-changes",
         action="store_true",
-        help="resume although the learning rate, momentum, batch size or seed changed",
+        help="resume although the optimizer's settings, batch size or seed changed",
+    )
+    bundled.add_argument(
+        "--dropout",
+        type=_fraction,
+        metavar="RATE",
+        help="drop this fraction of the hidden units at each training step (default: 0)",
     )
     bundled.add_argument(
         "--distributed",
@@ -222,6 +246,39 @@ def _parser() -> argparse.ArgumentParser:
         "--device", help="cpu, cuda or auto (default: the device the model was trained on)"
     )
     return parser
+
+
+# --optimizer NAME -> (gradcore.optim class, the flags it takes beside --lr and --weight-decay,
+# as optimizer argument names)
+OPTIMIZERS: dict[str, tuple[str, dict[str, str]]] = {
+    "sgd": ("SGD", {"momentum": "momentum", "nesterov": "nesterov"}),
+    "adam": ("Adam", {"beta1": "beta_1", "beta2": "beta_2", "epsilon": "epsilon"}),
+    "adamw": ("AdamW", {"beta1": "beta_1", "beta2": "beta_2", "epsilon": "epsilon"}),
+    "rmsprop": ("RMSprop", {"rho": "rho", "epsilon": "epsilon"}),
+    "adagrad": ("Adagrad", {"epsilon": "epsilon"}),
+}
+# flags of one optimizer or another, unset: None (--momentum and --nesterov have defaults)
+OPTIMIZER_FLAGS = ("beta1", "beta2", "rho", "epsilon")
+
+
+def make_optimizer(args: argparse.Namespace, sgd_rate: float) -> Any:
+    """The ``--optimizer`` with the hyperparameters given; a flag of another optimizer is an
+    error, not ignored. Without ``--lr``: ``sgd_rate`` for SGD, Keras's 0.001 for the others."""
+    name = args.optimizer or "sgd"
+    kind, takes = OPTIMIZERS[name]
+    foreign = [flag for flag in OPTIMIZER_FLAGS if getattr(args, flag) is not None
+               and flag not in takes]  # fmt: skip
+    if foreign:
+        users = [n for n, (_, flags) in OPTIMIZERS.items() if foreign[0] in flags]
+        raise ValueError(
+            f"--{foreign[0]} works with --optimizer {' or '.join(users)}, not with {name}"
+        )
+    kwargs = {argument: getattr(args, flag) for flag, argument in takes.items()
+              if getattr(args, flag) is not None}  # fmt: skip
+    if args.weight_decay is not None:
+        kwargs["weight_decay"] = args.weight_decay
+    rate = args.lr if args.lr is not None else (sgd_rate if name == "sgd" else 0.001)
+    return getattr(gc.optim, kind)(rate, **kwargs)
 
 
 def _fraction(text: str) -> float:
@@ -299,6 +356,7 @@ def train(args: argparse.Namespace) -> None:
         return model_cli.train_file(args)
     model_cli.refuse_flags(args, bundled=True)
     defaults = DATASETS[args.data]
+    optimizer = make_optimizer(args, defaults["lr"])  # its errors before any data is read
     device = _device(args.device)
     if args.distributed:  # this rank's GPU, before the params are made
         device = gd.init(device)
@@ -313,17 +371,23 @@ def train(args: argparse.Namespace) -> None:
         [X_train.shape[1], *args.hidden, 1 if binary else classes], seed=args.seed, device=device
     )
 
+    masks = gc.random.Generator(args.seed)  # dropout's, drawn at every step
+
+    def training(params: Any, xb: Any) -> Any:
+        """The logits while training: with --dropout, hidden units dropped (not evaluating)."""
+        return gc.nn.mlp(params, xb, activation, dropout_rate=args.dropout or 0.0, rng=masks)
+
     if binary:  # the lecture notes' network: sigmoid output and binary cross-entropy, computed
         # from the logit so that a diverging run shows a diverging loss (clipped
         # probabilities would cap it near 16 and hide it from the divergence guard)
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, xb, activation), yb)
+            return gc.nn.binary_cross_entropy_with_logits(training(params, xb), yb)
 
     else:
 
         def loss(params: Any, xb: Any, yb: Any) -> Any:
-            return gc.nn.softmax_cross_entropy(gc.nn.mlp(params, xb, activation), yb)
+            return gc.nn.softmax_cross_entropy(training(params, xb), yb)
 
     def accuracy(params: Any, X: Any, y: Any) -> float:
         return gc.nn.accuracy(gc.nn.mlp(params, X, activation), y)
@@ -331,11 +395,6 @@ def train(args: argparse.Namespace) -> None:
     print(
         f"{args.data}: {len(y_train)} training and {len(y_test)} test examples, "
         f"{X_train.shape[1]} features, {classes} classes; device {device}"
-    )
-    optimizer = gc.optim.SGD(
-        defaults["lr"] if args.lr is None else args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
     )
     started = time.perf_counter()
     history = gc.train.fit(

@@ -1,11 +1,13 @@
 """Layer 5: scikit-learn estimators built on gradcore's trainer: MLPClassifier, MLPRegressor.
 
-They take scikit-learn's parameter names and defaults (those of its ``solver="sgd"``), so that
-code moves over by changing the import, and add ``device="cuda"``. They follow its arithmetic:
-its init, its loss (with the L2 term per minibatch), its momentum and Nesterov updates, its
-``loss_curve_``, its stopping rules, ``warm_start`` and ``partial_fit``, and the dtype of the
-data (float64 in, float64 ``coefs_``). With the same initial weights and ``shuffle=False`` a
-fit follows scikit-learn's to rounding.
+They take scikit-learn's parameter names and defaults, so that code moves over by changing the
+import, and add ``device="cuda"``. They follow its arithmetic: its init, its loss (with the L2
+term per minibatch), its solvers (``"adam"`` with its epsilon placement, ``"sgd"`` with
+momentum, Nesterov and the ``"constant"``, ``"invscaling"`` and ``"adaptive"`` learning rates,
+``"lbfgs"`` through ``scipy.optimize``), its ``loss_curve_``, its stopping rules,
+``warm_start`` and ``partial_fit``, and the dtype of the data (float64 in, float64
+``coefs_``). With the same initial weights and ``shuffle=False`` a fit follows scikit-learn's to
+rounding.
 
 Training runs on a ``gradcore.train.Trainer`` kept per configuration (``_borrowed_trainer``):
 its step is recorded once and replayed at every epoch, ``partial_fit``, refit and fresh
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.optimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
@@ -42,9 +46,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gradcore import nn, ops, optim, train
-from gradcore.backend import backend_for_device
+from gradcore.backend import KernelTable, array_backend, backend_for_device
 from gradcore.callbacks import Callback, DivergenceGuard
 from gradcore.devices import array, available_devices, to_numpy
+from gradcore.differential_operators import value_and_grad as gc_value_and_grad
+from gradcore.pytree import tree_leaves
 from gradcore.tracer import stop_gradient
 from gradcore.version import __version__
 
@@ -60,6 +66,8 @@ __all__ = [
 FORMAT = "gradcore-model"
 FORMAT_VERSION = 1  # raise when a reader of the old version could misread a new file
 _PREDICT_CHUNK = 65536  # rows per forward pass, so that scoring a large file fits the device
+SOLVERS = ("adam", "lbfgs", "sgd")  # scikit-learn's
+LEARNING_RATES = ("adaptive", "constant", "invscaling")  # scikit-learn's modes, for "sgd"
 _KEPT_CONFIGURATIONS = 8  # trainers (recorded steps) kept for this many recent configurations
 _TRAINERS: dict[tuple, list[Any]] = {}  # configuration -> trainers not lent out now
 
@@ -118,16 +126,19 @@ class _MLP(BaseEstimator):
     best_loss_: float | None  # without
     _no_improvement_count: int
     _optimizer_state: Any
+    _learning_rate: Any  # the optimizer's, as adapted: partial_fit goes on with it
 
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] | int = (100,),
         activation: str = "relu",
         *,
-        solver: str = "sgd",
+        solver: str = "adam",
         alpha: float = 0.0001,
         batch_size: int | str = "auto",
+        learning_rate: str = "constant",
         learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
         learning_rate_schedule: Callable[[int], float] | None = None,
         max_iter: int = 200,
         shuffle: bool = True,
@@ -139,7 +150,11 @@ class _MLP(BaseEstimator):
         nesterovs_momentum: bool = True,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
         n_iter_no_change: int = 10,
+        max_fun: int = 15000,
         standardize: bool = False,
         device: str = "cpu",
     ) -> None:
@@ -148,7 +163,9 @@ class _MLP(BaseEstimator):
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.learning_rate_schedule = learning_rate_schedule
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -160,6 +177,10 @@ class _MLP(BaseEstimator):
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.max_fun = max_fun
         self.n_iter_no_change = n_iter_no_change
         self.standardize = standardize
         self.device = device
@@ -184,16 +205,25 @@ class _MLP(BaseEstimator):
             raise ValueError(
                 f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
-        if self.solver != "sgd":
-            raise ValueError(
-                f"{name}: gradcore trains with solver='sgd' (momentum SGD), got {self.solver!r}"
-            )
+        for param, options in (("solver", SOLVERS), ("learning_rate", LEARNING_RATES)):
+            value = getattr(self, param)
+            if not isinstance(value, str) or value not in options:
+                among = ", ".join(repr(option) for option in sorted(options))
+                raise ValueError(
+                    f"The {param!r} parameter of {name} must be a str among {{{among}}}. "
+                    f"Got {value!r} instead."
+                )
         bad = [
             ("alpha", self.alpha, self.alpha >= 0, ">= 0"),
             ("learning_rate_init", self.learning_rate_init, self.learning_rate_init > 0, "> 0"),
             ("max_iter", self.max_iter, _positive_int(self.max_iter), "a positive integer"),
             ("tol", self.tol, self.tol >= 0, ">= 0"),
             ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+            ("power_t", self.power_t, self.power_t >= 0, ">= 0"),
+            ("beta_1", self.beta_1, 0 <= self.beta_1 < 1, "in [0, 1)"),
+            ("beta_2", self.beta_2, 0 <= self.beta_2 < 1, "in [0, 1)"),
+            ("epsilon", self.epsilon, self.epsilon > 0, "> 0"),
+            ("max_fun", self.max_fun, _positive_int(self.max_fun), "a positive integer"),
             ("validation_fraction", self.validation_fraction, 0 < self.validation_fraction < 1,
              "in (0, 1)"),
             ("n_iter_no_change", self.n_iter_no_change, _positive_int(self.n_iter_no_change),
@@ -221,6 +251,10 @@ class _MLP(BaseEstimator):
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLP:
         self._check_params()
+        if incremental and self.solver == "lbfgs":
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
+            )
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
@@ -234,7 +268,7 @@ class _MLP(BaseEstimator):
         X = self._standardized(X)
         device = resolve_device(self.device)
         validation = None
-        if self.early_stopping:
+        if self.early_stopping and self.solver != "lbfgs":  # lbfgs trains on every row
             # scikit-learn stratifies the split only for one output column (binary)
             stratify = targets if is_classifier(self) and self.n_outputs_ == 1 else None
             X, X_val, targets, y_val = train_test_split(
@@ -248,9 +282,49 @@ class _MLP(BaseEstimator):
                 )
             validation = array(X_val, device=device), array(y_val, device=device)
 
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, targets, device)
+            return self
         with self._borrowed_trainer(device, self._batch_size(X.shape[0]), X) as trainer:
             self._train(trainer, X, targets, incremental, validation)
         return self
+
+    def _fit_lbfgs(self, X: np.ndarray, targets: Any, device: str) -> None:
+        """scikit-learn's ``solver="lbfgs"``: ``scipy.optimize.minimize(method="L-BFGS-B")`` on
+        the full-batch loss (its L2 term over all rows), the weights packed into one float64
+        vector, the loss and its gradient computed by gradcore on ``device``."""
+        params = self._device_params(device, X.dtype)
+        leaves = tree_leaves(params)
+        sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+        value_and_grad = gc_value_and_grad(self._loss())
+        X_device, y_device = array(X, device=device), array(targets, device=device)
+
+        def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            pieces = np.split(theta, np.cumsum(sizes)[:-1])
+            for leaf, piece in zip(leaves, pieces):
+                leaf[...] = array_backend(leaf).asarray(piece.reshape(leaf.shape), leaf.dtype)
+            value, grads = value_and_grad(params, X_device, y_device)
+            flat = [np.ravel(g) for g in to_numpy(tree_leaves(grads))]
+            return float(to_numpy(value)), np.concatenate(flat).astype(np.float64)
+
+        start = np.concatenate([np.ravel(to_numpy(leaf)) for leaf in leaves]).astype(np.float64)
+        result = scipy.optimize.minimize(
+            loss_and_gradient, start, method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
+        )  # fmt: skip
+        if result.status != 0:
+            warnings.warn(
+                f"lbfgs failed to converge after {result.nit} iteration(s) (status="
+                f"{result.status}): {result.message}. Increase the number of iterations "
+                "(max_iter) or scale the data.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        loss_and_gradient(result.x)  # the weights of the optimum, into params
+        self.n_iter_ = int(result.nit)
+        self.loss_ = float(result.fun)
+        self.coefs_ = [to_numpy(layer["W"]) for layer in params]
+        self.intercepts_ = [to_numpy(layer["b"]) for layer in params]
 
     def _train(
         self, trainer: train.Trainer, X: Any, targets: Any, incremental: bool, validation: Any
@@ -259,8 +333,10 @@ class _MLP(BaseEstimator):
         device = trainer.device
         if incremental and self._optimizer_state is not None:
             trainer.optimizer.load_state_dict(self._optimizer_state)  # partial_fit goes on
+            trainer.optimizer.learning_rate = self._learning_rate
         else:  # a fresh optimizer, as scikit-learn makes one at every fit
-            trainer.optimizer.load_state_dict({"iterations": 0, "velocity": []})
+            trainer.optimizer.reset()
+            trainer.optimizer.learning_rate = self.learning_rate_schedule or self.learning_rate_init
         trainer.rng = np.random.default_rng(self._rng.randint(np.iinfo(np.int32).max))
         stopping = next(c for c in trainer.callbacks if isinstance(c, _Stopping))
         stopping.start(self, incremental, validation)
@@ -277,6 +353,7 @@ class _MLP(BaseEstimator):
         self.coefs_ = [to_numpy(layer["W"]) for layer in final]
         self.intercepts_ = [to_numpy(layer["b"]) for layer in final]
         self._optimizer_state = to_numpy(trainer.optimizer.state_dict())
+        self._learning_rate = trainer.optimizer.learning_rate  # as adapted, for partial_fit
 
     def _batch_size(self, n: int) -> int:
         """scikit-learn's: "auto" is ``min(200, n)``; a larger size is clipped, with a warning."""
@@ -304,10 +381,9 @@ class _MLP(BaseEstimator):
         No pass over all the data precedes training: the targets are the estimator's own
         encoding, checked by scikit-learn's validation, and scikit-learn makes no such pass.
         """
-        key = (type(self), self.activation, float(self.alpha), self.n_outputs_,
-               self.learning_rate_schedule or self.learning_rate_init, self.momentum,
-               self.nesterovs_momentum, self.shuffle, batch_size, device, X.shape[1:],
-               X.dtype)  # fmt: skip
+        key = (type(self), self.activation, float(self.alpha), self.n_outputs_, self.solver,
+               self.momentum, self.nesterovs_momentum, self.beta_1, self.beta_2, self.epsilon,
+               self.shuffle, batch_size, device, X.shape[1:], X.dtype)  # fmt: skip
         pool = _TRAINERS.pop(key, [])
         _TRAINERS[key] = pool  # the most recently used configuration goes last
         while len(_TRAINERS) > _KEPT_CONFIGURATIONS:
@@ -315,11 +391,12 @@ class _MLP(BaseEstimator):
         try:
             trainer = pool.pop()
         except IndexError:
-            optimizer = optim.SGD(
-                self.learning_rate_schedule or self.learning_rate_init,
-                momentum=self.momentum,
-                nesterov=self.nesterovs_momentum,
-            )
+            rate = self.learning_rate_schedule or self.learning_rate_init
+            optimizer: optim.Optimizer
+            if self.solver == "adam":
+                optimizer = _ScikitLearnAdam(rate, self.beta_1, self.beta_2, self.epsilon)
+            else:
+                optimizer = optim.SGD(rate, self.momentum, nesterov=self.nesterovs_momentum)
             callbacks = [_Stopping(), DivergenceGuard(None, restore=False)]
             trainer = train.Trainer(
                 self._loss(), optimizer, batch_size=batch_size, device=device,
@@ -522,7 +599,17 @@ class _Stopping(Callback):
             improved = est.loss_curve_[-1] <= best_loss - est.tol
             est.best_loss_ = min(best_loss, est.loss_curve_[-1])
         est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
+        optimizer = self.trainer.optimizer
+        schedule = est.solver == "sgd" and est.learning_rate_schedule is None
+        if schedule and est.learning_rate == "invscaling":  # scikit-learn's, once per epoch
+            optimizer.learning_rate = est.learning_rate_init / (est.t_ + 1) ** est.power_t
         if est._no_improvement_count > est.n_iter_no_change:
+            if schedule and est.learning_rate == "adaptive" and optimizer.learning_rate > 1e-6:
+                optimizer.learning_rate /= 5.0  # scikit-learn divides, then goes on
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(f"Setting learning rate to {optimizer.learning_rate:f}")
+                return
             if est.verbose:
                 watched = "Validation score" if self.validation is not None else "Training loss"
                 print(
@@ -532,12 +619,40 @@ class _Stopping(Callback):
             self.trainer.stop_training = True
 
 
+class _ScikitLearnAdam(optim.Adam):
+    """scikit-learn's Adam (``AdamOptimizer`` in ``neural_network/_stochastic_optimizers.py``):
+    its epsilon is added to sqrt(v) before the bias correction, as in Keras, where
+    ``gradcore.optim.Adam`` adds it after, as PyTorch does::
+
+        theta <- theta - lr sqrt(1 - rho_2^t) / (1 - rho_1^t) * s / (sqrt(r) + delta)
+
+    The generic update on every device (the fused kernels do PyTorch's).
+    """
+
+    _kernels = KernelTable("scikit_learn_adam")
+
+    def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
+        t = self.iterations
+        s, r = self._arrays["first_moment"][i], self._arrays["second_moment"][i]
+        s *= self.beta_1
+        s += f.multiply(grad, 1.0 - self.beta_1, out=work)
+        r *= self.beta_2
+        f.multiply(grad, grad, out=work)
+        work *= 1.0 - self.beta_2
+        r += work
+        f.sqrt(r, out=work)
+        work += self.epsilon
+        f.divide(s, work, out=work)
+        work *= -lr * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        param += work
+
+
 class MLPClassifier(ClassifierMixin, _MLP):
     """scikit-learn's ``MLPClassifier`` trained by gradcore, on the CPU or a GPU (``device``).
 
     Two classes: one sigmoid output and binary cross-entropy (the network of Geena Kim's
     lecture notes); more: softmax outputs and cross-entropy. The parameters are scikit-learn's
-    (its ``solver="sgd"`` defaults), plus ``device`` ("cpu", "cuda", "auto"),
+    (its defaults, ``solver="adam"``), plus ``device`` ("cpu", "cuda", "auto"),
     ``learning_rate_schedule`` (a gradcore schedule, which replaces ``learning_rate_init``;
     ``save`` leaves it out, and the estimator pickles only if the schedule does) and
     ``standardize`` (centre and scale the features with the training statistics, kept in the

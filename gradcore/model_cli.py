@@ -40,7 +40,7 @@ TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.1  # of the training rows, held out for --patience (scikit-learn's)
 SPLIT_SEED = 0  # the train/test split is fixed, so --seed changes only the init and shuffling
 FILE_ONLY = ("target", "task", "test_split", "standardize", "patience", "save", "delimiter")
-BUNDLED_ONLY = ("checkpoint", "resume")
+BUNDLED_ONLY = ("checkpoint", "resume", "dropout")
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t"}
 
 
@@ -65,6 +65,33 @@ def delimiter(text: str) -> str:
             f"expected one character, or comma, semicolon or tab, got {text!r}"
         )
     return value
+
+
+def _solver(args: argparse.Namespace) -> str:
+    """The estimators' solver for ``--optimizer``: scikit-learn's ``"sgd"`` or ``"adam"``."""
+    name = args.optimizer or "sgd"
+    if name not in ("sgd", "adam"):
+        raise ValueError(
+            f"--optimizer {name} works with the bundled data sets; --data FILE trains with "
+            "scikit-learn's solvers, sgd or adam"
+        )
+    for flag in ("rho", "weight_decay"):
+        if getattr(args, flag) is not None:
+            raise ValueError(
+                f"--{flag.replace('_', '-')} works with the bundled data sets, not with "
+                f"--data {args.data}"
+            )
+    return name
+
+
+def _adam_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--beta1``, ``--beta2``, ``--epsilon`` as the estimators' Adam takes them."""
+    given = {"beta_1": args.beta1, "beta_2": args.beta2, "epsilon": args.epsilon}
+    settings = {name: value for name, value in given.items() if value is not None}
+    if settings and args.optimizer != "adam":
+        flag = "--" + next(iter(settings)).replace("_", "")
+        raise ValueError(f"{flag} works with --optimizer adam, not with sgd")
+    return settings
 
 
 def refuse_flags(args: argparse.Namespace, bundled: bool) -> None:
@@ -210,6 +237,8 @@ def train_file(args: argparse.Namespace) -> None:
     epochs = EPOCHS if args.epochs is None else args.epochs
     estimator = (MLPClassifier if classify else MLPRegressor)(
         hidden_layer_sizes=args.hidden,
+        solver=_solver(args),
+        **_adam_settings(args),
         activation=args.activation,
         batch_size=args.batch_size,
         learning_rate_init=args.lr or LEARNING_RATE,

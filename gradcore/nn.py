@@ -1,4 +1,4 @@
-"""Layer 5: multilayer perceptrons and their losses.
+"""Layer 5: multilayer perceptrons, dropout, and losses.
 
 A network is plain data: a list of layers ``{"W": (fan_in, fan_out), "b": (fan_out,)}``, so
 it is a pytree that ``grad`` differentiates and ``optim.SGD`` updates in place. Every loss
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,12 +21,14 @@ from gradcore import ops
 from gradcore.backend import array_backend, isdtype
 from gradcore.devices import array
 from gradcore.ops import affine, shape
+from gradcore.random import Generator, random_uniform_like
 from gradcore.tracer import getval, stop_gradient
 
 __all__ = [
     "accuracy",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "dropout",
     "init_mlp",
     "mlp",
     "mse",
@@ -87,16 +90,54 @@ def init_mlp(
     return layers
 
 
-def mlp(params: list[dict[str, Any]], x: Any, activation: Callable = ops.sigmoid) -> Any:
+def mlp(
+    params: list[dict[str, Any]],
+    x: Any,
+    activation: Callable = ops.sigmoid,
+    dropout_rate: float = 0.0,
+    rng: Generator | None = None,
+) -> Any:
     """The logits ``h @ W + b`` of the last layer; hidden layers apply ``activation``.
 
     The output layer is left linear so that the loss can fuse its own nonlinearity (the
-    stable ``*_with_logits`` and log-softmax forms).
+    stable ``*_with_logits`` and log-softmax forms). With ``dropout_rate`` (and the ``rng`` to
+    draw masks from) each hidden layer's output goes through ``dropout``: pass it when
+    training, leave it out to evaluate.
     """
     for layer in params[:-1]:
         x = activation(affine(x, layer["W"], layer["b"]))
+        if dropout_rate:
+            x = dropout(x, dropout_rate, rng)
     last = params[-1]
     return affine(x, last["W"], last["b"])
+
+
+def dropout(x: Any, rate: float, rng: Generator | None, training: bool = True) -> Any:
+    """Inverted dropout: each element of ``x`` is zeroed with probability ``rate`` and the
+    others are scaled by ``1 / (1 - rate)``, so the expected output is ``x`` and evaluation
+    (``training=False``) returns ``x`` itself.
+
+    The mask is drawn from ``rng`` (a ``gradcore.random.Generator``) at every call, and at
+    every replay of a ``gc.jit`` program, so a seed gives the same masks eagerly and jitted;
+    see ``gradcore.random`` for why a generator rather than keys. The gradient flows through
+    the mask: ``d dropout(x) / dx = mask / (1 - rate)``.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise TypeError(f"dropout: rate must be a number in [0, 1), got {type(rate).__name__}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(
+            f"dropout: rate must be in [0, 1) (the fraction of units dropped), got {rate}"
+        )
+    if not training or rate == 0.0:
+        return x
+    if not isinstance(rng, Generator):
+        raise TypeError(
+            "dropout: rng must be a gradcore.random.Generator (seeded once, outside the step), "
+            f"got {type(rng).__name__}"
+        )
+    # The mask, scaled: a constant for differentiation, so backward is one product.
+    keep = random_uniform_like(x, rng) >= float(rate)
+    return x * (ops.astype(keep, x.dtype) * (1.0 / (1.0 - rate)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
         "gpu",
         "estimators",
         "csv",
+        "optimizers",
     ]
     for suite in suites.values():
         assert suite["rows"] or suite["notes"], suite["suite"]

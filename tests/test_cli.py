@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -511,3 +512,75 @@ def test_patience_on_a_regression_keeps_the_epoch_of_the_lowest_validation_loss(
     assert header == "epoch,loss,val_loss,val_r2"
     val_loss = np.loadtxt(here / "h.csv", delimiter=",", skiprows=1, ndmin=2)[:, 2]
     assert f"kept epoch {int(np.argmin(val_loss)) + 1} (validation loss" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: --optimizer and --dropout
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--optimizer", "adam", "--dropout", "0.2"],
+     ["--optimizer", "adamw", "--weight-decay", "0.01"],
+     ["--optimizer", "rmsprop", "--rho", "0.8", "--lr", "0.01"],
+     ["--optimizer", "adagrad", "--lr", "0.05", "--epsilon", "1e-6"]],
+    ids=["adam-dropout", "adamw", "rmsprop", "adagrad"],
+)  # fmt: skip
+def test_train_with_each_optimizer_and_dropout(flags, capsys):
+    from gradcore.cli import main
+
+    assert main(["train", *flags, "--epochs", "8", "--no-progress"]) == 0
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", capsys.readouterr().out).group(1))
+    assert accuracy >= 0.85
+
+
+def test_make_optimizer_takes_the_flags_of_its_optimizer():
+    from gradcore.cli import _parser, make_optimizer
+
+    parse = lambda *flags: _parser().parse_args(["train", *flags])  # noqa: E731
+    adam = make_optimizer(parse("--optimizer", "adam", "--beta1", "0.5", "--epsilon", "1e-3"), 0.1)
+    assert (type(adam), adam.beta_1, adam.epsilon, adam.learning_rate) == (
+        gc.optim.Adam, 0.5, 1e-3, 0.001)  # fmt: skip
+    sgd = make_optimizer(parse("--nesterov", "--weight-decay", "0.01"), 0.1)
+    assert (type(sgd), sgd.nesterov, sgd.weight_decay, sgd.learning_rate) == (
+        gc.optim.SGD, True, 0.01, 0.1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--optimizer", "rmsprop", "--beta1", "0.5"],
+         "--beta1 works with --optimizer adam or adamw, not with rmsprop"),
+        (["--rho", "0.5"], "--rho works with --optimizer rmsprop, not with sgd"),
+        (["--optimizer", "adam", "--beta2", "1"], "Adam: beta_2 must be in [0, 1), got 1.0"),
+        (["--dropout", "1"], "argument --dropout: must be in [0, 1), got 1"),
+        (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
+    ],
+)  # fmt: skip
+def test_optimizer_flags_are_refused_in_one_line(flags, message, capsys):
+    from gradcore.cli import main
+
+    with contextlib.suppress(SystemExit):
+        assert main(["train", *flags, "--no-progress"]) != 0
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--optimizer", "adamw"], "--optimizer adamw works with the bundled data sets; "
+         "--data FILE trains with scikit-learn's solvers, sgd or adam"),
+        (["--dropout", "0.1"], "--dropout works with the bundled data sets"),
+        (["--optimizer", "adam", "--weight-decay", "0.1"], "--weight-decay works with the "
+         "bundled data sets"),
+        (["--beta1", "0.5"], "--beta1 works with --optimizer adam, not with sgd"),
+    ],
+)  # fmt: skip
+def test_a_data_file_trains_with_scikit_learns_solvers_only(here, flags, message, capsys):
+    from gradcore.cli import main
+
+    assert main(["train", "--data", "data.csv", *flags, "--no-progress"]) == 1
+    assert message in capsys.readouterr().err
+    code = main(["train", "--data", "data.csv", "--optimizer", "adam", "--beta1", "0.8",
+                 "--epochs", "3", "--no-progress"])  # fmt: skip
+    assert code == 0

@@ -119,7 +119,18 @@ def test_learning_rate_schedule_and_bad_parameters():
     assert model.fit(X, y).score(X, y) > 0.9
     for params, message in [
         ({"activation": "softsign"}, "activation must be one of"),
-        ({"solver": "adam"}, "solver='sgd'"),
+        (
+            {"solver": "newton"},
+            r"The 'solver' parameter of MLPClassifier must be a str among "
+            r"\{'adam', 'lbfgs', 'sgd'\}. Got 'newton' instead.",
+        ),
+        (
+            {"learning_rate": "optimal"},
+            r"The 'learning_rate' parameter of MLPClassifier must be "
+            r"a str among \{'adaptive', 'constant', 'invscaling'\}. Got 'optimal' instead.",
+        ),
+        ({"beta_2": 1.0}, r"beta_2 must be in \[0, 1\)"),
+        ({"epsilon": 0.0}, "epsilon must be > 0"),
         ({"hidden_layer_sizes": (4, 0)}, "hidden_layer_sizes must be positive"),
         ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
@@ -401,6 +412,55 @@ def test_sgd_follows_scikit_learn_from_the_same_initial_weights(
     assert_same_fit(ours, theirs)
 
 
+@pytest.mark.parametrize("classes", [2, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize(
+    "solver_settings",
+    [dict(solver="adam"), dict(solver="adam", beta_1=0.5, beta_2=0.9, epsilon=1e-4),
+     dict(solver="sgd", learning_rate="invscaling", power_t=0.25),
+     dict(solver="sgd", learning_rate="adaptive", tol=0.5, n_iter_no_change=1)],
+    ids=["adam", "adam_hyperparameters", "invscaling", "adaptive"],
+)  # fmt: skip
+def test_each_stochastic_solver_follows_scikit_learn(classes, solver_settings):
+    """Adam with scikit-learn's epsilon, and SGD's learning-rate modes (invscaling after each
+    epoch; adaptive dividing the rate by 5 when the loss stalls, stopping below 1e-6)."""
+    X, y = scaled_blobs(classes)
+    rng = np.random.default_rng(classes)
+    sizes = [4, 7, 1 if classes == 2 else classes]
+    coefs = [rng.uniform(-0.7, 0.7, shape) for shape in zip(sizes[:-1], sizes[1:])]
+    intercepts = [rng.uniform(-0.7, 0.7, n) for n in sizes[1:]]
+    settings = dict(hidden_layer_sizes=(7,), alpha=1e-3, batch_size=32, learning_rate_init=0.05,
+                    shuffle=False, tol=0.0, random_state=0)  # fmt: skip
+    settings.update(solver_settings)
+    theirs = from_weights(SKMLPClassifier(**settings), X, y, coefs, intercepts, 40)
+    ours = from_weights(MLPClassifier(**settings), X, y, coefs, intercepts, 40)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert_same_fit(ours, theirs)
+
+
+def test_lbfgs_follows_scikit_learn():
+    X, y = scaled_blobs(3)
+    settings = dict(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=30, random_state=0)
+    ours, theirs = MLPClassifier(**settings).fit(X, y), SKMLPClassifier(**settings).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic"):
+        ours.partial_fit(X, y)
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-6)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    X_r, y_r = make_regression(80, 4, noise=1.0, random_state=0)
+    regressor = MLPRegressor(**settings).fit(StandardScaler().fit_transform(X_r), y_r / 100)
+    assert regressor.score(StandardScaler().fit_transform(X_r), y_r / 100) > 0.9
+
+
+def test_the_defaults_are_scikit_learns():
+    for ours, theirs in ((MLPClassifier(), SKMLPClassifier()), (MLPRegressor(), SKMLPRegressor())):
+        mine, theirs_params = ours.get_params(), theirs.get_params()
+        shared = set(mine) & set(theirs_params)
+        assert {"solver", "learning_rate", "power_t", "beta_1", "beta_2", "epsilon",
+                "max_fun", "learning_rate_init", "momentum"} <= shared  # fmt: skip
+        assert {k: mine[k] for k in shared} == {k: theirs_params[k] for k in shared}
+
+
 def test_a_random_state_gives_scikit_learns_init_and_fit():
     X, y = scaled_blobs(3)
     settings = dict(hidden_layer_sizes=(6, 5), solver="sgd", shuffle=False, max_iter=10,
@@ -421,7 +481,7 @@ def test_warm_start_keeps_the_weights_and_starts_a_fresh_optimizer():
     X, y = scaled_blobs(2)
     settings = dict(hidden_layer_sizes=(5,), shuffle=False, max_iter=4, random_state=0, tol=0.0)
     warm = MLPClassifier(warm_start=True, **settings).fit(X, y).fit(X, y)
-    theirs = SKMLPClassifier(solver="sgd", warm_start=True, **settings).fit(X, y).fit(X, y)
+    theirs = SKMLPClassifier(warm_start=True, **settings).fit(X, y).fit(X, y)  # both Adam
     assert_same_fit(warm, theirs)
     assert len(warm.loss_curve_) == 8 and warm.n_iter_ == 4
     cold = MLPClassifier(**settings).fit(X, y)

@@ -356,6 +356,144 @@ def test_cuda_sgd_update_body_follows_formula_on_the_host(host, dtype, config):
         np.testing.assert_allclose(velocity, v64, rtol=tolerance, atol=tolerance)
 
 
+OPTIMIZER_KERNELS = [
+    cuda_kernels.SGD_UPDATE,
+    *cuda_kernels.ADAM_UPDATES.values(),
+    *cuda_kernels.RMSPROP_UPDATES.values(),
+    cuda_kernels.ADAGRAD_UPDATE,
+]
+
+
+@pytest.mark.parametrize("dtype", cuda_kernels.MULTI_TENSOR_DTYPES)
+@pytest.mark.parametrize("kernel", OPTIMIZER_KERNELS, ids=lambda k: k.name)
+def test_multi_tensor_kernel_compiles_with_nvrtc_as_cupy_builds_it(nvrtc, cupy, kernel, dtype):
+    """As the ``nvrtc`` fixture builds an element-wise kernel, for one whose arrays are all raw
+    (the two tables) and whose size is given at the launch."""
+    from cupy._core import _carray, _kernel, _scalar, core
+
+    built = cuda_kernels.multi_tensor_kernel(kernel, dtype)
+    n_scalars = built.nin - 2  # n_tensors and the scalars, after the two tables
+    in_types, _, type_map = built._decide_params_type(
+        (np.uint64, np.int64) + (None,) * n_scalars, ()
+    )
+    ndarray_kind, indexer_kind, scalar_kind = 1, 2, 3  # cupy/_core/_kernel.pxd: _ArgKind
+    arginfos = tuple(_kernel._ArgInfo(ndarray_kind, cupy.ndarray, t, 1, True, True)
+                     for t in in_types[:2])  # fmt: skip
+    arginfos += tuple(_kernel._ArgInfo(scalar_kind, _scalar.CScalar, t, 0, True, True)
+                      for t in in_types[2:])  # fmt: skip
+    arginfos += (_kernel._ArgInfo(indexer_kind, _carray.Indexer, None, 1, True, True),)
+    source = _kernel._get_elementwise_kernel_code(
+        arginfos, type_map, built.params, built.operation, built.name, built.preamble,
+        **built.kwargs,
+    )  # fmt: skip
+    module = core.compile_with_cache(source, built.kwargs.get("options", ()), arch=ARCH)
+    assert module.cubin.startswith(b"\x7fELF")
+
+
+def _host_multi_tensor_source(kernel: cuda_kernels.Kernel, dtype: str) -> str:
+    """The multi-tensor kernel as a host function: one loop over i, as one GPU thread."""
+    ctype = HOST_TYPES[dtype][0]
+    scalars = [
+        (ctype if words[0] == dtype else {"int32": "int", "bool": "bool"}[words[0]], words[1])
+        for words in (p.split()[-2:] for p in cuda_kernels.multi_tensor_params(kernel, dtype)
+                      .split(", ")[2:])
+    ]  # fmt: skip
+    signature = ", ".join(f"{c} {name}" for c, name in scalars)
+    return "\n".join([
+        f"namespace {kernel.name}_{ctype} {{",
+        f"typedef {ctype} T;",
+        f'extern "C" void {kernel.name}_all_{ctype}(const unsigned long long* addresses, '
+        f"const long long* ends, long long size, {signature}) {{",
+        "  for (long long i = 0; i < size; ++i) {",
+        cuda_kernels.multi_tensor_operation(kernel),
+        "  }",
+        "}",
+        "}",
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def host_multi_tensor(tmp_path_factory):
+    """``run(kernel, dtype, addresses, ends, scalars, device)``, what ``_launch_on_device``
+    does on a GPU, done by the multi-tensor kernels compiled by g++."""
+    if GXX is None:
+        _skip_unless_ci("g++ is not on the PATH")
+    folder = tmp_path_factory.mktemp("host_multi_tensor")
+    units = [_host_multi_tensor_source(k, dtype) for k in OPTIMIZER_KERNELS for dtype in DTYPES]
+    (folder / "multi.cpp").write_text("#include <cmath>\nusing namespace std;\n" + "\n".join(units))
+    command = [GXX, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", "m.so", "multi.cpp"]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    library = ctypes.CDLL(str(folder / "m.so"))
+
+    def run(kernel, dtype, addresses, ends, scalars, device) -> None:
+        ctype, scalar_type = HOST_TYPES[dtype]
+        function = getattr(library, f"{kernel.name}_all_{ctype}")
+        arguments = [addresses.ctypes.data_as(ctypes.c_void_p),
+                     ends.ctypes.data_as(ctypes.c_void_p), ctypes.c_longlong(int(ends[-1])),
+                     ctypes.c_int(len(ends))]  # fmt: skip
+        for value in scalars:
+            arguments.append(
+                ctypes.c_bool(value) if isinstance(value, bool) else scalar_type(value)
+            )
+        function(*arguments)
+
+    return run
+
+
+OPTIMIZER_CASES = {  # every multi-tensor kernel, through its optimizer and launch function
+    "sgd_nesterov": lambda: gc.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda: gc.optim.Adam(0.01, weight_decay=0.01),
+    "adam_amsgrad_clipnorm": lambda: gc.optim.Adam(0.01, amsgrad=True, clipnorm=0.5),
+    "adamw": lambda: gc.optim.AdamW(0.01, weight_decay=0.1),
+    "rmsprop": lambda: gc.optim.RMSprop(0.01, weight_decay=0.01),
+    "rmsprop_centered": lambda: gc.optim.RMSprop(0.01, centered=True),
+    "rmsprop_momentum": lambda: gc.optim.RMSprop(0.01, momentum=0.9),
+    "rmsprop_centered_momentum": lambda: gc.optim.RMSprop(0.01, centered=True, momentum=0.5),
+    "adagrad": lambda: gc.optim.Adagrad(0.1, weight_decay=0.01, global_clipnorm=1.0),
+}
+
+
+@pytest.mark.parametrize("dtype", cuda_kernels.MULTI_TENSOR_DTYPES)
+@pytest.mark.parametrize("case", OPTIMIZER_CASES)
+def test_multi_tensor_updates_follow_the_generic_ones_on_the_host(
+    host_multi_tensor, monkeypatch, case, dtype
+):
+    """Each optimizer on the "counting" device (CuPy's namespace over NumPy) with its CUDA
+    launch function registered there, and the launch itself done by the kernel compiled by
+    g++: what runs is the optimizer's choice of kernel, its scalars and tensor tables, the
+    launch function's packing and the kernel's source, all but CuPy's copy and launch. Ten
+    steps of three parameters, in one launch per step, match the generic update on the CPU."""
+    from counting_backend import register
+
+    register()
+    launches = []
+
+    def launch(*arguments):
+        launches.append(arguments[3])  # the tensors' ends
+        host_multi_tensor(*arguments)
+
+    monkeypatch.setattr(cuda_kernels, "_launch_on_device", launch)
+    monkeypatch.setattr(cuda_kernels, "_address", lambda x: x.ctypes.data)
+    fused, generic = OPTIMIZER_CASES[case](), OPTIMIZER_CASES[case]()
+    table = type(fused)._kernels
+    monkeypatch.setattr(table, "_paths", {**table._paths, "counting": table._paths["cuda"]})
+    monkeypatch.setattr(table, "_loaded", {})
+    rng = np.random.default_rng(0)
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    on_counting = [gc.array(p, device="counting") for p in start]
+    on_cpu = [p.copy() for p in start]
+    for _ in range(10):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in start]
+        fused.step(on_counting, [gc.array(g, device="counting") for g in grads])
+        generic.step(on_cpu, grads)
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    for got, want in zip(on_counting, on_cpu):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=tolerance, atol=tolerance)
+    assert [list(ends) for ends in launches] == [[15, 22, 30]] * 10  # one launch per step
+
+
 # ---------------------------------------------------------------------------------------------
 # NumPy fused kernels against their formulas
 

@@ -182,3 +182,136 @@ def test_accuracy(device):
     binary = gc.array(np.array([[-1.0], [0.5], [2.0], [-3.0]]), device=device)
     assert nn.accuracy(binary, gc.array(np.array([0, 1, 0, 0]), device=device)) == 0.75
     assert isinstance(nn.accuracy(binary, gc.array(np.array([0, 1, 1, 0]), device=device)), float)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout and its random state
+
+
+def _ones(device, shape=(50, 40), dtype="float32"):
+    return gc.array(np.ones(shape), dtype=dtype, device=device)
+
+
+def test_dropout_zeroes_a_fraction_rate_and_scales_the_rest(device):
+    x = gc.array(np.random.default_rng(0).uniform(1, 2, (200, 100)), device=device)
+    y = host(nn.dropout(x, 0.3, gc.random.Generator(0)))
+    dropped = y == 0
+    assert abs(dropped.mean() - 0.3) < 0.02
+    np.testing.assert_allclose(y[~dropped], host(x)[~dropped] / 0.7, rtol=1e-15)
+    assert gc.device_of(nn.dropout(x, 0.3, gc.random.Generator(0))) == device
+
+
+def test_dropout_is_off_at_evaluation_and_at_rate_zero(device):
+    x = _ones(device)
+    rng = gc.random.Generator(0)
+    assert nn.dropout(x, 0.5, rng, training=False) is x
+    assert nn.dropout(x, 0.0, rng) is x
+    assert rng.get_state() == {"seed": 0, "started": False}  # nothing was drawn
+
+
+def test_dropout_draws_a_fresh_mask_at_every_call_reproducibly_from_a_seed(device):
+    x = _ones(device)
+    first, again, other = gc.random.Generator(5), gc.random.Generator(5), gc.random.Generator(6)
+    masks = [host(nn.dropout(x, 0.5, first)) for _ in range(3)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+    for mask in masks:
+        np.testing.assert_array_equal(host(nn.dropout(x, 0.5, again)), mask)
+    assert not np.array_equal(host(nn.dropout(x, 0.5, other)), masks[0])
+
+
+def test_the_gradient_flows_through_the_mask(device):
+    x = gc.array(np.random.default_rng(1).uniform(1, 2, (30, 20)), device=device)
+    y, pullback = gc.vjp(lambda x: nn.dropout(x, 0.4, gc.random.Generator(2)), x)
+    w = gc.array(np.random.default_rng(2).standard_normal((30, 20)), device=device)
+    (grad,) = pullback(w)
+    mask = host(y) / host(x)  # 0 or 1 / (1 - rate), the forward's own mask
+    assert set(np.round(np.unique(mask), 12)) == {0.0, round(1 / 0.6, 12)}
+    np.testing.assert_allclose(host(grad), mask * host(w), rtol=1e-14)
+
+
+def test_jit_replays_draw_new_masks_the_eager_ones(device):
+    """A jitted step with dropout draws a new mask at every replay (the draw is a step of the
+    program, not a constant recorded once), and the same masks as an eager run from the seed."""
+    x = _ones(device, (8, 16))
+    loss = lambda x, rng: gc.sum(nn.dropout(x, 0.5, rng) * x)  # noqa: E731
+    eager_rng, jit_rng = gc.random.Generator(11), gc.random.Generator(11)
+    eager = gc.value_and_grad(loss)
+    jitted = gc.jit(gc.value_and_grad(loss), static_argnums=1)
+    grads = []
+    for _ in range(4):
+        value, grad = eager(x, eager_rng)
+        jit_value, jit_grad = jitted(x, jit_rng)
+        assert host(value) == host(jit_value)
+        np.testing.assert_array_equal(host(grad), host(jit_grad))
+        grads.append(host(jit_grad))
+    assert len(jitted.programs) == 1
+    assert all(not np.array_equal(a, b) for a, b in zip(grads, grads[1:]))
+
+
+def test_training_with_dropout_and_adam_is_eager_bit_for_bit_under_jit(device):
+    rng = np.random.default_rng(0)
+    x = gc.array(rng.standard_normal((16, 5)), dtype="float32", device=device)
+    y = gc.array(rng.integers(0, 3, 16), device=device)
+    runs = []
+    for _ in range(2):
+        optimizer, masks = gc.optim.Adam(0.01), gc.random.Generator(3)
+
+        def step(params, x, y, optimizer=optimizer, masks=masks):
+            objective = lambda p: nn.softmax_cross_entropy(  # noqa: E731
+                nn.mlp(p, x, activation=gc.relu, dropout_rate=0.25, rng=masks), y
+            )
+            value, grads = gc.value_and_grad(objective)(params)
+            optimizer.step(params, grads)
+            return value
+
+        runs.append((step, nn.init_mlp([5, 8, 8, 3], seed=1, device=device, init="he")))
+    (eager, eager_params), (step, jit_params) = runs
+    jitted = gc.jit(step)
+    for _ in range(6):
+        assert host(eager(eager_params, x, y)) == host(jitted(jit_params, x, y))
+    for a, b in zip(
+        gc.pytree.tree_leaves(host(eager_params)), gc.pytree.tree_leaves(host(jit_params))
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_generator_state_resumes_the_stream():
+    x = _ones("cpu")
+    rng = gc.random.Generator(4)
+    nn.dropout(x, 0.5, rng)
+    state = rng.get_state()
+    expected = [host(nn.dropout(x, 0.5, rng)) for _ in range(2)]
+    resumed = gc.random.Generator(0)
+    resumed.set_state(state)
+    for mask in expected:
+        np.testing.assert_array_equal(host(nn.dropout(x, 0.5, resumed)), mask)
+
+
+@pytest.mark.parametrize(
+    "rate, error, message",
+    [
+        (1.0, ValueError, r"dropout: rate must be in \[0, 1\) \(the fraction of units dropped\), "
+         r"got 1.0"),
+        (-0.1, ValueError, r"dropout: rate must be in \[0, 1\) .*got -0.1"),
+        (float("nan"), ValueError, r"dropout: rate must be in \[0, 1\) .*got nan"),
+        ("0.5", TypeError, r"dropout: rate must be a number in \[0, 1\), got str"),
+        (True, TypeError, r"dropout: rate must be a number in \[0, 1\), got bool"),
+    ],
+)  # fmt: skip
+def test_dropout_refuses_a_rate_outside_0_1(rate, error, message):
+    with pytest.raises(error, match=message):
+        nn.dropout(_ones("cpu"), rate, gc.random.Generator(0))
+
+
+def test_dropout_needs_a_generator_on_the_arrays_device():
+    with pytest.raises(
+        TypeError, match=r"dropout: rng must be a gradcore.random.Generator .*got int"
+    ):
+        nn.dropout(_ones("cpu"), 0.5, 0)
+    rng = gc.random.Generator(0, device="cpu")
+    with pytest.raises(
+        gc.DeviceError, match=r"Generator: it draws on 'cpu', but the array is on 'strict'"
+    ):
+        nn.dropout(_ones("strict"), 0.5, rng)
+    with pytest.raises(TypeError, match=r"Generator: seed must be a non-negative integer, got -1"):
+        gc.random.Generator(-1)
