@@ -42,6 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -231,12 +232,19 @@ class _MLP(BaseEstimator):
         weights, or from the fitted ones with ``warm_start`` (the optimizer starts afresh)."""
         return self._fit(X, y, incremental=False)
 
+    def _check_solver(self) -> bool:
+        """Whether ``partial_fit`` exists: for the stochastic solvers only, as in scikit-learn
+        (``available_if``: ``hasattr(model, "partial_fit")`` is False with lbfgs, and calling
+        it raises AttributeError with scikit-learn's message as its cause)."""
+        if self.solver not in ("adam", "sgd"):
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. "
+                f"{self.solver} is not stochastic."
+            )
+        return True
+
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLP:
         self._check_params()
-        if incremental and self.solver == "lbfgs":
-            raise AttributeError(
-                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
-            )
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
@@ -635,6 +643,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
     model and in its saved file).
     """
 
+    @available_if(_MLP._check_solver)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over ``X, y``, continuing the weights and the optimizer's momentum (which
         ``fit`` with ``warm_start`` does not: it starts a fresh optimizer, as scikit-learn).
@@ -715,6 +724,7 @@ class MLPRegressor(RegressorMixin, _MLP):
     each). The loss is scikit-learn's: half the mean squared error.
     """
 
+    @available_if(_MLP._check_solver)
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over ``X, y``, continuing the weights and the optimizer's momentum."""
         return self._fit(X, y, incremental=True)

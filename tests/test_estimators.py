@@ -442,8 +442,23 @@ def test_lbfgs_follows_scikit_learn():
     settings = dict(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=30, random_state=0)
     ours, theirs = MLPClassifier(**settings).fit(X, y), SKMLPClassifier(**settings).fit(X, y)
     assert ours.n_iter_ == theirs.n_iter_
-    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic"):
+    # partial_fit is hidden, as scikit-learn's available_if hides it, with the same messages
+    assert not hasattr(ours, "partial_fit") and not hasattr(theirs, "partial_fit")
+    with pytest.raises(AttributeError) as sk_error:
+        theirs.partial_fit(X, y)
+    with pytest.raises(AttributeError, match="has no attribute 'partial_fit'") as error:
         ours.partial_fit(X, y)
+    assert str(error.value) == str(sk_error.value)
+    assert (
+        str(error.value.__cause__)
+        == str(sk_error.value.__cause__)
+        == ("partial_fit is only available for stochastic optimizers. lbfgs is not stochastic.")
+    )
+    # The regressor too (scikit-learn's means to: its available_if is given the bound method,
+    # which is always true, so its lbfgs regressor has a partial_fit that runs lbfgs for up to
+    # max_iter iterations).
+    assert not hasattr(MLPRegressor(solver="lbfgs"), "partial_fit")
+    assert hasattr(MLPRegressor(solver="sgd"), "partial_fit")
     np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-6)
     for a, b in zip(ours.coefs_, theirs.coefs_):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
