@@ -99,7 +99,10 @@ def _astype(value: Value, dtype: str) -> Value:
 # The Array API names a formula may use, as CUDA C (CUDA's overloads pick float or double;
 # CUDA's max and min, like fmax and fmin, drop a NaN operand).
 CUDA = SimpleNamespace(
-    **{name: _function(name) for name in ("exp", "log", "sin", "cos", "tanh", "sqrt")},
+    **{
+        name: _function(name)
+        for name in ("exp", "log", "sin", "cos", "tanh", "sqrt", "log1p", "expm1", "erf")
+    },
     abs=_function("fabs"),
     maximum=_function("max"),
     minimum=_function("min"),
@@ -133,7 +136,7 @@ def emit(formula: Callable[..., Any], operands: list[str], prefix: str) -> tuple
     def code(node: Value) -> str:
         return names.get(id(node)) or node.template.format(*map(code, node.args))
 
-    lines = []
+    lines: list[str] = []
     for node in order:
         if node.args and uses[id(node)] > 1:
             name = f"{prefix}{len(lines)}"

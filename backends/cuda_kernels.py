@@ -25,6 +25,7 @@ import numpy as np
 from gradcore.backends import cuda_c
 
 from gradcore import formulas
+from gradcore.backend import kernel
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -83,6 +84,24 @@ SGD_UPDATE = Kernel(
         "v = (T)(momentum * v - step); "
         "if (nesterov) { p = (T)(p + (momentum * v - step)); } else { p = (T)(p + v); }"
     ),
+)
+
+# The standard has no erf; CUDA's own, one launch (the generic path is a few dozen).
+ERF = Kernel(
+    name="gradcore_erf",
+    inputs=("x",),
+    scalars=(),
+    outputs=("y",),
+    body=formula_body(formulas.erf, ("x",), "y"),
+)
+
+# GELU through CUDA's erf, as gc.jit's fused chains compute it.
+GELU = Kernel(
+    name="gradcore_gelu",
+    inputs=("x",),
+    scalars=(),
+    outputs=("y",),
+    body=formula_body(formulas.gelu, ("x",), "y"),
 )
 
 # The optimizers' element-wise updates (gradcore.optim), in place on the parameter and its
@@ -162,6 +181,8 @@ KERNELS = (
     SIGMOID,
     SIGMOID_GRAD,
     SGD_UPDATE,
+    ERF,
+    GELU,
     *ADAM_UPDATES.values(),
     *RMSPROP_UPDATES.values(),
     ADAGRAD_UPDATE,
@@ -177,18 +198,35 @@ def elementwise_kernel(kernel: Kernel) -> Any:
     return cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.body, kernel.name)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def sigmoid(x: Any) -> Any:
     """Logistic function of a CuPy array, one launch."""
     with x.device:
         return elementwise_kernel(SIGMOID)(x)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
 def sigmoid_grad(y: Any, g: Any) -> Any:
     """``g * y * (1 - y)`` for CuPy arrays of one dtype and shape, one launch."""
     with y.device:
         return elementwise_kernel(SIGMOID_GRAD)(y, g)
 
 
+@kernel(dtypes=FLOAT_DTYPES)
+def erf(x: Any) -> Any:
+    """The error function of a CuPy array, one launch."""
+    with x.device:
+        return elementwise_kernel(ERF)(x)
+
+
+@kernel(dtypes=FLOAT_DTYPES)
+def gelu(x: Any) -> Any:
+    """``x Phi(x)`` of a CuPy array, one launch."""
+    with x.device:
+        return elementwise_kernel(GELU)(x)
+
+
+@kernel(dtypes=FLOAT_DTYPES)
 def sgd_update(
     param: Any,
     grad: Any,
@@ -296,12 +334,14 @@ def multi_tensor(kernel: Kernel, tensors: list[list[Any]], scalars: tuple) -> No
     _launch_on_device(kernel, str(first.dtype), addresses, ends, scalars, first.device)
 
 
+@kernel(dtypes=MULTI_TENSOR_DTYPES)
 def sgd_update_all(tensors: list[list[Any]], learning_rate: float, momentum: float,
                    nesterov: bool, weight_decay: float) -> None:  # fmt: skip
     """SGD over every parameter: per tensor ``[g, p, v]``; one launch."""
     multi_tensor(SGD_UPDATE, tensors, (learning_rate, momentum, weight_decay, nesterov))
 
 
+@kernel(dtypes=MULTI_TENSOR_DTYPES)
 def adam_update_all(
     tensors: list[list[Any]], step_size: float, bias_correction2_sqrt: float, beta_1: float,
     beta_2: float, epsilon: float, l2: float, decay: float,
@@ -313,6 +353,7 @@ def adam_update_all(
                                    1.0 - beta_2, epsilon, l2, decay))  # fmt: skip
 
 
+@kernel(dtypes=MULTI_TENSOR_DTYPES)
 def rmsprop_update_all(
     tensors: list[list[Any]], learning_rate: float, rho: float, momentum: float, epsilon: float,
     l2: float, centered: bool,
@@ -323,13 +364,8 @@ def rmsprop_update_all(
     multi_tensor(kernel, tensors, (learning_rate, rho, 1.0 - rho, momentum, epsilon, l2))
 
 
+@kernel(dtypes=MULTI_TENSOR_DTYPES)
 def adagrad_update_all(tensors: list[list[Any]], learning_rate: float, epsilon: float,
                        l2: float) -> None:  # fmt: skip
     """Adagrad over every parameter: per tensor ``[g, p, r]``; one launch."""
     multi_tensor(ADAGRAD_UPDATE, tensors, (learning_rate, epsilon, l2))
-
-
-for _launch in (sigmoid, sigmoid_grad, sgd_update):
-    _launch.dtypes = FLOAT_DTYPES
-for _launch in (sgd_update_all, adam_update_all, rmsprop_update_all, adagrad_update_all):
-    _launch.dtypes = MULTI_TENSOR_DTYPES

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from gradcore.backends import cuda_fusion
 
-from gradcore.backend import DeviceError, backend_for_device
+from gradcore.backend import Backend, DeviceError, backend_for_device
 
 INSTALL_HINT = (
     "install the CuPy wheel that matches your driver's CUDA version (the 'CUDA Version' that "
@@ -96,8 +96,7 @@ def gpu_namespace(cupy: Any, compat: ModuleType, gpu: Any) -> ModuleType:
     )
     for name in CREATION_FUNCTIONS:
         setattr(namespace, name, _on_device(getattr(compat, name), gpu))
-    namespace.clip = _clip
-    namespace.sign = cupy.sign
+    vars(namespace).update(clip=_clip, sign=cupy.sign)
     return namespace
 
 
@@ -150,7 +149,7 @@ class CupyBackend:
         self.gpu = cupy.cuda.Device(gpu_id)
         self.device = device
         self.xp = gpu_namespace(cupy, compat, self.gpu)
-        self.array_types = (cupy.ndarray,)
+        self.array_types: tuple[type, ...] = (cupy.ndarray,)
 
     def numbered_devices(self) -> list[str]:
         """ "cuda:0" to "cuda:N-1": every GPU this process sees (``gc.available_devices``)."""
@@ -163,7 +162,7 @@ class CupyBackend:
         name = name.decode() if isinstance(name, bytes) else str(name)
         return f"GPU {self.gpu.id}: {name}, CuPy {self.cupy.__version__}"
 
-    def for_array(self, x: Any) -> CupyBackend:
+    def for_array(self, x: Any) -> Backend:
         gpu_id = x.device.id
         if gpu_id == self.gpu.id:
             return self
@@ -318,7 +317,7 @@ def load(index: int | None = None) -> CupyBackend:
             name, f"array-api-compat cannot wrap {where} ({type(error).__name__}: {error}); "
             "pip install --upgrade 'array-api-compat>=1.9'"
         ) from error  # fmt: skip
-    named = any(backend.device == "cuda" for backend in _backends.values())
-    device = "cuda" if gpu_id == current and not named else f"cuda:{gpu_id}"
+    cuda_named = any(backend.device == "cuda" for backend in _backends.values())
+    device = "cuda" if gpu_id == current and not cuda_named else f"cuda:{gpu_id}"
     backend = _backends[gpu_id] = CupyBackend(cupy, compat, gpu_id, device)
     return backend

@@ -29,7 +29,7 @@ class NumpyRng:
         return self.generator.permutation(n)
 
     def get_state(self) -> dict:
-        return self.generator.bit_generator.state
+        return dict(self.generator.bit_generator.state)
 
     def set_state(self, state: dict) -> None:
         self.generator.bit_generator.state = state

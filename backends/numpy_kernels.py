@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradcore import formulas
+from gradcore.backend import kernel
 
 # Elements per chunk: 128 KiB of float32, so that a chunk's input, output and two scratch
 # chunks stay inside a 512 KiB L2 cache while a formula makes its passes over them (on a 1 MiB
@@ -263,43 +264,35 @@ _SIGMOID = _Program(formulas.sigmoid, 1)
 _SIGMOID_GRAD = _Program(formulas.sigmoid_grad, 2)
 
 
+# float16 takes the op's generic form (the same formula, unchunked): rare on the CPU; gc.jit
+# may hand the kernel a dead argument's memory as ``out``.
+@kernel(dtypes=("float32", "float64"), takes_out=True)
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``1 / (1 + e^-x)`` into ``out`` (which may be ``x`` itself) or a new array."""
     return _SIGMOID(out, x)
 
 
-# float16 takes the op's generic form (the same formula, unchunked): rare on the CPU.
-sigmoid.dtypes = ("float32", "float64")
-sigmoid.takes_out = True  # gc.jit may hand it a dead argument's memory
-
-
+@kernel(takes_out=True)
 def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
     may be either of them."""
     return _SIGMOID_GRAD(out, y, g)
 
 
-sigmoid_grad.takes_out = True
-
-
+# Integers and booleans: np.sum widens them first (add.reduce of bools is a logical or).
+@kernel(dtypes=("float32", "float64"))
 def sum(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
     """``np.sum`` of a float array without its Python wrapper: ``add.reduce`` is what it
     calls, so the same bits, for a few microseconds less per call."""
-    return np.add.reduce(x, axis=axis, keepdims=keepdims)
+    return np.add.reduce(x, axis=axis, keepdims=keepdims)  # type: ignore[call-overload]
 
 
-# Integers and booleans: np.sum widens them first (add.reduce of bools is a logical or).
-sum.dtypes = ("float32", "float64")
-
-
+@kernel(dtypes=("float32", "float64"))  # np.mean sums float16 in float32
 def mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:
     """``np.mean`` of a float array as what it computes, the sum over the count: the same
     bits, without its Python layers."""
-    total = np.add.reduce(x, axis=axis, keepdims=keepdims)
+    total = np.add.reduce(x, axis=axis, keepdims=keepdims)  # type: ignore[call-overload]
     return total / (x.size // (np.size(total) or 1))  # an empty total: nothing to divide
-
-
-mean.dtypes = ("float32", "float64")  # np.mean sums float16 in float32
 
 
 def astype(x: np.ndarray, dtype: Any) -> Any:
@@ -308,12 +301,10 @@ def astype(x: np.ndarray, dtype: Any) -> Any:
     return x.astype(dtype) if type(x) is np.ndarray else np.astype(x, dtype)
 
 
+@kernel(dtypes=("float32", "float64"))
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """The op's own formula, with the reductions as ufunc methods (no Python wrappers) and the
     subtractions in place."""
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted
-
-
-log_softmax.dtypes = ("float32", "float64")

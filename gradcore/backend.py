@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "Backend",
@@ -22,10 +22,12 @@ __all__ = [
     "Fused",
     "Fuser",
     "KernelTable",
+    "array_backend",
     "backend_for_device",
     "backend_of",
     "common_backend",
     "isdtype",
+    "kernel",
     "register_backend",
     "registered_devices",
     "split_device",
@@ -104,8 +106,8 @@ class Fuser(Protocol):
     def fuse(self, program: Any) -> list[Fused] | None: ...
 
 
-# device name -> zero-argument loader that returns the backend or raises DeviceError
-_loaders: dict[str, Callable[[], Backend]] = {}
+# device name -> loader that returns the backend or raises DeviceError (given N for "device:N")
+_loaders: dict[str, Callable[..., Backend]] = {}
 # device name -> the loaded backend, or the DeviceError its probe raised (probed once)
 _loaded: dict[str, Backend | DeviceError] = {}
 # native array type -> backend; the hot path of every op
@@ -199,7 +201,7 @@ def isdtype(x: Any, kind: str) -> bool:
     key = (type(x), x.dtype, kind)  # the type first: dtypes of two libraries never compare
     found = _dtype_kinds.get(key)
     if found is None:
-        found = _dtype_kinds[key] = bool(backend_of(x).xp.isdtype(x.dtype, kind))
+        found = _dtype_kinds[key] = bool(array_backend(x).xp.isdtype(x.dtype, kind))
     return found
 
 
@@ -219,6 +221,14 @@ def backend_of(x: Any) -> Backend | None:
     return backend.for_array(x)
 
 
+def array_backend(x: Any) -> Backend:
+    """The backend that owns array ``x``, which must be an array (not a Python number)."""
+    backend = backend_of(x)
+    if backend is None:
+        raise TypeError(f"expected an array, got the Python number {x!r}")
+    return backend
+
+
 def common_backend(op_name: str, *values: Any) -> Backend:
     """The one backend that owns every array among ``values``; refuses to mix devices."""
     found = None
@@ -229,7 +239,7 @@ def common_backend(op_name: str, *values: Any) -> Backend:
         elif type(value) in PY_SCALARS or value is None:
             continue
         else:
-            backend = backend_of(value)
+            backend = array_backend(value)
         if found is None:
             found = backend
         elif backend is not found:
@@ -239,6 +249,23 @@ def common_backend(op_name: str, *values: Any) -> Backend:
                 "use gradcore.to_device(x, device) first"
             )
     return found if found is not None else backend_for_device(DEFAULT_DEVICE)
+
+
+KernelFunction = TypeVar("KernelFunction", bound=Callable[..., Any])
+
+
+def kernel(
+    dtypes: tuple[str, ...] | None = None, takes_out: bool = False
+) -> Callable[[KernelFunction], KernelFunction]:
+    """Declare what is read of a kernel function besides calling it: the dtype names it
+    handles (``KernelTable.lookup`` gives None for others; None: every dtype), and whether its
+    last parameter is an ``out`` (gc.jit may then hand it a dead argument's memory)."""
+
+    def declare(function: KernelFunction) -> KernelFunction:
+        vars(function).update(dtypes=dtypes, takes_out=takes_out)
+        return function
+
+    return declare
 
 
 class KernelTable:

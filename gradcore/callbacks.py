@@ -317,8 +317,9 @@ class Checkpoint(Callback):
             self.file.start_fresh()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        self.file.append(_entry(logs))
-        if self.file.due(force=False):
+        file = self._file()
+        file.append(_entry(logs))
+        if file.due(force=False):
             self._save()
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
@@ -332,11 +333,17 @@ class Checkpoint(Callback):
     def on_interrupt(self) -> str | None:
         return f"state saved to {self.path}" if self._save() else None
 
+    def _file(self) -> RunCheckpoint:
+        if self.file is None:
+            raise RuntimeError("Checkpoint: the file is opened by on_train_begin, not yet called")
+        return self.file
+
     def _save(self) -> bool:
         """Write the trainer's state now; whether this rank wrote it."""
-        if not self.file.writes:
+        file = self._file()
+        if not file.writes:
             return False
-        self.file.save(self.trainer.params, self.trainer.state())
+        file.save(self.trainer.params, self.trainer.state())
         self._saved_epoch = self.trainer.epoch
         return True
 

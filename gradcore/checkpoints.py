@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcore.backend import backend_of
+from gradcore.backend import array_backend
 from gradcore.devices import to_numpy
 from gradcore.pytree import tree_leaves
 
@@ -321,7 +321,7 @@ class RunCheckpoint:
             history._append(entry)
         self.history_bytes = meta["history_bytes"]
         for param, values in zip(leaves, saved):
-            param[...] = backend_of(param).asarray(values, dtype=param.dtype)
+            param[...] = array_backend(param).asarray(values, dtype=param.dtype)
         prefix = "optimizer/"
         optimizer.load_state_dict(
             {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}

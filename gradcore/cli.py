@@ -68,7 +68,7 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        return text if "default" in text else super()._get_help_string(action)
+        return text if "default" in text else super()._get_help_string(action) or text
 
 
 DESCRIPTION = """\
@@ -403,7 +403,7 @@ def train(args: argparse.Namespace) -> None:
         X_train,
         y_train,
         optimizer=optimizer,
-        epochs=defaults["epochs"] if args.epochs is None else args.epochs,
+        epochs=int(defaults["epochs"] if args.epochs is None else args.epochs),
         batch_size=args.batch_size,
         device=device,
         seed=args.seed,

@@ -77,8 +77,9 @@ def read_dataset(
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     path = existing_file(path)
     if _suffix(path) == ".npz":
-        X, y, features, target = _read_npz(path, target or "y")
-        column = f"array {target!r}"
+        X, read, features, target = _read_npz(path, target or "y")
+        assert read is not None  # a target was asked for
+        y, column = read, f"array {target!r}"
         task = task or ("regression" if y.dtype.kind == "f" else "classification")
         if task == "regression" and y.dtype.kind not in "iuf":
             raise DataFileError(f"{path}, {column}: regression needs numbers, not {y.dtype}")
@@ -100,6 +101,7 @@ def read_dataset(
             found = _target(texts[target], task)
             if found is None:  # floats, not all finite: read again as numbers to name the first
                 _read_csv_slow(path, layout, [target])
+            assert found is not None, "the read as numbers raises, naming the value"
             y, task = found
     if task == "classification":
         classes = np.unique(y)

@@ -11,6 +11,7 @@ from typing import Any
 from gradcore.backend import (
     PY_SCALARS,
     DeviceError,
+    array_backend,
     backend_for_device,
     backend_of,
     registered_devices,
@@ -104,7 +105,7 @@ def to_device(tree: Any, device: str) -> Any:
         _refuse_traced("to_device", x)
         if type(x) in PY_SCALARS:
             return x
-        source = backend_of(x)
+        source = array_backend(x)
         return x if source is target else target.asarray(source.to_numpy(x))
 
     return tree_map(move, tree)
@@ -115,7 +116,7 @@ def to_numpy(tree: Any) -> Any:
 
     def copy(x: Any) -> Any:
         _refuse_traced("to_numpy", x)
-        return x if type(x) in PY_SCALARS else backend_of(x).to_numpy(x)
+        return x if type(x) in PY_SCALARS else array_backend(x).to_numpy(x)
 
     return tree_map(copy, tree)
 
@@ -126,4 +127,4 @@ def device_of(x: Any) -> str:
         x = x._value
     if type(x) in PY_SCALARS:
         raise TypeError(f"device_of: a Python {type(x).__name__} lives on no device")
-    return backend_of(x).device
+    return array_backend(x).device

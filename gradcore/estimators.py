@@ -47,7 +47,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gradcore import nn, ops, optim, train
-from gradcore.backend import KernelTable, backend_for_device, backend_of
+from gradcore.backend import KernelTable, array_backend, backend_for_device
 from gradcore.callbacks import Callback, DivergenceGuard
 from gradcore.devices import array, available_devices, to_numpy
 from gradcore.differential_operators import value_and_grad as gc_value_and_grad
@@ -112,6 +112,24 @@ class _MLP(BaseEstimator):
     early stopping watches.
     """
 
+    # What fit and partial_fit set (scikit-learn's fitted attributes, and the counters that
+    # partial_fit carries), declared for type checkers: __init__ only stores parameters.
+    coefs_: list[np.ndarray]
+    intercepts_: list[np.ndarray]
+    n_outputs_: int
+    out_activation_: str
+    n_iter_: int
+    t_: int
+    loss_curve_: list[float]
+    mean_: np.ndarray | None
+    scale_: np.ndarray | None
+    validation_scores_: list[float] | None  # with early_stopping
+    best_validation_score_: float | None  # with early_stopping
+    best_loss_: float | None  # without
+    _no_improvement_count: int
+    _optimizer_state: Any
+    _learning_rate: Any  # the optimizer's, as adapted: partial_fit goes on with it
+
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] | int = (100,),
@@ -173,8 +191,8 @@ class _MLP(BaseEstimator):
     # checks
 
     def _hidden_sizes(self) -> list[int]:
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, (int, np.integer)) else list(sizes)
+        given = self.hidden_layer_sizes
+        sizes = [given] if isinstance(given, (int, np.integer)) else list(given)
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
             raise ValueError(
                 f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}"
@@ -293,7 +311,7 @@ class _MLP(BaseEstimator):
         def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
             pieces = np.split(theta, np.cumsum(sizes)[:-1])
             for leaf, piece in zip(leaves, pieces):
-                leaf[...] = backend_of(leaf).asarray(piece.reshape(leaf.shape), leaf.dtype)
+                leaf[...] = array_backend(leaf).asarray(piece.reshape(leaf.shape), leaf.dtype)
             value, grads = value_and_grad(params, X_device, y_device)
             flat = [np.ravel(g) for g in to_numpy(tree_leaves(grads))]
             return float(to_numpy(value)), np.concatenate(flat).astype(np.float64)
@@ -348,7 +366,7 @@ class _MLP(BaseEstimator):
 
     def _batch_size(self, n: int) -> int:
         """scikit-learn's: "auto" is ``min(200, n)``; a larger size is clipped, with a warning."""
-        if self.batch_size == "auto":
+        if isinstance(self.batch_size, str):  # "auto", the one word _check_params accepts
             return min(200, n)
         if self.batch_size > n:
             warnings.warn(
@@ -383,6 +401,7 @@ class _MLP(BaseEstimator):
             trainer = pool.pop()
         except IndexError:
             rate = self.learning_rate_schedule or self.learning_rate_init
+            optimizer: optim.Optimizer
             if self.solver == "adam":
                 optimizer = _ScikitLearnAdam(rate, self.beta_1, self.beta_2, self.epsilon)
             else:
@@ -414,7 +433,7 @@ class _MLP(BaseEstimator):
         self.n_outputs_ = outputs
         self.out_activation_ = self._out_activation(outputs)
         self.n_iter_ = self.t_ = 0
-        self.loss_curve_: list[float] = []
+        self.loss_curve_ = []
         if self.standardize:
             scale = X.std(axis=0)
             scale[scale == 0] = 1.0  # a constant feature is centred, not divided by zero
@@ -428,9 +447,9 @@ class _MLP(BaseEstimator):
         self._no_improvement_count = 0
         self._optimizer_state = None
         if self.early_stopping:
-            self.validation_scores_: list[float] | None = []
-            self.best_validation_score_: float | None = -np.inf
-            self.best_loss_: float | None = None
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
         else:
             self.validation_scores_ = self.best_validation_score_ = None
             self.best_loss_ = np.inf
@@ -536,7 +555,7 @@ class _MLP(BaseEstimator):
         check_is_fitted(self)
         arrays = {f"coef/{i}": W for i, W in enumerate(self.coefs_)}
         arrays.update({f"intercept/{i}": b for i, b in enumerate(self.intercepts_)})
-        if self.mean_ is not None:
+        if self.mean_ is not None and self.scale_ is not None:  # set together
             arrays["mean"], arrays["scale"] = self.mean_, self.scale_
         params = self.get_params()
         params["learning_rate_schedule"] = None  # a function: not data; refit sets it again
@@ -585,6 +604,7 @@ class _Stopping(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         est = self.estimator
+        assert est is not None, "start() names the estimator before fit"
         est.n_iter_ += 1
         est.t_ += self.trainer.rows
         est.loss_curve_.append(logs["loss"])
@@ -594,16 +614,20 @@ class _Stopping(Callback):
             params = self.trainer.params
             X_val, y_val = self.validation
             score = est._validation_score(nn.mlp(params, X_val, est._act()), y_val)
-            est.validation_scores_.append(score)
+            scores, best = est.validation_scores_, est.best_validation_score_
+            assert scores is not None and best is not None  # kept with early_stopping
+            scores.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
-            improved = score >= est.best_validation_score_ + est.tol
-            if score > est.best_validation_score_:
+            improved = score >= best + est.tol
+            if score > best:
                 est.best_validation_score_ = score
                 self.best = [{key: array(a) for key, a in layer.items()} for layer in params]
         else:
-            improved = est.loss_curve_[-1] <= est.best_loss_ - est.tol
-            est.best_loss_ = min(est.best_loss_, est.loss_curve_[-1])
+            best_loss = est.best_loss_
+            assert best_loss is not None  # kept without early_stopping
+            improved = est.loss_curve_[-1] <= best_loss - est.tol
+            est.best_loss_ = min(best_loss, est.loss_curve_[-1])
         est._no_improvement_count = 0 if improved else est._no_improvement_count + 1
         optimizer = self.trainer.optimizer
         schedule = est.solver == "sgd" and est.learning_rate_schedule is None
@@ -639,7 +663,7 @@ class _ScikitLearnAdam(optim.Adam):
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         t = self.iterations
-        s, r = self._state["first_moment"][i], self._state["second_moment"][i]
+        s, r = self._arrays["first_moment"][i], self._arrays["second_moment"][i]
         s *= self.beta_1
         s += f.multiply(grad, 1.0 - self.beta_1, out=work)
         r *= self.beta_2
@@ -664,6 +688,8 @@ class MLPClassifier(ClassifierMixin, _MLP):
     ``standardize`` (centre and scale the features with the training statistics, kept in the
     model and in its saved file).
     """
+
+    classes_: np.ndarray  # set by fit and partial_fit
 
     @available_if(_MLP._check_solver)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
@@ -865,7 +891,7 @@ def _restore(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPClassifi
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
 
 
 def _json_scalar(value: Any) -> Any:

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gradcore.backend import PY_SCALARS, Fused, backend_of
+from gradcore.backend import PY_SCALARS, Fused, array_backend, backend_of
 from gradcore.pytree import tree_flatten, tree_unflatten
 from gradcore.tracer import Box, Node, new_trace, primitive, recordings
 
@@ -83,9 +83,9 @@ class Jitted:
         static = tuple((type(args[i]), args[i]) for i in self.static_argnums)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         arrays: list[Any] = []
-        key: list[Any] = [static]
+        parts: list[Any] = [static]
         try:
-            _signature((dynamic, kwargs), arrays, key)
+            _signature((dynamic, kwargs), arrays, parts)
         except _TracedArgumentError:  # an outer grad traces an argument: join its graph
             return self.fun(*args, **kwargs)
         if not arrays:
@@ -94,7 +94,7 @@ class Jitted:
                 "would be a constant of the recorded program; pass the arrays it reads "
                 "(parameters, data) as arguments"
             )
-        key = tuple(key)
+        key = tuple(parts)
         try:
             program = self.programs.get(key)
         except TypeError as error:  # a list or an array among static arguments, say
@@ -137,18 +137,18 @@ class Jitted:
                         inputs.append(leaves[position]._node)
                 dynamic, kwargs = tree_unflatten(treedef, leaves)
                 dynamic = iter(dynamic)
-                args = [a if i in self.static_argnums else next(dynamic) for i, a in
+                call = [a if i in self.static_argnums else next(dynamic) for i, a in
                         enumerate(args)]  # fmt: skip
-                out = self.fun(*args, **kwargs)
+                out = self.fun(*call, **kwargs)
             finally:
                 del recordings[trace]
                 self._updated_while_recording = any(node.primitive is _update for node in tape)
         out_leaves, out_treedef = tree_flatten(out)
-        static = tuple(args[i] for i in self.static_argnums)
+        static = tuple(call[i] for i in self.static_argnums)
         program = Program(self.__name__, inputs, tape, trace, out_leaves, out_treedef, static)
         program.argument_shapes = {
             argnum: tuple(tuple(leaf.shape) for leaf in tree_flatten(arg)[0] if type(leaf) is Box)
-            for argnum, arg in enumerate(args)
+            for argnum, arg in enumerate(call)
             if argnum not in self.static_argnums
         }
         # An output the program holds as a constant goes out as a copy, at this call as at
@@ -158,14 +158,14 @@ class Jitted:
 
     def _recompiling_message(self) -> str:
         """Name the argument whose shapes differ between recordings."""
-        shapes = {}  # argnum -> every shape tuple it was recorded with
+        shapes: dict[int, set] = {}  # argnum -> every shape tuple it was recorded with
         for program in self.programs.values():
             for argnum, seen in program.argument_shapes.items():
                 shapes.setdefault(argnum, set()).add(seen)
         changing = [argnum for argnum, seen in shapes.items() if len(seen) > 1]
         if changing:
-            seen = sorted(shapes[changing[0]])[:4]
-            what = f"argument {changing[0]} keeps changing shape ({', '.join(map(str, seen))}, ...)"
+            few = sorted(shapes[changing[0]])[:4]
+            what = f"argument {changing[0]} keeps changing shape ({', '.join(map(str, few))}, ...)"
         else:
             what = "the signature keeps changing (dtypes, memory layouts, devices or Python values)"
         return (
@@ -288,7 +288,7 @@ def update_in_place(fn: Callable, *arrays: Any, consumed: Sequence[int] = ()) ->
 
 # Faster stand-ins for a primitive's own function, with the same arithmetic: the checks and
 # dispatch the primitive does (devices, Python numbers) were done while recording.
-_OPERATORS = {
+_OPERATORS: dict[str, Callable] = {
     "add": operator.add,
     "subtract": operator.sub,
     "multiply": operator.mul,
@@ -308,14 +308,16 @@ _NAMESPACE_FUNCTIONS = frozenset(
 def _lowered(node: Node) -> Callable:
     """The function a step calls: the primitive's own, or a direct equivalent: what its op's
     ``lower`` gives for these arguments, an operator, or a namespace function."""
-    name, fun = node.primitive.name, node.primitive.fun
-    lowered = node.primitive.lower and node.primitive.lower(*node.args, **node.kwargs)
+    prim = node.primitive
+    assert prim is not None  # leaves are inputs, not steps
+    name, fun = prim.name, prim.fun
+    lowered = prim.lower and prim.lower(*node.args, **node.kwargs)
     if lowered:
         return lowered
     if name in _OPERATORS:
         return _OPERATORS[name]
     if name in _NAMESPACE_FUNCTIONS and type(node.args[0]) not in PY_SCALARS:
-        return getattr(backend_of(node.args[0]).xp, name)
+        return getattr(array_backend(node.args[0]).xp, name)
     if name == "transpose" and len(node.args) == 1 and getattr(node.args[0], "ndim", 0) == 2:
         return _matrix_transpose
     return fun
@@ -381,6 +383,8 @@ class Program:
 
     def __init__(self, name, inputs, tape, trace, out_leaves, out_treedef, static) -> None:
         self.name, self.static, self.n_inputs = name, static, len(inputs)
+        # argnum -> the shapes of its arrays when recorded (set by Jitted, for its warning)
+        self.argument_shapes: dict[int, tuple[tuple[int, ...], ...]] = {}
         slot_of = {node: i for i, node in enumerate(inputs)}
         self.template: list[Any] = [None] * len(inputs)
         self.specs: list[tuple | None] = [_spec(node.ans) for node in inputs]
@@ -530,7 +534,7 @@ class Program:
                     continue
                 key = (type(value), _bits(value) if type(value) is float else value, spec[1])
                 if key not in typed:
-                    backend = backend_of(result)
+                    backend = array_backend(result)
                     if abs(value) > backend.xp.finfo(result.dtype).max:
                         continue  # overflows the dtype: left to the library, as eagerly
                     number = backend.asarray(value, dtype=result.dtype)
@@ -719,14 +723,14 @@ def _overwritable(slot: int, index: int, recorded: dict, last_read: dict, pinned
     step on (the step's other arguments included), nor with inputs, constants or outputs."""
     in_use = [value for other, value in recorded.items() if other != slot and (
         last_read.get(other, -1) >= index or other in pinned)]  # fmt: skip
-    return backend_of(recorded[slot]).may_overwrite(recorded[slot], in_use)
+    return array_backend(recorded[slot]).may_overwrite(recorded[slot], in_use)
 
 
 def _fresh(value: Any) -> Any:
     """A copy of an array; a Python value, or a NumPy scalar (immutable too), as it is."""
     if _spec(value) is None:
         return value
-    copy = backend_of(value).xp.asarray(value, copy=True)
+    copy = array_backend(value).xp.asarray(value, copy=True)
     return copy if type(copy) is type(value) else value  # a scalar comes back as an array
 
 

@@ -84,7 +84,7 @@ def _solver(args: argparse.Namespace) -> str:
     return name
 
 
-def _adam_settings(args: argparse.Namespace) -> dict[str, float]:
+def _adam_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``--beta1``, ``--beta2``, ``--epsilon`` as the estimators' Adam takes them."""
     given = {"beta_1": args.beta1, "beta_2": args.beta2, "epsilon": args.epsilon}
     settings = {name: value for name, value in given.items() if value is not None}
@@ -251,7 +251,7 @@ def train_file(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
     )
     kind = f"{len(np.unique(data.y))} classes" if classify else f"regression on {data.target!r}"
-    tested = f" and {len(y_test)} test" if split else ""
+    tested = f" and {len(y_test)} test" if y_test is not None else ""
     print(
         f"{args.data}: {len(y_train)} training{tested} examples, {data.X.shape[1]} features, "
         f"{kind}; device {estimator.device}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gradcore import ops
-from gradcore.backend import backend_of, isdtype
+from gradcore.backend import array_backend, isdtype
 from gradcore.devices import array
 from gradcore.ops import affine, shape
 from gradcore.random import Generator, random_uniform_like
@@ -112,7 +112,7 @@ def mlp(
     return affine(x, last["W"], last["b"])
 
 
-def dropout(x: Any, rate: float, rng: Generator, training: bool = True) -> Any:
+def dropout(x: Any, rate: float, rng: Generator | None, training: bool = True) -> Any:
     """Inverted dropout: each element of ``x`` is zeroed with probability ``rate`` and the
     others are scaled by ``1 / (1 - rate)``, so the expected output is ``x`` and evaluation
     (``training=False``) returns ``x`` itself.
@@ -148,7 +148,7 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
     """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
     if not hasattr(y, "shape"):
         raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
-    xp = backend_of(getval(y)).xp
+    xp = array_backend(getval(y)).xp
     if shape(z) != shape(y):
         if shape(z) != (*shape(y), 1):
             raise ValueError(
@@ -165,7 +165,7 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
 
 def _check_probabilities(name: str, p: Any) -> None:
     raw = getval(p)
-    if _check_values.get() and bool(backend_of(raw).xp.any((raw < 0.0) | (raw > 1.0))):
+    if _check_values.get() and bool(array_backend(raw).xp.any((raw < 0.0) | (raw > 1.0))):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
             "binary_cross_entropy_with_logits"
@@ -210,7 +210,7 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
     if len(shape(logits)) != 2:
         raise ValueError(f"{name}: logits must have shape (n, classes), got {shape(logits)}")
     n, classes = shape(logits)
-    backend = backend_of(getval(labels))  # soft labels may be traced too
+    backend = array_backend(getval(labels))  # soft labels may be traced too
     xp = backend.xp
     check = _check_values.get()
     if isdtype(getval(labels), "integral"):
@@ -251,7 +251,7 @@ def accuracy(logits: Any, labels: Any) -> float:
     class indices, 0/1 targets or one-hot rows.
     """
     logits = stop_gradient(logits)
-    xp = backend_of(logits).xp
+    xp = array_backend(logits).xp
     if logits.ndim == 2 and logits.shape[1] > 1:
         predicted = xp.argmax(logits, axis=1)
         if labels.ndim == 2:

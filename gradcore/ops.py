@@ -12,8 +12,10 @@ Python numbers alone returns a Python number, as the ``math`` module would.
 The VJP rules are the derivative table, in the form the field knows:
 ``defvjp(op, lambda g, ans, x, y: ..., saves=...)``: ``g`` is the output's cotangent, ``ans``
 the op's output, and ``saves`` says which of the two the rules read, so that backward keeps
-nothing else. Rules are written in gradcore ops, so they are traced like any other code and
-higher derivatives come for free.
+nothing else. Beside each, the forward rule (JVP) in the same form,
+``defjvp(op, lambda t, ans, x, y: ...)``: ``t`` is the tangent of that argument, and the rule
+returns its share of the output's tangent. Rules are written in gradcore ops, so they are
+traced like any other code and higher derivatives, in either mode, come for free.
 
 An elementwise op's ``formula`` is the op as a function of a namespace ``m`` and its arguments
 (``lambda m, x, y: x + y``; the longer ones in ``gradcore.formulas``, shared with the kernels):
@@ -31,8 +33,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradcore import formulas
-from gradcore.backend import PY_SCALARS, backend_of, common_backend
-from gradcore.tracer import Box, defvjp, defvjp_argnum, getval, nondifferentiable, primitive
+from gradcore.backend import PY_SCALARS, array_backend, backend_of, common_backend
+from gradcore.tracer import (
+    Box,
+    Nondifferentiable,
+    Primitive,
+    defjvp,
+    defjvp_argnum,
+    defvjp,
+    defvjp_argnum,
+    getval,
+    nondifferentiable,
+    primitive,
+)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -54,7 +67,7 @@ def _normalize_axis(axis: int | Sequence[int] | None, rank: int) -> tuple[int, .
     return tuple(sorted(a % rank if rank else a for a in axes))
 
 
-def _elementwise(prim: Callable, formula: Callable) -> Callable:
+def _elementwise(prim: Primitive, formula: Callable) -> Primitive:
     """Give ``prim`` its ``formula``: the op as a function of a namespace ``m`` and its
     arguments (see ``gradcore.formulas``), which device code generators evaluate."""
     prim.formula = formula
@@ -90,9 +103,111 @@ def unbroadcast(x: Any, g: Any) -> Any:
     return g
 
 
+def broadcast_like(t: Any, ans: Any) -> Any:
+    """An argument's tangent ``t`` as a tangent of the output ``ans``: broadcast to its shape
+    and cast to its dtype (the forward counterpart of ``unbroadcast``)."""
+    if type(getval(ans)) in PY_SCALARS:
+        return t
+    if type(getval(t)) in PY_SCALARS:
+        return t * ones_like(ans)  # a Python number takes the array's dtype
+    if shape(t) != shape(ans):
+        t = broadcast_to(t, shape(ans))
+    return t if t.dtype == ans.dtype else astype(t, ans.dtype)
+
+
 def replace_zero(x: Any, value: float) -> Any:
     """``x`` with its zeros replaced by ``value`` (keeps ``log`` finite in the power rule)."""
     return where(equal(x, 0), value, x)
+
+
+def _log_of_base(x: Any) -> Any:
+    """``log x`` for the power rule's exponent, 0 where ``x`` is 0 (where ``x**y`` is 0 too)."""
+    return log(replace_zero(x, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# constant-valued ops: comparisons, signs, argmax and fresh arrays do not depend on inputs
+# smoothly (first, since the rules below use them), and where, which selects between values
+
+
+# comparisons of two Python numbers give a Python bool, as Python's own operators do
+_PYTHON_COMPARISONS = {
+    "equal": operator.eq,
+    "not_equal": operator.ne,
+    "less": operator.lt,
+    "less_equal": operator.le,
+    "greater": operator.gt,
+    "greater_equal": operator.ge,
+}
+
+
+def _comparison(name: str) -> Nondifferentiable:
+    def compare(x, y):
+        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+            return _PYTHON_COMPARISONS[name](x, y)
+        return getattr(common_backend(name, x, y).xp, name)(x, y)
+
+    compare.__name__ = name
+    return nondifferentiable(compare)
+
+
+equal = _comparison("equal")
+not_equal = _comparison("not_equal")
+less = _comparison("less")
+less_equal = _comparison("less_equal")
+greater = _comparison("greater")
+greater_equal = _comparison("greater_equal")
+
+
+@nondifferentiable
+def argmax(x, axis=None, keepdims=False):
+    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
+
+
+@nondifferentiable
+def zeros_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(0)
+    return backend_of(x).xp.zeros_like(x)
+
+
+@nondifferentiable
+def ones_like(x):
+    if type(x) in PY_SCALARS:
+        return type(x)(1)
+    return backend_of(x).xp.ones_like(x)
+
+
+# gc.jit computes these once per program: their arguments' values do not matter.
+zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
+
+
+@nondifferentiable
+def sign(x):
+    """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
+    if type(x) in PY_SCALARS:
+        return float((x > 0) - (x < 0))
+    return backend_of(x).xp.sign(x)
+
+
+@primitive
+def where(condition, x, y):
+    """``x`` where ``condition`` holds, else ``y``; only ``x`` and ``y`` are differentiable."""
+    if type(condition) in PY_SCALARS:
+        return x if condition else y
+    return common_backend("where", condition, x, y).xp.where(condition, x, y)
+
+
+defvjp(where,
+       None,
+       lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
+       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
+       saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
+defjvp(where,
+       None,
+       lambda t, ans, c, x, y: broadcast_like(where(c, t, 0.0), ans),
+       lambda t, ans, c, x, y: broadcast_like(where(c, 0.0, t), ans))  # fmt: skip
+_elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,19 +266,29 @@ def negative(x):
 # The table gradcore was specified with.
 defvjp(add, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, g),
        saves="shapes")  # fmt: skip
+defjvp(add, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(t, ans))  # fmt: skip
 defvjp(multiply,
        lambda g, ans, x, y: unbroadcast(x, y * g),
        lambda g, ans, x, y: unbroadcast(y, x * g), saves="args")  # fmt: skip
+defjvp(multiply, lambda t, ans, x, y: t * y, lambda t, ans, x, y: x * t)
 defvjp(subtract, lambda g, ans, x, y: unbroadcast(x, g), lambda g, ans, x, y: unbroadcast(y, -g),
        saves="shapes")  # fmt: skip
+defjvp(subtract, lambda t, ans, x, y: broadcast_like(t, ans),
+       lambda t, ans, x, y: broadcast_like(-t, ans))  # fmt: skip
 defvjp(divide,
        lambda g, ans, x, y: unbroadcast(x, g / y),
        lambda g, ans, x, y: unbroadcast(y, -g * x / y**2), saves="args")  # fmt: skip
+defjvp(divide, lambda t, ans, x, y: t / y, lambda t, ans, x, y: -t * x / y**2)
 defvjp(power,
        lambda g, ans, x, y: unbroadcast(x, g * y * x ** where(not_equal(y, 0.0), y - 1, 1.0)),
-       lambda g, ans, x, y: unbroadcast(y, g * log(replace_zero(x, 1.0)) * x**y),
+       lambda g, ans, x, y: unbroadcast(y, g * _log_of_base(x) * x**y),
        saves="args")  # fmt: skip
+defjvp(power,
+       lambda t, ans, x, y: t * y * x ** where(not_equal(y, 0.0), y - 1, 1.0),
+       lambda t, ans, x, y: t * _log_of_base(x) * ans)  # fmt: skip
 defvjp(negative, lambda g, ans, x: -g, saves="shapes")
+defjvp(negative, lambda t, ans, x: -t)
 
 _elementwise(add, lambda m, x, y: x + y)
 _elementwise(subtract, lambda m, x, y: x - y)
@@ -182,8 +307,8 @@ def _into_argument(name: str, in_place: Callable) -> Callable:
     def into_argument(argnum: int, x: Any, y: Any) -> tuple[Callable, tuple[int, ...]] | None:
         if argnum == 0:
             return in_place, (0, 1)
-        ufunc = getattr(backend_of(y).xp, name, None)
-        return (ufunc, (0, 1, 1)) if hasattr(ufunc, "nout") else None
+        ufunc = getattr(array_backend(y).xp, name, None)
+        return (ufunc, (0, 1, 1)) if ufunc is not None and hasattr(ufunc, "nout") else None
 
     return into_argument
 
@@ -194,7 +319,7 @@ multiply.into_argument = _into_argument("multiply", operator.imul)
 divide.into_argument = _into_argument("divide", operator.itruediv)
 
 
-def _extremum(name: str, python: Callable) -> Callable:
+def _extremum(name: str, python: Callable) -> Primitive:
     def extremum(x, y):
         if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
             return python(x, y)
@@ -224,15 +349,22 @@ def _extremum_vjp_y(g, ans, x, y):
     return unbroadcast(y, _share(g, y, ans, x))
 
 
+def _share_of(t, ans, x, y):
+    """maximum/minimum: ``t`` where x alone wins, half of it on ties, as the VJP shares ``g``."""
+    return broadcast_like(_share(t, x, ans, y), ans)
+
+
 defvjp(maximum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
+defjvp(maximum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
 defvjp(minimum, _extremum_vjp_x, _extremum_vjp_y, saves="both")
+defjvp(minimum, _share_of, lambda t, ans, x, y: _share_of(t, ans, y, x))
 
 
 # ---------------------------------------------------------------------------------------------
 # elementwise functions
 
 
-def _unary(name: str, python: Callable) -> Callable:
+def _unary(name: str, python: Callable) -> Primitive:
     """An elementwise function of one array, from the backend namespace of the same name."""
 
     def impl(x):
@@ -253,25 +385,6 @@ tanh = _unary("tanh", math.tanh)
 sqrt = _unary("sqrt", math.sqrt)
 abs = _unary("abs", lambda x: x if x >= 0 else -x)  # noqa: A001 - the Array API name
 
-defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
-defvjp(log, lambda g, ans, x: g / x, saves="args")
-defvjp(sin, lambda g, ans, x: g * cos(x), saves="args")
-defvjp(cos, lambda g, ans, x: -g * sin(x), saves="args")
-defvjp(tanh, lambda g, ans, x: g * (1.0 - square(ans)), saves="ans")
-defvjp(abs, lambda g, ans, x: g * sign(x), saves="args")
-# d sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0; we take 0 there, so that the gradient of a
-# norm at the zero vector is 0 rather than NaN.
-defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zero(ans, 1.0)),
-       saves="ans")  # fmt: skip
-
-
-@nondifferentiable
-def sign(x):
-    """-1, 0 or 1 by the sign of ``x``; a constant under differentiation."""
-    if type(x) in PY_SCALARS:
-        return float((x > 0) - (x < 0))
-    return backend_of(x).xp.sign(x)
-
 
 @primitive
 def square(x):
@@ -279,7 +392,26 @@ def square(x):
 
 
 defvjp(square, lambda g, ans, x: g * (2.0 * x), saves="args")
+defjvp(square, lambda t, ans, x: t * (2.0 * x))
 _elementwise(square, lambda m, x: x * x)
+
+defvjp(exp, lambda g, ans, x: g * ans, saves="ans")
+defjvp(exp, lambda t, ans, x: t * ans)
+defvjp(log, lambda g, ans, x: g / x, saves="args")
+defjvp(log, lambda t, ans, x: t / x)
+defvjp(sin, lambda g, ans, x: g * cos(x), saves="args")
+defjvp(sin, lambda t, ans, x: t * cos(x))
+defvjp(cos, lambda g, ans, x: -g * sin(x), saves="args")
+defjvp(cos, lambda t, ans, x: -t * sin(x))
+defvjp(tanh, lambda g, ans, x: g * (1.0 - square(ans)), saves="ans")
+defjvp(tanh, lambda t, ans, x: t * (1.0 - square(ans)))
+defvjp(abs, lambda g, ans, x: g * sign(x), saves="args")
+defjvp(abs, lambda t, ans, x: t * sign(x))
+# d sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0; we take 0 there, so that the gradient of a
+# norm at the zero vector is 0 rather than NaN.
+defvjp(sqrt, lambda g, ans, x: where(equal(ans, 0.0), 0.0, g * 0.5 / replace_zero(ans, 1.0)),
+       saves="ans")  # fmt: skip
+defjvp(sqrt, lambda t, ans, x: where(equal(ans, 0.0), 0.0, t * 0.5 / replace_zero(ans, 1.0)))
 
 
 @primitive
@@ -295,7 +427,7 @@ def sigmoid(x):
     return kernel(x) if kernel is not None else formulas.sigmoid(backend.xp, x)
 
 
-def _kernel_for(op: Callable, *args: Any) -> Callable | None:
+def _kernel_for(op: Primitive, *args: Any) -> Callable | None:
     """For gc.jit: the kernel ``op`` calls for these arguments (arrays of one type, shape and
     dtype), or None."""
     first = args[0]
@@ -303,24 +435,24 @@ def _kernel_for(op: Callable, *args: Any) -> Callable | None:
         type(a) is not type(first) or a.shape != first.shape or a.dtype != first.dtype for a in args
     ):
         return None
-    return op.kernels.lookup(backend_of(first), first.dtype)
+    return op.kernels.lookup(array_backend(first), first.dtype)
 
 
-def _lower_to_kernel(op: Callable) -> Callable:
+def _lower_to_kernel(op: Primitive) -> Callable:
     """``op.lower`` for an op that runs its kernel on its first argument, where it has one."""
     return lambda x, *args, **kwargs: _kernel_for(op, x)
 
 
-def _kernel_or_namespace(op: Callable, x: Any, *args: Any, **kwargs: Any) -> Any:
+def _kernel_or_namespace(op: Primitive, x: Any, *args: Any, **kwargs: Any) -> Any:
     """``op`` on an array: its kernel for the array's device and dtype where it has one (the
     same result, without the library's Python layers), else the namespace function of its
     name."""
-    backend = backend_of(x)
+    backend = array_backend(x)
     kernel = op.kernels.lookup(backend, x.dtype)
     return (kernel or getattr(backend.xp, op.name))(x, *args, **kwargs)
 
 
-def _kernel_into(op: Callable, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
+def _kernel_into(op: Primitive, argnum: int, *args: Any) -> tuple[Callable, tuple] | None:
     """For gc.jit: the op's kernel writing over argument ``argnum``, where it takes an ``out``
     (its last parameter): the arguments, then that one again."""
     kernel = _kernel_for(op, *args)
@@ -348,9 +480,13 @@ sigmoid_grad.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid_grad")
 sigmoid_grad.kernel("cuda", "gradcore.backends.cuda_kernels:sigmoid_grad")
 # The sigmoid's derivative needs only its output: y (1 - y).
 defvjp(sigmoid, lambda g, ans, x: sigmoid_grad(ans, g), saves="ans")
+defjvp(sigmoid, lambda t, ans, x: sigmoid_grad(ans, t))
 defvjp(sigmoid_grad,
        lambda g2, ans, y, g: g2 * g * (1.0 - 2.0 * y),
        lambda g2, ans, y, g: sigmoid_grad(y, g2), saves="args")  # fmt: skip
+defjvp(sigmoid_grad,
+       lambda t, ans, y, g: t * g * (1.0 - 2.0 * y),
+       lambda t, ans, y, g: sigmoid_grad(y, t))  # fmt: skip
 sigmoid.lower = _lower_to_kernel(sigmoid)
 sigmoid_grad.lower = lambda y, g: _kernel_for(sigmoid_grad, y, g)
 sigmoid.into_argument = lambda argnum, x: _kernel_into(sigmoid, argnum, x)
@@ -367,6 +503,7 @@ def relu(x):
 
 
 defvjp(relu, lambda g, ans, x: where(greater(ans, 0.0), g, 0.0), saves="ans")
+defjvp(relu, lambda t, ans, x: where(greater(ans, 0.0), t, 0.0))
 _elementwise(relu, lambda m, x: m.maximum(x, 0.0))
 
 
@@ -379,22 +516,7 @@ def clip(x, min=None, max=None):  # noqa: A002 - NumPy's names
 
 
 defvjp(clip, lambda g, ans, x, min=None, max=None: where(equal(ans, x), g, 0.0), saves="both")
-
-
-@primitive
-def where(condition, x, y):
-    """``x`` where ``condition`` holds, else ``y``; only ``x`` and ``y`` are differentiable."""
-    if type(condition) in PY_SCALARS:
-        return x if condition else y
-    return common_backend("where", condition, x, y).xp.where(condition, x, y)
-
-
-defvjp(where,
-       None,
-       lambda g, ans, c, x, y: unbroadcast(x, where(c, g, 0.0)),
-       lambda g, ans, c, x, y: unbroadcast(y, where(c, 0.0, g)),
-       saves="shapes")  # the condition is never traced, so it is kept as it is  # fmt: skip
-_elementwise(where, lambda m, condition, x, y: m.where(condition, x, y))
+defjvp(clip, lambda t, ans, x, min=None, max=None: where(equal(ans, x), t, 0.0))
 
 
 @primitive
@@ -420,7 +542,173 @@ def _astype_vjp(g, ans, x, dtype):
     return None
 
 
+def _astype_jvp(t, ans, x, dtype):
+    """Between floating types the tangent is cast along; to integers or bool, none."""
+    if type(x) in PY_SCALARS or (_is_floating(x.dtype) and _is_floating(dtype)):
+        return astype(t, dtype)
+    return None
+
+
 defvjp(astype, _astype_vjp, saves="shapes")
+defjvp(astype, _astype_jvp)
+
+
+log1p = _unary("log1p", math.log1p)
+expm1 = _unary("expm1", math.expm1)
+
+defvjp(log1p, lambda g, ans, x: g / (1.0 + x), saves="args")
+defjvp(log1p, lambda t, ans, x: t / (1.0 + x))
+defvjp(expm1, lambda g, ans, x: g * (ans + 1.0), saves="ans")
+defjvp(expm1, lambda t, ans, x: t * (ans + 1.0))
+
+
+def _by_formula(name: str, formula: Callable, doc: str | None) -> Primitive:
+    """An elementwise op computed by its formula on every device: the backend's namespace for
+    arrays, ``formulas.PYTHON`` for Python numbers, and the generated kernels where gc.jit
+    fuses it (one formula, so fused and eager agree). Parameters are positional arguments, so
+    that a fused kernel receives them as it receives any number."""
+
+    def impl(*args):
+        if builtins.all(type(a) in PY_SCALARS for a in args):
+            return formula(formulas.PYTHON, *args)
+        return formula(common_backend(name, *args).xp, *args)
+
+    impl.__name__ = name
+    impl.__doc__ = doc
+    return _elementwise(primitive(impl), formula)
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+@primitive
+def erf(x):
+    """The error function ``2/sqrt(pi) integral_0^x e^(-s^2) ds``: the device's own where it
+    has one (CUDA), else ``formulas.erf`` (the Array API standard has none)."""
+    if type(x) in PY_SCALARS:
+        return math.erf(x)
+    backend = backend_of(x)
+    kernel = erf.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else formulas.erf(backend.xp, x)
+
+
+erf.kernel("cuda", "gradcore.backends.cuda_kernels:erf")
+_elementwise(erf, formulas.erf)
+defvjp(erf, lambda g, ans, x: g * (_TWO_OVER_SQRT_PI * exp(-square(x))), saves="args")
+defjvp(erf, lambda t, ans, x: t * (_TWO_OVER_SQRT_PI * exp(-square(x))))
+
+_softplus = _by_formula("softplus", formulas.softplus, formulas.softplus.__doc__)
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+    """``log(1 + e^(beta x)) / beta``, and ``x`` where ``beta x > threshold`` (PyTorch's):
+    stable for every ``x``. ``beta`` and ``threshold`` are constants (no gradient)."""
+    return _softplus(x, beta, threshold)
+
+
+def _softplus_derivative(x, beta, threshold):
+    """``sigmoid(beta x)``, and 1 where softplus is linear (PyTorch's threshold)."""
+    z = x * beta
+    return where(greater(z, threshold), 1.0, sigmoid(z))
+
+
+defvjp(_softplus, lambda g, ans, x, beta, threshold: g * _softplus_derivative(x, beta, threshold),
+       None, None, saves="args")  # fmt: skip
+defjvp(_softplus, lambda t, ans, x, beta, threshold: t * _softplus_derivative(x, beta, threshold),
+       None, None)  # fmt: skip
+
+
+@primitive
+def logaddexp(x, y):
+    """``log(e^x + e^y)`` without overflow (``formulas.logaddexp``)."""
+    if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
+        return formulas.logaddexp(formulas.PYTHON, x, y)
+    backend = common_backend("logaddexp", x, y)
+    # the formula's where may meet both operands: the standard's where takes one number at most
+    if type(x) in PY_SCALARS:
+        x = backend.xp.asarray(x, dtype=y.dtype, device=backend.array_device(y))
+    if type(y) in PY_SCALARS:
+        y = backend.xp.asarray(y, dtype=x.dtype, device=backend.array_device(x))
+    return formulas.logaddexp(backend.xp, x, y)
+
+
+_elementwise(logaddexp, formulas.logaddexp)
+
+# d/dx = e^x / (e^x + e^y) = sigmoid(x - y): exact where x - ans would lose x's digits
+defvjp(logaddexp,
+       lambda g, ans, x, y: unbroadcast(x, g * sigmoid(x - y)),
+       lambda g, ans, x, y: unbroadcast(y, g * sigmoid(y - x)), saves="args")  # fmt: skip
+defjvp(logaddexp,
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(x - y), ans),
+       lambda t, ans, x, y: broadcast_like(t * sigmoid(y - x), ans))  # fmt: skip
+
+_leaky_relu = _by_formula(
+    "leaky_relu", lambda m, x, slope: m.where(x > 0.0, x, x * slope), "x, or slope * x below 0."
+)
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:
+    """``x`` for positive ``x``, else ``negative_slope * x`` (PyTorch's default slope)."""
+    return _leaky_relu(x, negative_slope)
+
+
+# at 0 the slope is negative_slope, as in PyTorch; the slope itself is differentiable (PReLU)
+defvjp(_leaky_relu,
+       lambda g, ans, x, slope: unbroadcast(x, where(greater(x, 0.0), g, g * slope)),
+       lambda g, ans, x, slope: unbroadcast(slope, where(greater(x, 0.0), 0.0, g * x)),
+       saves="args")  # fmt: skip
+defjvp(_leaky_relu,
+       lambda t, ans, x, slope: broadcast_like(where(greater(x, 0.0), t, t * slope), ans),
+       lambda t, ans, x, slope: broadcast_like(where(greater(x, 0.0), 0.0, t * x),
+                                               ans))  # fmt: skip
+
+
+def _gelu_exact(x):
+    """``x Phi(x)`` by ``formulas.gelu``; on CUDA one launch of that formula, which calls CUDA's
+    erf as gc.jit's fused chains do (the generic path computes erf in array operations)."""
+    if type(x) in PY_SCALARS:
+        return formulas.gelu(formulas.PYTHON, x)
+    backend = backend_of(x)
+    kernel = _gelu.kernels.lookup(backend, x.dtype)
+    return kernel(x) if kernel is not None else formulas.gelu(backend.xp, x)
+
+
+_gelu = primitive(_gelu_exact, name="gelu")
+_gelu.kernel("cuda", "gradcore.backends.cuda_kernels:gelu")
+_elementwise(_gelu, formulas.gelu)
+_gelu_tanh = _by_formula("gelu_tanh", formulas.gelu_tanh, formulas.gelu_tanh.__doc__)
+
+
+def gelu(x: Any, approximate: str = "none") -> Any:
+    """``x Phi(x)``, Phi the standard normal CDF, as PyTorch's ``gelu``: exact through erf, or
+    with ``approximate="tanh"`` its tanh approximation."""
+    if approximate == "none":
+        return _gelu(x)
+    if approximate == "tanh":
+        return _gelu_tanh(x)
+    raise ValueError(f"gelu(approximate={approximate!r}): approximate is 'none' or 'tanh'")
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_TWO_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_TWO_PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_derivative(x):
+    """``Phi(x) + x phi(x)``."""
+    return 0.5 * (1.0 + erf(x * _SQRT_HALF)) + x * (_INV_SQRT_TWO_PI * exp(-0.5 * square(x)))
+
+
+def _gelu_tanh_derivative(x):
+    th = tanh(_SQRT_TWO_OVER_PI * (x + 0.044715 * (x * x * x)))
+    slope = _SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * square(x))
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - square(th)) * slope
+
+
+defvjp(_gelu, lambda g, ans, x: g * _gelu_derivative(x), saves="args")
+defjvp(_gelu, lambda t, ans, x: t * _gelu_derivative(x))
+defvjp(_gelu_tanh, lambda g, ans, x: g * _gelu_tanh_derivative(x), saves="args")
+defjvp(_gelu_tanh, lambda t, ans, x: t * _gelu_tanh_derivative(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,12 +793,27 @@ def _max_vjp(g, ans, x, axis=None, keepdims=False):
     return g * winners / sum(winners, axis=axis, keepdims=True)
 
 
+def _max_jvp(t, ans, x, axis=None, keepdims=False):
+    """The mean of the tangents of the maxima: ties share, as in the VJP."""
+    if ndim(x) == 0:
+        return t
+    winners = astype(equal(x, _restore_reduced(ans, x, axis, keepdims)), x.dtype)
+    return sum(t * winners, axis=axis, keepdims=keepdims) / sum(winners, axis=axis,
+                                                                 keepdims=keepdims)  # fmt: skip
+
+
 defvjp(sum, _sum_vjp, saves="shapes")
+defjvp(sum, lambda t, ans, x, axis=None, keepdims=False: sum(t, axis=axis, keepdims=keepdims))
 defvjp(mean, _mean_vjp, saves="shapes")
+defjvp(mean, lambda t, ans, x, axis=None, keepdims=False: mean(t, axis=axis, keepdims=keepdims))
 defvjp(max, _max_vjp, saves="both")
+defjvp(max, _max_jvp)
 defvjp(logsumexp, lambda g, ans, x, axis=None, keepdims=False:
        _restore_reduced(g, x, axis, keepdims)
        * exp(x - _restore_reduced(ans, x, axis, keepdims)), saves="both")  # fmt: skip
+defjvp(logsumexp, lambda t, ans, x, axis=None, keepdims=False:
+       sum(t * exp(x - _restore_reduced(ans, x, axis, keepdims)), axis=axis,
+           keepdims=keepdims))  # fmt: skip
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
@@ -539,6 +842,195 @@ log_softmax.lower = _lower_to_kernel(log_softmax)
 # Its VJP needs only its output: g - softmax(x) sum(g), with softmax(x) = exp(ans).
 defvjp(log_softmax, lambda g, ans, x, axis=-1: g - exp(ans) * sum(g, axis=axis, keepdims=True),
        saves="ans")  # fmt: skip
+defjvp(log_softmax, lambda t, ans, x, axis=-1: t - sum(exp(ans) * t, axis=axis, keepdims=True))
+
+
+@primitive
+def min(x, axis=None, keepdims=False):  # noqa: A001 - the Array API name
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.min(x, axis=axis, keepdims=keepdims)
+
+
+# as for max: the minima share the cotangent equally (PyTorch's amin)
+defvjp(min, _max_vjp, saves="both")
+defjvp(min, _max_jvp)
+
+
+@primitive
+def prod(x, axis=None, keepdims=False):
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.prod(x, axis=axis, keepdims=keepdims)
+
+
+def _prod_partials(x, axis):
+    """``d prod / d x_i``, the product of the other elements of x_i's slice, exact when the
+    slice holds zeros (where ``prod / x_i`` would divide by zero), and so are its derivatives.
+
+    With ``r`` the product of the slice's nonzero elements and ``z`` the sum of its zero
+    elements (0, but its derivative reaches each zero): no zero, ``r / x_i``; one zero, ``r``
+    at the zero and ``z r / x_i`` elsewhere; two, the other zero times ``r`` at each zero
+    (``(z - x_i) r``) and 0 elsewhere; more, 0. Each is written so that the factors that are 0
+    keep their derivatives: second derivatives are exact too, as PyTorch's are.
+    """
+    is_zero = equal(x, 0.0)
+    zeros = sum(astype(is_zero, x.dtype), axis=axis, keepdims=True)
+    nonzero = where(is_zero, 1.0, x)
+    r = prod(nonzero, axis=axis, keepdims=True)
+    z = sum(where(is_zero, x, 0.0), axis=axis, keepdims=True)
+    one_zero = where(is_zero, r, z * r / nonzero)
+    two_zeros = where(is_zero, (z - x) * r, 0.0)
+    return where(
+        equal(zeros, 0.0),
+        r / nonzero,
+        where(equal(zeros, 1.0), one_zero, where(equal(zeros, 2.0), two_zeros, 0.0)),
+    )
+
+
+def _prod_vjp(g, ans, x, axis=None, keepdims=False):
+    if ndim(x) == 0:
+        return g
+    return _restore_reduced(g, x, axis, keepdims) * _prod_partials(x, axis)
+
+
+def _prod_jvp(t, ans, x, axis=None, keepdims=False):
+    if ndim(x) == 0:
+        return t
+    return sum(t * _prod_partials(x, axis), axis=axis, keepdims=keepdims)
+
+
+defvjp(prod, _prod_vjp, saves="args")
+defjvp(prod, _prod_jvp)
+
+
+@primitive
+def var(x, axis=None, ddof=0, keepdims=False):
+    """Variance over ``axis``, dividing by ``n - ddof`` (NumPy's ``ddof``: 0 by default)."""
+    if type(x) in PY_SCALARS:
+        return 0.0
+    return backend_of(x).xp.var(x, axis=axis, correction=ddof, keepdims=keepdims)
+
+
+@primitive
+def std(x, axis=None, ddof=0, keepdims=False):
+    """Standard deviation over ``axis``, dividing by ``n - ddof``; its gradient is 0 where it is
+    0 (PyTorch's subgradient), not NaN."""
+    if type(x) in PY_SCALARS:
+        return 0.0
+    return backend_of(x).xp.std(x, axis=axis, correction=ddof, keepdims=keepdims)
+
+
+def _centered(x, axis):
+    return x - mean(x, axis=axis, keepdims=True)
+
+
+def _var_vjp(g, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return g * 0.0
+    scale = 2.0 / (_count(x, axis) - ddof)
+    return _restore_reduced(g, x, axis, keepdims) * _centered(x, axis) * scale
+
+
+def _var_jvp(t, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return t * 0.0
+    scale = 2.0 / (_count(x, axis) - ddof)
+    return sum(t * _centered(x, axis), axis=axis, keepdims=keepdims) * scale
+
+
+def _std_vjp(g, ans, x, axis=None, ddof=0, keepdims=False):
+    """d std = d var / (2 std), and 0 where std is 0."""
+    if ndim(x) == 0:
+        return g * 0.0
+    s = _restore_reduced(ans, x, axis, keepdims)
+    g = _restore_reduced(g, x, axis, keepdims)
+    scale = 1.0 / (_count(x, axis) - ddof)
+    return where(equal(s, 0.0), 0.0, g * _centered(x, axis) * scale / replace_zero(s, 1.0))
+
+
+def _std_jvp(t, ans, x, axis=None, ddof=0, keepdims=False):
+    if ndim(x) == 0:
+        return t * 0.0
+    scale = 1.0 / (_count(x, axis) - ddof)
+    dot = sum(t * _centered(x, axis), axis=axis, keepdims=keepdims) * scale
+    return where(equal(ans, 0.0), 0.0, dot / replace_zero(ans, 1.0))
+
+
+defvjp(var, _var_vjp, saves="args")
+defjvp(var, _var_jvp)
+defvjp(std, _std_vjp, saves="both")
+defjvp(std, _std_jvp)
+
+
+@primitive
+def norm(x, ord=2, axis=None, keepdims=False):  # noqa: A002 - NumPy's name
+    """The vector norm over ``axis`` (all elements by default, whatever the rank), ``ord`` 1,
+    2 or inf, as ``torch.linalg.vector_norm``; its gradient at 0 is 0, not NaN."""
+    if ord not in (1, 2, math.inf):
+        raise ValueError(f"norm(ord={ord!r}): ord is 1, 2 or inf (a vector norm)")
+    if type(x) in PY_SCALARS:
+        return float(builtins.abs(x))
+    xp = backend_of(x).xp
+    if ord == 2:
+        return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+    if ord == 1:
+        return xp.sum(xp.abs(x), axis=axis, keepdims=keepdims)
+    return xp.max(xp.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _norm_partials(ans, x, ord, axis, keepdims):
+    """``d norm / d x``: ``x / norm`` (0 where the norm is 0), ``sign(x)``, or for inf the
+    sign at the elements of largest magnitude, shared equally among ties (PyTorch's)."""
+    if ndim(x) == 0:
+        return sign(x)
+    n = _restore_reduced(ans, x, axis, keepdims)
+    if ord == 2:
+        return where(equal(n, 0.0), 0.0, x / replace_zero(n, 1.0))
+    if ord == 1:
+        return sign(x)
+    winners = astype(equal(abs(x), n), x.dtype)
+    return sign(x) * winners / sum(winners, axis=axis, keepdims=True)
+
+
+defvjp(norm, lambda g, ans, x, ord=2, axis=None, keepdims=False:
+       _restore_reduced(g, x, axis, keepdims) * _norm_partials(ans, x, ord, axis, keepdims),
+       saves="both")  # fmt: skip
+defjvp(norm, lambda t, ans, x, ord=2, axis=None, keepdims=False:
+       sum(t * _norm_partials(ans, x, ord, axis, keepdims), axis=axis,
+           keepdims=keepdims))  # fmt: skip
+
+
+@primitive
+def cumsum(x, axis=None):
+    """Running sums along ``axis``; over the flattened array when ``axis`` is None (NumPy's)."""
+    if type(x) in PY_SCALARS:
+        raise TypeError("cumsum needs an array; create one with gradcore.array")
+    xp = backend_of(x).xp
+    if axis is None:
+        x, axis = xp.reshape(x, (-1,)), 0
+    return xp.cumulative_sum(x, axis=axis)
+
+
+def _cumsum_vjp(g, ans, x, axis=None):
+    """The adjoint of a running sum is a running sum from the other end."""
+    if axis is None:
+        return reshape(flip(cumsum(flip(g))), shape(x))
+    return flip(cumsum(flip(g, axis), axis), axis)
+
+
+@primitive
+def flip(x, axis=None):
+    """``x`` with the order of its elements reversed along ``axis`` (every axis by default)."""
+    if type(x) in PY_SCALARS:
+        return x
+    return backend_of(x).xp.flip(x, axis=axis)
+
+
+defvjp(cumsum, _cumsum_vjp, saves="shapes")
+defjvp(cumsum, lambda t, ans, x, axis=None: cumsum(t, axis))
+defvjp(flip, lambda g, ans, x, axis=None: flip(g, axis), saves="shapes")
+defjvp(flip, lambda t, ans, x, axis=None: flip(t, axis))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,10 +1089,15 @@ def _transpose_vjp(g, ans, x, axes=None):
 
 
 defvjp(reshape, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(reshape, lambda t, ans, x, shape: reshape(t, shape))
 defvjp(transpose, _transpose_vjp, saves="shapes")
+defjvp(transpose, lambda t, ans, x, axes=None: transpose(t, axes))
 defvjp(broadcast_to, lambda g, ans, x, *_, **__: unbroadcast(x, g), saves="shapes")
+defjvp(broadcast_to, lambda t, ans, x, shape: broadcast_to(t, shape))
 defvjp(expand_dims, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(expand_dims, lambda t, ans, x, axis: expand_dims(t, axis))
 defvjp(squeeze, lambda g, ans, x, *_, **__: reshape(g, shape(x)), saves="shapes")
+defjvp(squeeze, lambda t, ans, x, axis=None: reshape(t, shape(ans)))
 
 
 @primitive
@@ -619,7 +1116,9 @@ def untake(g, index, shape):
 
 
 defvjp(getitem, lambda g, ans, x, index: untake(g, index, shape(x)), saves="shapes")
+defjvp(getitem, lambda t, ans, x, index: getitem(t, index))
 defvjp(untake, lambda g2, ans, g, index, *_: getitem(g2, index), saves="shapes")
+defjvp(untake, lambda t, ans, g, index, shape: untake(t, index, shape))
 
 
 @primitive
@@ -659,8 +1158,21 @@ def _stack_vjp(argnum, g, ans, args, kwargs):
     return getitem(g, (slice(None),) * axis + (argnum - 1, ...))
 
 
+def _concatenate_jvp(argnum, t, ans, args, kwargs):
+    """The tangent of one joined array, zeros in the places of the others."""
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _concatenate(args[0], *parts)
+
+
+def _stack_jvp(argnum, t, ans, args, kwargs):
+    parts = [t if i == argnum else zeros_like(a) for i, a in enumerate(args) if i > 0]
+    return _stack(args[0], *parts)
+
+
 defvjp_argnum(_concatenate, _concatenate_vjp, saves="shapes")
+defjvp_argnum(_concatenate, _concatenate_jvp)
 defvjp_argnum(_stack, _stack_vjp, saves="shapes")
+defjvp_argnum(_stack, _stack_jvp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,6 +1205,7 @@ def _matmul_vjp(wrt: int) -> Callable:
 
 _matmul_vjp_x, _matmul_vjp_y = _matmul_vjp(0), _matmul_vjp(1)
 defvjp(matmul, _matmul_vjp_x, _matmul_vjp_y, saves="args")
+defjvp(matmul, lambda t, ans, x, y: matmul(t, y), lambda t, ans, x, y: matmul(x, t))
 
 
 def dot(x: Any, y: Any) -> Any:
@@ -746,6 +1259,10 @@ defvjp(affine,
        lambda g, ans, x, w, b: _matmul_vjp_x(g, ans, x, w),
        lambda g, ans, x, w, b: _matmul_vjp_y(g, ans, x, w),
        lambda g, ans, x, w, b: unbroadcast(b, g), saves="args")  # fmt: skip
+defjvp(affine,
+       lambda t, ans, x, w, b: matmul(t, w),
+       lambda t, ans, x, w, b: matmul(x, t),
+       lambda t, ans, x, w, b: broadcast_like(t, ans))  # fmt: skip
 
 
 @primitive
@@ -763,6 +1280,9 @@ def sigmoid_cross_entropy(z, y):
 defvjp(sigmoid_cross_entropy,
        lambda g, ans, z, y: multiply(g, sigmoid(z) - y),
        lambda g, ans, z, y: negative(multiply(g, z)), saves="args")  # fmt: skip
+defjvp(sigmoid_cross_entropy,
+       lambda t, ans, z, y: t * (sigmoid(z) - y),
+       lambda t, ans, z, y: -(z * t))  # fmt: skip
 
 
 def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
@@ -777,62 +1297,6 @@ def softmax_cross_entropy(logits: Any, targets: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# constant-valued ops: comparisons, argmax and fresh arrays do not depend on inputs smoothly
-
-
-# comparisons of two Python numbers give a Python bool, as Python's own operators do
-_PYTHON_COMPARISONS = {
-    "equal": operator.eq,
-    "not_equal": operator.ne,
-    "less": operator.lt,
-    "less_equal": operator.le,
-    "greater": operator.gt,
-    "greater_equal": operator.ge,
-}
-
-
-def _comparison(name: str):
-    def compare(x, y):
-        if type(x) in PY_SCALARS and type(y) in PY_SCALARS:
-            return _PYTHON_COMPARISONS[name](x, y)
-        return getattr(common_backend(name, x, y).xp, name)(x, y)
-
-    compare.__name__ = name
-    return nondifferentiable(compare)
-
-
-equal = _comparison("equal")
-not_equal = _comparison("not_equal")
-less = _comparison("less")
-less_equal = _comparison("less_equal")
-greater = _comparison("greater")
-greater_equal = _comparison("greater_equal")
-
-
-@nondifferentiable
-def argmax(x, axis=None, keepdims=False):
-    return backend_of(x).xp.argmax(x, axis=axis, keepdims=keepdims)
-
-
-@nondifferentiable
-def zeros_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(0)
-    return backend_of(x).xp.zeros_like(x)
-
-
-@nondifferentiable
-def ones_like(x):
-    if type(x) in PY_SCALARS:
-        return type(x)(1)
-    return backend_of(x).xp.ones_like(x)
-
-
-# gc.jit computes these once per program: their arguments' values do not matter.
-zeros_like.recorded.shape_only = ones_like.recorded.shape_only = True
-
-
-# ---------------------------------------------------------------------------------------------
 # operators on traced values
 
 
@@ -840,7 +1304,7 @@ def _reflected(op: Callable) -> Callable:
     return lambda self, other: op(other, self)
 
 
-# Primitives are plain functions, so they bind as methods: ``box * 2`` calls multiply(box, 2).
+# Primitives bind as methods, as functions do: ``box * 2`` calls multiply(box, 2).
 for _name, _fun in [
     ("add", add),
     ("sub", subtract),
@@ -851,14 +1315,17 @@ for _name, _fun in [
 ]:
     setattr(Box, f"__{_name}__", _fun)
     setattr(Box, f"__r{_name}__", _reflected(_fun))
-Box.__eq__ = equal
-Box.__ne__ = not_equal
-Box.__lt__ = less
-Box.__le__ = less_equal
-Box.__gt__ = greater
-Box.__ge__ = greater_equal
-Box.__getitem__ = getitem
-Box.__neg__ = negative
-Box.__abs__ = abs
-Box.T = property(transpose)
-Box.mT = property(matrix_transpose)
+for _attribute, _value in [
+    ("__eq__", equal),
+    ("__ne__", not_equal),
+    ("__lt__", less),
+    ("__le__", less_equal),
+    ("__gt__", greater),
+    ("__ge__", greater_equal),
+    ("__getitem__", getitem),
+    ("__neg__", negative),
+    ("__abs__", abs),
+    ("T", property(transpose)),
+    ("mT", property(matrix_transpose)),
+]:
+    setattr(Box, _attribute, _value)

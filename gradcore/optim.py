@@ -21,7 +21,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from gradcore.backend import KernelTable, backend_of
+from gradcore.backend import KernelTable, array_backend
 from gradcore.devices import array, device_of, to_device
 from gradcore.jit import update_in_place
 from gradcore.pytree import tree_leaves
@@ -100,7 +100,7 @@ def sgd_update(
     With ``grad_is_scratch`` the gradient's memory may be reused (``gc.jit`` says so when
     nothing else reads it, ``SGD`` when it holds a copy), and then the CPU allocates nothing.
     """
-    backend = backend_of(param)
+    backend = array_backend(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
     if kernel is not None:
         kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
@@ -279,6 +279,13 @@ class Optimizer:
         update.__qualname__ = f"{type(self).__name__}._update"
         self._declared_update = update
 
+    @property
+    def _arrays(self) -> dict[str, list[Any]]:
+        """The state's arrays, slot by slot: made by the first update, or by a load."""
+        if self._state is None:
+            raise RuntimeError(f"{type(self).__name__}: no state before the first update")
+        return self._state
+
     def _slots(self) -> dict[str, float]:
         """The state arrays of each parameter, by name, with the value each starts at."""
         return {}
@@ -293,7 +300,7 @@ class Optimizer:
     def _tensors(self, params: Any, group: list[tuple[int, Any]]) -> list[list[Any]]:
         """Per parameter of ``group``: its gradient, itself, its state (the kernels' order)."""
         slots = list(self._slots())
-        return [[grad, params[i], *(self._state[s][i] for s in slots)] for i, grad in group]
+        return [[grad, params[i], *(self._arrays[s][i] for s in slots)] for i, grad in group]
 
     def _apply(
         self, i: int, param: Any, grad: Any, lr: float, f: Any, work: Any, writable: bool
@@ -341,7 +348,7 @@ class Optimizer:
         norms = self._norms(grads)
         fused: dict[tuple, list[tuple[int, Any]]] = {}  # (kernel, device, dtype) -> (i, g)
         for i, (param, grad) in enumerate(zip(params, grads)):
-            backend = backend_of(param)
+            backend = array_backend(param)
             f = _ufuncs(backend)
             work, copy = self._scratch[i]
             writable = scratch
@@ -367,11 +374,12 @@ class Optimizer:
 
     def _clipped(self, i: int, grad: Any, norms: list[Any] | None, f: Any, out: Any) -> Any:
         """g clipped as Keras clips it, written into ``out`` (None: a new array)."""
-        xp = backend_of(grad).xp
+        xp = array_backend(grad).xp
         if self.clipvalue is not None:
             low, high = -self.clipvalue, self.clipvalue
             return xp.clip(grad, low, high) if out is None else f.clip(grad, low, high, out=out)
         limit = self.clipnorm or self.global_clipnorm  # g c / max(||g||, c)
+        assert norms is not None  # _norms gives them when a norm clips
         scaled = grad * limit if out is None else f.multiply(grad, limit, out=out)
         scaled /= xp.maximum(norms[i], limit)
         return scaled
@@ -383,15 +391,15 @@ class Optimizer:
             return None
         squares = []
         for i, grad in enumerate(grads):
-            backend = backend_of(grad)
+            backend = array_backend(grad)
             work = self._scratch[i][0]
             squares.append(backend.xp.sum(_ufuncs(backend).multiply(grad, grad, out=work)))
         if self.clipnorm is not None:
-            return [backend_of(s).xp.sqrt(s) for s in squares]
+            return [array_backend(s).xp.sqrt(s) for s in squares]
         total = squares[0]
         for s in squares[1:]:
             total = total + s
-        return [backend_of(total).xp.sqrt(total)] * len(grads)
+        return [array_backend(total).xp.sqrt(total)] * len(grads)
 
     def _place(self, params: Any) -> None:
         """State on first use: new (each slot at its initial value), or loaded and moved to its
@@ -403,15 +411,15 @@ class Optimizer:
                 for slot, value in slots.items()
             }
         else:
-            self._state = {slot: self._fitted(slot, self._state[slot], params) for slot in slots}
+            self._state = {slot: self._fitted(slot, self._arrays[slot], params) for slot in slots}
         self._scratch = self._scratch_views(params)
         self._placed = True
 
     @staticmethod
     def _filled(param: Any, value: float) -> Any:
-        xp = backend_of(param).xp
+        xp = array_backend(param).xp
         return xp.full(
-            param.shape, value, dtype=param.dtype, device=backend_of(param).array_device(param)
+            param.shape, value, dtype=param.dtype, device=array_backend(param).array_device(param)
         )
 
     def _fitted(self, slot: str, arrays: list[Any], params: Any) -> list[Any]:
@@ -428,7 +436,7 @@ class Optimizer:
                     f"{tuple(value.shape)} but its parameter has shape {tuple(param.shape)}"
                 )
             value = to_device(value, device_of(param))
-            placed.append(backend_of(param).xp.astype(value, param.dtype, copy=True))
+            placed.append(array_backend(param).xp.astype(value, param.dtype, copy=True))
         return placed
 
     def _scratch_views(self, params: Any) -> list[tuple[Any, Any]]:
@@ -442,7 +450,7 @@ class Optimizer:
         for param in params:
             key = (device_of(param), str(param.dtype))
             if key not in buffers:
-                backend = backend_of(param)
+                backend = array_backend(param)
                 where = backend.array_device(param)
                 buffers[key] = [
                     backend.xp.empty((sizes[key],), dtype=param.dtype, device=where)
@@ -450,7 +458,7 @@ class Optimizer:
                 ]
         views = []
         for param in params:
-            xp, n = backend_of(param).xp, math.prod(param.shape)
+            xp, n = array_backend(param).xp, math.prod(param.shape)
             pair = buffers[device_of(param), str(param.dtype)]
             views.append(tuple(xp.reshape(buffer[:n], param.shape) for buffer in pair))
         return views
@@ -525,7 +533,7 @@ class SGD(Optimizer):
         if not writable:
             work[...] = grad
             grad = work
-        velocity = self._state["velocity"][i]
+        velocity = self._arrays["velocity"][i]
         # weight_decay 0: it is in the gradient already
         sgd_update(
             param, grad, velocity, lr, self.momentum, self.nesterov, 0.0, grad_is_scratch=True
@@ -597,7 +605,7 @@ class Adam(Optimizer):
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
         t = self.iterations
-        s, r = self._state["first_moment"][i], self._state["second_moment"][i]
+        s, r = self._arrays["first_moment"][i], self._arrays["second_moment"][i]
         f.subtract(grad, s, out=work)  # s + (1 - rho_1) (g - s), PyTorch's lerp
         work *= 1.0 - self.beta_1
         s += work
@@ -606,8 +614,8 @@ class Adam(Optimizer):
         work *= 1.0 - self.beta_2
         r += work
         if self.amsgrad:
-            r = f.maximum(self._state["max_second_moment"][i], r,
-                          out=self._state["max_second_moment"][i])  # fmt: skip
+            r = f.maximum(self._arrays["max_second_moment"][i], r,
+                          out=self._arrays["max_second_moment"][i])  # fmt: skip
         f.sqrt(r, out=work)
         work /= math.sqrt(1.0 - self.beta_2**t)
         work += self.epsilon
@@ -693,13 +701,13 @@ class RMSprop(Optimizer):
                self.weight_decay, self.centered)  # fmt: skip
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
-        r = self._state["mean_square"][i]
+        r = self._arrays["mean_square"][i]
         r *= self.rho
         f.multiply(grad, grad, out=work)
         work *= 1.0 - self.rho
         r += work
         if self.centered:
-            m = self._state["mean_gradient"][i]
+            m = self._arrays["mean_gradient"][i]
             f.subtract(grad, m, out=work)  # m + (1 - rho) (g - m), PyTorch's lerp
             work *= 1.0 - self.rho
             m += work
@@ -711,7 +719,7 @@ class RMSprop(Optimizer):
         work += self.epsilon
         f.divide(grad, work, out=work)
         if self.momentum:
-            b = self._state["velocity"][i]
+            b = self._arrays["velocity"][i]
             b *= self.momentum
             b += work
             f.multiply(b, -lr, out=work)
@@ -758,7 +766,7 @@ class Adagrad(Optimizer):
         kernel(self._tensors(params, group), lr, self.epsilon, self.weight_decay)
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
-        r = self._state["accumulator"][i]
+        r = self._arrays["accumulator"][i]
         f.multiply(grad, grad, out=work)
         r += work
         f.sqrt(r, out=work)

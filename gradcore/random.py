@@ -24,7 +24,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from gradcore.backend import Backend, DeviceError, backend_of
+from gradcore.backend import Backend, DeviceError, array_backend
 from gradcore.tracer import primitive, stop_gradient
 
 __all__ = ["Generator", "random_uniform_like"]
@@ -36,6 +36,9 @@ class Generator:
     ``device=None`` takes the device of the first array it draws for; drawing for an array on
     another device afterwards is refused (nothing moves between devices implicitly).
     """
+
+    seed: int
+    device: str | None  # None until the first draw names it
 
     def __init__(self, seed: int = 0, device: str | None = None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -65,7 +68,7 @@ class Generator:
 
     def uniform(self, like: Any) -> Any:
         """Numbers uniform in [0, 1), float64, of the shape and on the device of ``like``."""
-        backend = backend_of(like)
+        backend = array_backend(like)
         rng = self._backend_rng(backend)
         return rng.uniform(tuple(like.shape), 0.0, 1.0, dtype=backend.xp.float64)
 

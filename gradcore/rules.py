@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradcore.backend import backend_of
+from gradcore.backend import array_backend
 from gradcore.devices import array
 
 __all__ = ["delta_rule", "perceptron"]
@@ -22,7 +22,7 @@ def _with_bias(name: str, X: Any, y: Any) -> tuple[Any, Any, Any]:
     """X with a column of ones appended (the bias input), y as a column of X's dtype, and xp."""
     X = X if hasattr(X, "shape") else array(X)
     y = y if hasattr(y, "shape") else array(y)
-    xp = backend_of(X).xp
+    xp = array_backend(X).xp
     if not xp.isdtype(X.dtype, "real floating"):
         X = xp.astype(X, xp.float32)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -30,7 +30,7 @@ def _with_bias(name: str, X: Any, y: Any) -> tuple[Any, Any, Any]:
             f"{name}: X must have shape (n, features) and y shape (n,), got {tuple(X.shape)} "
             f"and {tuple(y.shape)}"
         )
-    ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=backend_of(X).array_device(X))
+    ones = xp.ones((X.shape[0], 1), dtype=X.dtype, device=array_backend(X).array_device(X))
     return xp.concat([X, ones], axis=1), xp.astype(y, X.dtype), xp
 
 
@@ -51,7 +51,7 @@ def perceptron(X: Any, y: Any, epochs: int = 100) -> tuple[Any, list[int]]:
     weights = xp.zeros_like(X[0, ...])
     mistakes = []
     for _ in range(epochs):
-        count = xp.zeros((), dtype=X.dtype, device=backend_of(X).array_device(X))
+        count = xp.zeros((), dtype=X.dtype, device=array_backend(X).array_device(X))
         for i in range(X.shape[0]):
             wrong = xp.astype(sign[i] * xp.vecdot(weights, X[i, ...]) <= 0.0, X.dtype)
             weights = weights + (wrong * sign[i]) * X[i, ...]

@@ -5,13 +5,21 @@ trace id. A primitive called with boxes unwraps the boxes of the innermost trace
 on the raw values, and returns a new box whose ``Node`` remembers the primitive, its inputs and
 its output. Because the raw values may themselves be boxes of an outer trace, ``grad(grad(f))``
 needs nothing special: each trace only sees its own boxes.
+
+Forward mode (``jvp``) uses the same boxes on a *forward* trace: there each box carries the
+tangent of its value (a ``JVPNode``) instead of a node on a tape, and a primitive pushes its
+arguments' tangents through its JVP rules as it computes. Nothing is recorded and nothing runs
+backwards. The rules are gradcore ops too, so forward and reverse traces nest in any order:
+``jvp`` of ``grad`` (a Hessian-vector product) and ``grad`` of ``jvp`` need nothing special
+either.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import MethodType
 from typing import Any
 
 from gradcore.backend import PY_SCALARS, KernelTable, common_backend
@@ -19,12 +27,18 @@ from gradcore.backend import PY_SCALARS, KernelTable, common_backend
 __all__ = [
     "ArraySpec",
     "Box",
+    "JVPNode",
     "Node",
+    "Nondifferentiable",
     "NotKeptError",
+    "Primitive",
     "backward_pass",
+    "defjvp",
+    "defjvp_argnum",
     "defvjp",
     "defvjp_argnum",
     "getval",
+    "new_forward_trace",
     "new_trace",
     "nondifferentiable",
     "primitive",
@@ -40,6 +54,8 @@ _tapes: dict[int, Tape] = {}
 # constants, and they stay boxed where other traces' boxes are unwrapped (``stop_gradient``,
 # constant-valued ops), so that what is computed from them is recorded too.
 recordings: dict[int, Callable[[str], Exception]] = {}
+# the ids of the forward-mode traces in progress: their boxes carry tangents, not tape nodes
+_forward_traces: set[int] = set()
 
 
 class Tape(list):
@@ -66,12 +82,39 @@ def new_trace(keep_values: bool = False) -> Iterator[tuple[int, Tape]]:
         del _tapes[trace]
 
 
+@contextmanager
+def new_forward_trace() -> Iterator[int]:
+    """A forward-mode trace id, larger than any before it (so it nests with every other trace)."""
+    trace = next(_trace_ids)
+    _forward_traces.add(trace)
+    try:
+        yield trace
+    finally:
+        _forward_traces.discard(trace)
+
+
+class JVPNode:
+    """What a box of a forward trace carries: the tangent of its value (autograd's JVPNode)."""
+
+    __slots__ = ("tangent",)
+
+    def __init__(self, tangent: Any) -> None:
+        self.tangent = tangent  # an array (or a Python number) shaped like the value
+
+
 class Node:
     """One primitive application in the graph: what backward needs to apply its VJPs."""
 
     __slots__ = ("primitive", "args", "kwargs", "ans", "parents")
 
-    def __init__(self, primitive, args, kwargs, ans, parents) -> None:
+    def __init__(
+        self,
+        primitive: Primitive | None,
+        args: Any,
+        kwargs: Any,
+        ans: Any,
+        parents: Sequence[tuple[int, Any]],
+    ) -> None:
         self.primitive = primitive  # None for a leaf (an input of grad)
         self.args = args  # raw argument values, as the VJPs receive them
         self.kwargs = kwargs
@@ -98,7 +141,7 @@ class _NotKept:
     __slots__ = ()
     _what = "a value"
     __array_ufunc__ = None  # NumPy and CuPy defer to our operators, which raise
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def _refuse(self, *_: Any, **__: Any) -> Any:
         raise NotKeptError(
@@ -146,9 +189,9 @@ class Box:
     # Box.__radd__ (both read __array_ufunc__; __array_priority__ is the older protocol).
     __array_ufunc__ = None
     __array_priority__ = 100.0
-    __hash__ = None  # == is elementwise, as for arrays
+    __hash__ = None  # type: ignore[assignment]  # == is elementwise, as for arrays
 
-    def __init__(self, value: Any, trace: int, node: Node) -> None:
+    def __init__(self, value: Any, trace: int, node: Node | JVPNode) -> None:
         self._value = value
         self._trace = trace
         self._node = node
@@ -209,29 +252,80 @@ def _unbox_unless_recorded(x: Any) -> Any:
     return x
 
 
-def primitive(fun: Callable, name: str | None = None) -> Callable:
-    """Make ``fun`` traceable as one step; give it VJP rules with ``defvjp``.
+# The shapes of the rules hung on a primitive (see defvjp and defjvp).
+VJP = Callable[..., Any]  # (g, ans, *args, **kwargs) -> the cotangent of one argument
+VJPArgnum = Callable[[int, Any, Any, Any, dict], Any]  # (argnum, g, ans, args, kwargs)
+JVP = Callable[..., Any]  # (t, ans, *args, **kwargs) -> one argument's share of the tangent
+JVPArgnum = Callable[[int, Any, Any, Any, dict], Any]  # (argnum, t, ans, args, kwargs)
 
-    The returned function computes ``fun`` on raw values. Given boxes, it unwraps those of the
-    innermost trace, computes, and records a ``Node`` on that trace's tape. It is a plain
-    function (not a callable object) because it runs for every op: that keeps calls cheap and
-    lets it serve directly as a Box method (``Box.__mul__ = multiply``).
+
+class Primitive:
+    """An op that tracing records as one step, and everything the transformations hang on it.
+
+    Calling it computes ``fun`` on raw values. Given boxes, it unwraps those of the innermost
+    trace, computes, and records a ``Node`` on that trace's tape (reverse mode), or pushes the
+    tangents through its JVP rules (forward mode). Like a function, it binds as a method, so
+    it serves directly as a Box operator (``Box.__mul__ = multiply``).
     """
-    name = name or fun.__name__
 
-    def traced(*args: Any, **kwargs: Any) -> Any:
+    name: str
+    fun: Callable[..., Any]
+    # reverse mode, set by defvjp: one rule per positional argument, or one for every argument
+    vjps: tuple[VJP | None, ...]
+    vjp_argnum: VJPArgnum | None
+    saves_args: bool  # what backward keeps of the arguments' values...
+    saves_ans: bool  # ... and of the output
+    # forward mode, set by defjvp: one rule per positional argument, or one for every argument
+    jvps: tuple[JVP | None, ...]
+    jvp_argnum: JVPArgnum | None
+    kernels: KernelTable  # fused kernels per device, registered with .kernel(device, path)
+    # for gc.jit, which computes an op once when it can and reuses dead arguments' memory:
+    shape_only: bool  # True: the result depends on the arguments' shapes alone
+    # (*args, **kwargs) -> the op's work for such arguments, unchecked, or None
+    lower: Callable[..., Callable[..., Any] | None] | None
+    # (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
+    # written over argument argnum; or None
+    into_argument: Callable[..., tuple[Callable[..., Any], tuple[int, ...]] | None] | None
+    # an elementwise op as a function of a namespace m and its arguments (gradcore.formulas),
+    # which device code generators evaluate to fuse gc.jit's chains of elementwise ops
+    formula: Callable[..., Any] | None
+
+    def __init__(self, fun: Callable[..., Any], name: str | None = None) -> None:
+        self.name = name or fun.__name__
+        self.fun = self.__wrapped__ = fun
+        self.__name__ = self.__qualname__ = self.name
+        self.__doc__ = fun.__doc__
+        self.vjps, self.vjp_argnum = (), None
+        self.saves_args = self.saves_ans = True
+        self.jvps, self.jvp_argnum = (), None
+        self.kernels = KernelTable(self.name)
+        self.shape_only = False
+        self.lower = self.into_argument = None
+        self.formula = None
+
+    def kernel(self, device: str, path: str) -> None:
+        """Use the kernel ``path`` ("module:function") for arrays of ``device``."""
+        self.kernels.register(device, path)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         top = 0
         for arg in args:
             if type(arg) is Box and arg._trace > top:
                 top = arg._trace
         if not top:
             try:
-                return fun(*args, **kwargs)
+                return self.fun(*args, **kwargs)
             except (ValueError, TypeError) as error:
-                raise _explain(error, name, args) from error
+                raise _explain(error, self.name, args) from error
 
         raw = list(args)
-        parents = []
+        parents: list[tuple[int, Any]] = []  # (argnum, its Node or JVPNode)
         nested = False  # do the unboxed values still hold boxes of outer traces?
         for argnum, arg in enumerate(args):
             if type(arg) is Box:
@@ -242,46 +336,37 @@ def primitive(fun: Callable, name: str | None = None) -> Callable:
                 else:
                     nested = True
         if nested:  # call ourselves, so that the outer traces record this op too
-            ans = traced(*raw, **kwargs)
+            ans = self(*raw, **kwargs)
         else:
             try:
-                ans = fun(*raw, **kwargs)
+                ans = self.fun(*raw, **kwargs)
             except (ValueError, TypeError) as error:
-                raise _explain(error, name, raw) from error
+                raise _explain(error, self.name, raw) from error
+        if _forward_traces and top in _forward_traces:
+            tangent = _push_tangents(self, parents, ans, raw, kwargs)
+            return ans if tangent is None else Box(ans, top, JVPNode(tangent))
         saved_ans = ans
         tape = _tapes.get(top)
         if tape is not None and not tape.keep_values:
             # Keep for backward only what the rules read: memory is activations.
-            if not traced.saves_args:
+            if not self.saves_args:
                 for argnum, _ in parents:
                     value = raw[argnum]
                     if type(value) not in PY_SCALARS and (  # a traced number costs nothing
                         type(value) is not Box or type(getval(value)) not in PY_SCALARS
                     ):
                         raw[argnum] = ArraySpec(value)
-            if not traced.saves_ans:
+            if not self.saves_ans:
                 saved_ans = OUTPUT_NOT_KEPT
-        node = Node(traced, raw, kwargs, saved_ans, parents)
+        node = Node(self, raw, kwargs, saved_ans, parents)
         if tape is not None:  # None: a box that outlived its trace, nothing will read this
             tape.append(node)
         return Box(ans, top, node)
 
-    traced.__name__ = traced.name = name
-    traced.__qualname__ = name
-    traced.__doc__ = fun.__doc__
-    traced.__wrapped__ = traced.fun = fun
-    traced.vjps = ()  # one rule per positional argument, set by defvjp
-    traced.vjp_argnum = None  # or one rule for every argument, set by defvjp_argnum
-    traced.saves_args = traced.saves_ans = True  # what backward keeps, set by defvjp
-    traced.kernels = KernelTable(name)
-    traced.kernel = traced.kernels.register
-    # For gc.jit, which computes an op once when it can and reuses dead arguments' memory:
-    traced.shape_only = False  # True: the result depends on the arguments' shapes alone
-    traced.lower = None  # or (*args, **kwargs) -> the op's work for such arguments, unchecked
-    # or (argnum, *args) -> (function, order): function(*(args[i] for i in order)) is the op,
-    # written over argument argnum
-    traced.into_argument = None
-    return traced
+
+def primitive(fun: Callable[..., Any], name: str | None = None) -> Primitive:
+    """Make ``fun`` traceable as one step; give it rules with ``defvjp`` and ``defjvp``."""
+    return Primitive(fun, name)
 
 
 def _missing_vjp(name: str, argnum: int) -> NotImplementedError:
@@ -289,6 +374,36 @@ def _missing_vjp(name: str, argnum: int) -> NotImplementedError:
         f"{name}: no VJP is defined for argument {argnum}; register one with "
         f"gradcore.defvjp({name}, ...), or wrap the argument in stop_gradient"
     )
+
+
+def _missing_jvp(name: str, argnum: int) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name}: no JVP (forward-mode rule) is defined for argument {argnum}; register one "
+        f"with gradcore.defjvp({name}, ...), or wrap the argument in stop_gradient"
+    )
+
+
+def _push_tangents(prim: Primitive, parents: list, ans: Any, args: list, kwargs: dict) -> Any:
+    """The tangent of ``prim``'s output: the sum over its traced arguments of each argument's
+    tangent pushed through that argument's JVP rule; None if no rule gives one (a constant).
+
+    The rules see the arguments and the output as they are, boxes of outer traces included,
+    so what they compute is traced by those traces (``+`` is gradcore's add on boxes).
+    """
+    total = None
+    for argnum, parent in parents:
+        if prim.jvp_argnum is not None:
+            tangent = prim.jvp_argnum(argnum, parent.tangent, ans, args, kwargs)
+        else:
+            if argnum >= len(prim.jvps):
+                raise _missing_jvp(prim.name, argnum)
+            rule = prim.jvps[argnum]
+            if rule is None:  # declared as having no derivative
+                continue
+            tangent = rule(parent.tangent, ans, *args, **kwargs)
+        if tangent is not None:
+            total = tangent if total is None else total + tangent
+    return total
 
 
 def _describe(value: Any) -> str:
@@ -327,7 +442,7 @@ SAVES = {
 }
 
 
-def _set_saves(prim: Callable, saves: str) -> None:
+def _set_saves(prim: Primitive, saves: str) -> None:
     if saves not in SAVES:
         raise ValueError(
             f"defvjp({prim.name}): saves must be one of {', '.join(map(repr, SAVES))}, "
@@ -336,7 +451,7 @@ def _set_saves(prim: Callable, saves: str) -> None:
     prim.saves_args, prim.saves_ans = SAVES[saves]
 
 
-def defvjp(prim: Callable, *vjps: Callable | None, saves: str = "both") -> None:
+def defvjp(prim: Primitive, *vjps: VJP | None, saves: str = "both") -> None:
     """Register ``vjp(g, ans, *args, **kwargs)`` for each positional argument, in order.
 
     ``None`` marks an argument that has no gradient (it is treated as a constant). ``saves``
@@ -350,7 +465,7 @@ def defvjp(prim: Callable, *vjps: Callable | None, saves: str = "both") -> None:
     prim.vjp_argnum = None
 
 
-def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
+def defvjp_argnum(prim: Primitive, vjp: VJPArgnum, saves: str = "both") -> None:
     """Register one rule ``vjp(argnum, g, ans, args, kwargs)`` for every argument.
 
     For ops that take any number of arrays (concatenate, stack), where the rule for each
@@ -361,25 +476,57 @@ def defvjp_argnum(prim: Callable, vjp: Callable, saves: str = "both") -> None:
     prim.vjp_argnum = vjp
 
 
-def nondifferentiable(fun: Callable) -> Callable:
-    """An op whose output is constant under tracing (comparisons, argmax): unbox and compute."""
+def defjvp(prim: Primitive, *jvps: JVP | None) -> None:
+    """Register ``jvp(t, ans, *args, **kwargs)`` for each positional argument, in order.
 
-    recorded = primitive(fun)  # while a jit records: the op becomes a step of its program
+    The forward counterpart of ``defvjp``: ``t`` is the tangent of that argument (its shape),
+    and the rule returns its contribution to the tangent of the output (the output's shape and
+    dtype); the contributions of the arguments are summed. ``None`` marks an argument that has
+    no derivative. Nothing needs to be kept: the rule runs as the op does.
+    """
+    prim.jvps = jvps
+    prim.jvp_argnum = None
 
-    def unboxed(*args: Any, **kwargs: Any) -> Any:
-        args = [_unbox_unless_recorded(a) for a in args]
+
+def defjvp_argnum(prim: Primitive, jvp: JVPArgnum) -> None:
+    """Register one forward rule ``jvp(argnum, t, ans, args, kwargs)`` for every argument."""
+    prim.jvps = ()
+    prim.jvp_argnum = jvp
+
+
+class Nondifferentiable:
+    """An op whose output is constant under tracing (comparisons, argmax): it unboxes its
+    arguments and computes. While a jit records, it is recorded as a step all the same."""
+
+    name: str
+    fun: Callable[..., Any]
+    recorded: Primitive  # the op as a step of a jit program
+
+    def __init__(self, fun: Callable[..., Any]) -> None:
+        self.name = self.__name__ = self.__qualname__ = fun.__name__
+        self.fun = self.__wrapped__ = fun
+        self.__doc__ = fun.__doc__
+        self.recorded = Primitive(fun)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<nondifferentiable {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(_unbox_unless_recorded(a) for a in args)
         if recordings and Box in map(type, args):
-            return recorded(*args, **kwargs)
+            return self.recorded(*args, **kwargs)
         try:
-            return fun(*args, **kwargs)
+            return self.fun(*args, **kwargs)
         except (ValueError, TypeError) as error:
-            raise _explain(error, fun.__name__, args) from error
+            raise _explain(error, self.name, args) from error
 
-    unboxed.__name__ = unboxed.name = fun.__name__
-    unboxed.__doc__ = fun.__doc__
-    unboxed.__wrapped__ = unboxed.fun = fun
-    unboxed.recorded = recorded
-    return unboxed
+
+def nondifferentiable(fun: Callable[..., Any]) -> Nondifferentiable:
+    """Make ``fun`` an op whose output is a constant under differentiation."""
+    return Nondifferentiable(fun)
 
 
 def stop_gradient(x: Any) -> Any:
@@ -424,6 +571,7 @@ def backward_pass(
         if on_cotangent is not None:
             on_cotangent(node, g)
         prim = node.primitive
+        assert prim is not None  # leaves (inputs) are not on the tape
         rules, one_rule = prim.vjps, prim.vjp_argnum
         for argnum, parent in node.parents:
             try:

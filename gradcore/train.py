@@ -34,7 +34,7 @@ import numpy as np
 
 from gradcore import distributed as gd
 from gradcore import nn
-from gradcore.backend import DeviceError, backend_for_device, backend_of
+from gradcore.backend import DeviceError, array_backend, backend_for_device
 from gradcore.callbacks import (
     DIVERGENCE_FACTOR,
     Callback,
@@ -200,7 +200,11 @@ class Trainer:
         # The state of the current fit, which callbacks read.
         self.params: Any = None
         self.history: History | None = None
-        self.X = self.y = self._Xe = self._ye = None
+        # the data on the device, as given and in this epoch's order (arrays of any backend)
+        self.X: Any = None
+        self.y: Any = None
+        self._Xe: Any = None
+        self._ye: Any = None
         self.stop_training = False
         self.epoch = self.epochs = self.position = self.steps = self.rows = 0
         self.step_losses: list[float] = []
@@ -232,8 +236,8 @@ class Trainer:
             raise ValueError("fit: no training data (X has 0 rows)")
         validation = _validation(validation_data, self.device, leaves[0].dtype)
         evaluation = _Evaluation(self.loss_fn, validation, metrics, self.distributed)
-        self._start(params, X, y, epochs)
-        callbacks = CallbackList([self.history, *self.callbacks], self)
+        history = self._start(params, X, y, epochs)
+        callbacks = CallbackList([history, *self.callbacks], self)
         logs: dict[str, Any] = {"error": None}
         try:
             callbacks.on_train_begin({})
@@ -253,7 +257,7 @@ class Trainer:
             self.X = self.y = self._Xe = self._ye = None  # the trainer keeps no data between fits
         if self.distributed:  # no rank reads a file before rank 0 wrote it
             gd.barrier()
-        return self.history
+        return history
 
     @contextlib.contextmanager
     def _draws_undone(self) -> Iterator[None]:
@@ -279,10 +283,10 @@ class Trainer:
         if math.isnan(self.start_loss):  # a resume keeps the bound of the run's own start
             self.start_loss = start_loss
 
-    def _start(self, params: Any, X: Any, y: Any, epochs: int) -> None:
-        """The state of a new fit: its data, its batches, its loss buffer, its history."""
+    def _start(self, params: Any, X: Any, y: Any, epochs: int) -> History:
+        """The state of a new fit: its data, its batches, its loss buffer; its history."""
         self.params, self.X, self.y, self.rows, self.epochs = params, X, y, X.shape[0], epochs
-        self.history = History(params=params)
+        self.history = history = History(params=params)
         self.stop_training = False
         self.epoch = self.position = 0
         self.start_loss = math.nan
@@ -293,12 +297,13 @@ class Trainer:
         self._sizes = [b.stop - b.start for b in self._batches]
         self.steps = len(self._batches)
         self._add(0, [])
-        self._backend = backend_of(X)
+        self._backend = array_backend(X)
         dtype = tree_leaves(params)[0].dtype  # the loss's dtype, whatever the data's
         self._losses = self._backend.xp.zeros(
             (self.steps,), dtype=dtype, device=self._backend.array_device(X)
         )
         self._epoch_rng = self.rng.bit_generator.state
+        return history
 
     def _epochs(self, callbacks: CallbackList, evaluation: _Evaluation, interrupt: Any) -> None:
         """The epoch loop: steps between reads of their losses, then the epoch's numbers."""
@@ -510,7 +515,7 @@ def _on_device(what: str, x: Any, device: str) -> tuple[Any, bool]:
                 "NumPy array or a list of equal-length rows of numbers"
             ) from None
     where = device_of(x)
-    if where == device or backend_of(x) is backend_for_device(device):  # "cuda" is "cuda:N" too
+    if where == device or array_backend(x) is backend_for_device(device):  # "cuda" is "cuda:N" too
         return x, False
     if where != "cpu":
         raise DeviceError(
@@ -523,7 +528,7 @@ def _on_device(what: str, x: Any, device: str) -> tuple[Any, bool]:
 def _data(name: str, x: Any, device: str, dtype: Any) -> Any:
     """Data on the device, numeric, at least 1-D, floating data in the params' dtype, finite."""
     x = _on_device(f"{name} is", x, device)[0]
-    xp = backend_of(x).xp
+    xp = array_backend(x).xp
     if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
         raise TypeError(f"fit: {name} has dtype {x.dtype}; pass numbers")
     if x.ndim == 0:
@@ -532,7 +537,7 @@ def _data(name: str, x: Any, device: str, dtype: Any) -> Any:
         if x.dtype != dtype:
             x = xp.astype(x, dtype)
         finite = xp.all(xp.isfinite(xp.reshape(x, (x.shape[0], -1))), axis=1)
-        bad = np.flatnonzero(~backend_of(x).to_numpy(finite))  # one read, before training
+        bad = np.flatnonzero(~array_backend(x).to_numpy(finite))  # one read, before training
         if bad.size:
             raise ValueError(
                 f"fit: bad data: {name} has a NaN or infinite value in row {bad[0]}"
@@ -561,7 +566,7 @@ def _validation(validation_data: Any, device: str, dtype: Any) -> tuple[Any, Any
             f"fit: validation_data must be a pair (X_val, y_val), got a {got}"
             + (f" of shape {shape}" if shape is not None else "")
         )
-    X_val, y_val = _pair("validation ", *validation_data, device, dtype)
+    X_val, y_val = _pair("validation ", validation_data[0], validation_data[1], device, dtype)
     if X_val.shape[0] == 0:
         raise ValueError("fit: validation_data has no rows; pass None to train without it")
     return X_val, y_val
@@ -656,7 +661,9 @@ class _Evaluation:
     def _metrics(self, params: Any, X: Any, y: Any) -> dict[str, float]:
         values = {}
         for prefix, data in (("", (X, y)), ("val_", self.validation)):
-            for name, metric in self.metrics if data is not None else ():
+            if data is None:
+                continue
+            for name, metric in self.metrics:
                 values[prefix + name] = metric(params, *data)
         return values
 

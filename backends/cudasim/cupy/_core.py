@@ -530,6 +530,8 @@ MATH = {
     "arcsin": "asin", "arccos": "acos", "arctan": "atan", "sinh": "sinh", "cosh": "cosh",
     "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh", "cbrt": "cbrt",
 }  # fmt: skip
+# The same for CuPy's binary math ufuncs on floats (``out0 = pow(in0, in1)``).
+BINARY_MATH = {"power": "pow"}
 FLOATS = (np.dtype("float16"), np.dtype("float32"), np.dtype("float64"))
 _math_kernels: dict[str, Any] = {}
 
@@ -554,14 +556,26 @@ def _float_array(x: Any) -> bool:
     return type(x) is ndarray and x.dtype in FLOATS
 
 
-def _math_kernel(name: str, function: str) -> Any:
+def _math_kernel(name: str, function: str, arity: int = 1) -> Any:
     kernel = _math_kernels.get(name)
     if kernel is None:
         from cupy._kernel import ElementwiseKernel
 
-        kernel = ElementwiseKernel("T in0", "T out0", f"out0 = {function}(in0)", f"cupy_{name}")
+        params = ", ".join(f"T in{k}" for k in range(arity))
+        call = ", ".join(f"in{k}" for k in range(arity))
+        kernel = ElementwiseKernel(params, "T out0", f"out0 = {function}({call})", f"cupy_{name}")
         _math_kernels[name] = kernel
     return kernel
+
+
+def _same_float(args: tuple) -> bool:
+    """Float arrays of one dtype, or one such array and Python numbers (cast to its type)."""
+    arrays = [a for a in args if type(a) is ndarray]
+    return (
+        bool(arrays)
+        and all(_float_array(a) and a.dtype == arrays[0].dtype for a in arrays)
+        and all(type(a) in (int, float) for a in args if type(a) is not ndarray)
+    )
 
 
 class Ufunc:
@@ -585,6 +599,9 @@ class Ufunc:
         math = MATH.get(self.__name__)
         if math is not None and len(args) == 1 and not kwargs and _float_array(args[0]):
             return _math_kernel(self.__name__, math)(args[0])
+        math = BINARY_MATH.get(self.__name__)
+        if math is not None and len(args) == 2 and not kwargs and _same_float(args):
+            return _math_kernel(self.__name__, math, arity=2)(*args)
         out = kwargs.pop("out", None)
         where = kwargs.pop("_where", None)
         dtype = kwargs.pop("dtype", None)
