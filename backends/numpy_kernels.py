@@ -308,3 +308,13 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     shifted -= np.log(np.add.reduce(np.exp(shifted), axis=axis, keepdims=True))
     return shifted
+
+
+@kernel(dtypes=("float32", "float64"))
+def relu_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``where(y > 0, g, 0)`` without ``where`` (several times slower on masks of mixed signs):
+    ``g``'s bits ANDed with all ones where ``y > 0``, all zeros (+0.0) elsewhere: the same bits."""
+    bits = np.dtype(f"int{8 * g.itemsize}")
+    mask = np.empty(g.shape, bits)
+    np.subtract(0, np.greater(y, 0.0), out=mask)  # -1 (every bit set) where y > 0, else 0
+    return np.bitwise_and(g.view(bits), mask, out=mask).view(g.dtype)

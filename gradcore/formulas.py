@@ -23,6 +23,7 @@ __all__ = [
     "gelu",
     "gelu_tanh",
     "logaddexp",
+    "relu_grad",
     "sigmoid",
     "sigmoid_grad",
     "softplus",
@@ -45,6 +46,11 @@ def sigmoid(m: Any, x: Any) -> Any:
 def sigmoid_grad(m: Any, y: Any, g: Any) -> Any:
     """``g y (1 - y)``: the sigmoid's derivative from its output ``y`` alone, times ``g``."""
     return g * (y * (1.0 - y))
+
+
+def relu_grad(m: Any, y: Any, g: Any) -> Any:
+    """``g`` where relu's output ``y`` is positive, else 0: relu's derivative, times ``g``."""
+    return m.where(y > 0.0, g, 0.0)
 
 
 def softplus(m: Any, x: Any, beta: Any, threshold: Any) -> Any:

@@ -715,6 +715,41 @@ def test_relu_and_clip_gradients_are_zero_where_flat(device):
     np.testing.assert_array_equal(host(clipped), [0, 1, 1, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_grad_kernel_gives_the_bits_of_where(dtype):
+    """The CPU kernel selects without ``where``: the same bits, signed zeros, NaN and
+    infinities included, on contiguous and strided arrays."""
+    from gradcore.backends import numpy_kernels
+
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-310, -1e-310, 3.0]
+    y = np.array(list(itertools.product(special, special)), dtype)
+    y, g = y[:, 0], y[:, 1]  # every pair of the special values
+    y = np.concatenate([y, draw((200,), seed=1).astype(dtype)])
+    g = np.concatenate([g, draw((200,), seed=2).astype(dtype)])
+    for ys, gs in ((y, g), (y[::3], g[::3]), (y.reshape(-1, 4).T, g.reshape(-1, 4).T)):
+        got = numpy_kernels.relu_grad(ys, gs)
+        assert got.dtype == dtype and got.shape == gs.shape
+        expected = np.where(ys > 0, gs, 0.0).astype(dtype)
+        np.testing.assert_array_equal(got.view(f"i{got.itemsize}"),
+                                      expected.view(f"i{got.itemsize}"))  # fmt: skip
+
+
+def test_relu_grad_op_broadcasts_and_has_derivatives(device):
+    """Of relu_grad(y, g): linear in ``g``, a constant mask of ``y`` (relu's second
+    derivative is 0 away from its kink)."""
+    y = on(device, [0.0, 0.5, 2.0, 0.0])
+    rows = on(device, [[3.0], [-1.0]])  # broadcast: the formula, not the kernel
+    np.testing.assert_array_equal(host(gc.ops.relu_grad(y, rows)), [[0, 3, 3, 0], [0, -1, -1, 0]])
+    w = on(device, [1.0, 2.0, 3.0, 4.0])
+    dg = gc.grad(lambda g: gc.sum(gc.ops.relu_grad(y, g) * w))(on(device, [1.0] * 4))
+    np.testing.assert_array_equal(host(dg), [0, 2, 3, 0])
+    second = gc.elementwise_grad(gc.elementwise_grad(gc.relu))(on(device, [-1.0, 0.5, 2.0]))
+    np.testing.assert_array_equal(host(second), [0, 0, 0])
+    tangent = gc.jvp(gc.elementwise_grad(gc.relu), (on(device, [-1.0, 2.0]),),
+                     (on(device, [1.0, 1.0]),))[1]  # fmt: skip
+    np.testing.assert_array_equal(host(tangent), [0, 0])
+
+
 @pytest.mark.parametrize("fun", [gc.logsumexp, gc.softmax, gc.log_softmax])
 def test_softmax_family_is_stable_for_large_inputs(device, fun):
     """Subtracting the max first: no overflow, no warning, finite values and gradients."""
