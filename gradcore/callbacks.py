@@ -53,10 +53,10 @@ class Callback:
     What a callback may read on ``self.trainer``: ``params``, ``optimizer``, ``history``,
     ``epoch`` and ``epochs`` (of this ``fit`` call), ``steps`` (per epoch), ``position`` (steps
     done in the epoch), ``start_loss``, ``is_root`` (False on the ranks of a data-parallel run
-    that must not write files), ``batch_size``, ``seed``, ``rng``, ``rows``. What it may do:
-    set ``stop_training = True`` (training stops after the current read of the losses),
-    ``run_steps(first, stop)`` (run steps of this epoch without reading them), ``state()`` and
-    ``resume_from(meta)`` (what a checkpoint saves and restores).
+    that must not write files), ``batch_size``, ``seed``, ``rng``, ``generator``, ``rows``.
+    What it may do: set ``stop_training = True`` (training stops after the current read of
+    the losses), ``run_steps(first, stop)`` (run steps of this epoch without reading them),
+    ``state()`` and ``resume_from(meta)`` (what a checkpoint saves and restores).
     """
 
     trainer: Any = None
@@ -279,6 +279,9 @@ class Checkpoint(Callback):
     resume whose learning rate, momentum, Nesterov, weight decay, batch size or seed differ
     from the checkpoint's is refused naming them, unless ``allow_changes``. ``resume=True``
     without a file warns and starts afresh. Checkpoints whose arrays hold NaN are refused.
+    The state of the trainer's ``generator`` (dropout's masks) is saved and restored with the
+    optimizer's; a resume with a generator of another seed, or with one where the run had
+    none (or the other way round), is refused as a changed setting.
     """
 
     def __init__(
@@ -297,7 +300,9 @@ class Checkpoint(Callback):
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         trainer = self.trainer
-        settings = settings_of(trainer.optimizer, trainer.batch_size, trainer.seed)
+        settings = settings_of(
+            trainer.optimizer, trainer.batch_size, trainer.seed, trainer.generator
+        )
         leaves = tree_leaves(trainer.params)
         self.file = RunCheckpoint(
             self.path, settings, leaves, trainer.rows, trainer.is_root, trainer.ranks, self.every

@@ -48,7 +48,7 @@ _OPTIMIZER_SETTINGS = (
     "amsgrad", "rho", "centered", "initial_accumulator_value", "clipnorm", "clipvalue",
     "global_clipnorm",
 )  # fmt: skip
-_SETTINGS = ("optimizer", *_OPTIMIZER_SETTINGS, "batch_size", "seed")
+_SETTINGS = ("optimizer", *_OPTIMIZER_SETTINGS, "batch_size", "seed", "generator")
 
 
 class CheckpointError(ValueError):
@@ -234,13 +234,19 @@ def _describe(value: Any) -> Any:
     return f"{name}({', '.join(f'{k}={c.cell_contents!r}' for k, c in cells)})"
 
 
-def settings_of(optimizer: Any, batch_size: int, seed: int) -> dict[str, Any]:
-    """The hyperparameters a checkpoint records, read from any optimizer that has them."""
+def settings_of(
+    optimizer: Any, batch_size: int, seed: int, generator: Any = None
+) -> dict[str, Any]:
+    """The hyperparameters a checkpoint records, read from any optimizer that has them, and
+    the seed of the loss's random generator if it has one (a run with dropout and one without
+    are not the same run)."""
     found = {
         name: _describe(getattr(optimizer, name))
         for name in _OPTIMIZER_SETTINGS
         if getattr(optimizer, name, None) is not None
     }
+    if generator is not None:
+        found["generator"] = generator.seed
     return {"optimizer": type(optimizer).__name__, **found, "batch_size": batch_size, "seed": seed}
 
 

@@ -414,6 +414,7 @@ def train(args: argparse.Namespace) -> None:
         resume=resume,
         distributed=args.distributed,
         allow_changes=args.allow_changes,
+        generator=masks if args.dropout else None,  # its state goes into the checkpoint
     )
     seconds = time.perf_counter() - started
     X_test = gc.array(X_test, dtype="float32", device=device)

@@ -42,6 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -84,6 +85,7 @@ ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "relu": ops.relu,
 }
 # For predictions on NumPy arrays: the same activations, written over their argument.
+_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))  # data that predict checks in one sum
 _IN_PLACE: dict[str, Callable[[Any], Any]] = {
     "relu": lambda h: np.maximum(h, 0.0, out=h),
     "tanh": lambda h: np.tanh(h, out=h),
@@ -249,12 +251,19 @@ class _MLP(BaseEstimator):
         weights, or from the fitted ones with ``warm_start`` (the optimizer starts afresh)."""
         return self._fit(X, y, incremental=False)
 
+    def _check_solver(self) -> bool:
+        """Whether ``partial_fit`` exists: for the stochastic solvers only, as in scikit-learn
+        (``available_if``: ``hasattr(model, "partial_fit")`` is False with lbfgs, and calling
+        it raises AttributeError with scikit-learn's message as its cause)."""
+        if self.solver not in ("adam", "sgd"):
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. "
+                f"{self.solver} is not stochastic."
+            )
+        return True
+
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLP:
         self._check_params()
-        if incremental and self.solver == "lbfgs":
-            raise AttributeError(
-                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
-            )
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "coefs_") or not (self.warm_start or incremental)
@@ -485,6 +494,28 @@ class _MLP(BaseEstimator):
             return X
         return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)
 
+    def _rows(self, X: Any) -> np.ndarray:
+        """``X`` checked as ``validate_data(self, X, reset=False)`` checks it, in float64.
+
+        Those checks cost about as much as the forward pass on a few hundred rows, mostly in
+        looking for data-frame types. A float NumPy matrix of the fitted width, for a model
+        fitted without feature names, needs only the finiteness test, done as scikit-learn
+        first does it (one sum). Anything else, or a sum that is not finite, goes through
+        ``validate_data``, whose errors and warnings are then those of scikit-learn.
+        """
+        if (
+            type(X) is np.ndarray
+            and X.ndim == 2
+            and X.dtype in _FLOATS
+            and X.shape[0] > 0
+            and X.shape[1] == self.n_features_in_
+            and not hasattr(self, "feature_names_in_")
+        ):
+            with np.errstate(over="ignore"):
+                if np.isfinite(X.sum()):
+                    return X.astype(np.float64, copy=False)
+        return np.asarray(validate_data(self, X, reset=False), dtype=np.float64)
+
     def _forward(self, X: Any) -> np.ndarray:
         """The last layer's outputs for ``X``, computed on the device, as a host array.
 
@@ -492,8 +523,7 @@ class _MLP(BaseEstimator):
         so a row's prediction would depend on which other rows were scored with it.
         """
         check_is_fitted(self, ("coefs_", "intercepts_"))  # named: no scan of every attribute
-        X = np.asarray(validate_data(self, X, reset=False), dtype=np.float64)
-        X = self._standardized(X)
+        X = self._standardized(self._rows(X))
         backend = backend_for_device(resolve_device(self.device))
         # The backend's asarray copies nothing on the CPU: float64 weights and rows are used as
         # they are (the forward pass writes only into arrays it makes).
@@ -661,6 +691,7 @@ class MLPClassifier(ClassifierMixin, _MLP):
 
     classes_: np.ndarray  # set by fit and partial_fit
 
+    @available_if(_MLP._check_solver)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over ``X, y``, continuing the weights and the optimizer's momentum (which
         ``fit`` with ``warm_start`` does not: it starts a fresh optimizer, as scikit-learn).
@@ -741,6 +772,7 @@ class MLPRegressor(RegressorMixin, _MLP):
     each). The loss is scikit-learn's: half the mean squared error.
     """
 
+    @available_if(_MLP._check_solver)
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over ``X, y``, continuing the weights and the optimizer's momentum."""
         return self._fit(X, y, incremental=True)

@@ -74,9 +74,11 @@ class Generator:
 
     def get_state(self) -> dict:
         """Where the stream stands: a JSON-able dict (what a checkpoint keeps)."""
-        if self._rng is None:
-            return {"seed": self.seed, "started": False}
-        return {"seed": self.seed, "started": True, "backend": self._rng.get_state()}
+        if self._rng is not None:
+            return {"seed": self.seed, "started": True, "backend": self._rng.get_state()}
+        if self._pending_state is not None:  # loaded, not drawn from since
+            return {"seed": self.seed, "started": True, "backend": self._pending_state}
+        return {"seed": self.seed, "started": False}
 
     def set_state(self, state: dict) -> None:
         """Continue from ``get_state()``: the next draws are those that followed it."""

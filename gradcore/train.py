@@ -20,13 +20,14 @@ every rank.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ from gradcore.differential_operators import value_and_grad
 from gradcore.jit import jit as record_once
 from gradcore.optim import SGD
 from gradcore.pytree import tree_leaves
+from gradcore.random import Generator
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -140,6 +142,12 @@ class Trainer:
     ``state_dict`` and ``load_state_dict``) and the shuffling generator ``rng`` (seeded by
     ``seed``) carry on from one call to the next; both are attributes that may be replaced.
 
+    ``generator`` is the ``gradcore.random.Generator`` that ``loss_fn`` draws from (dropout's
+    masks), named here because the trainer cannot find it inside the loss: a checkpoint saves
+    and restores its state beside the optimizer's, so that a resumed run draws the masks the
+    uninterrupted one drew. The evaluations (the pass before training, the validation loss)
+    leave its state as they found it: the training masks do not depend on what is evaluated.
+
     Each epoch shuffles (unless ``shuffle=False``) and keeps the last, smaller batch.
     ``callbacks`` see every epoch (``gradcore.callbacks``); a ``DivergenceGuard`` with
     ``divergence_factor`` is added unless one is given, and a ``ProgressBar`` if ``progress``.
@@ -164,7 +172,13 @@ class Trainer:
         progress: bool = False,
         distributed: bool = False,
         check_start: bool = True,
+        generator: Generator | None = None,
     ) -> None:
+        if generator is not None and not isinstance(generator, Generator):
+            raise TypeError(
+                "fit: generator must be a gradcore.random.Generator (the one the loss draws "
+                f"from), got {type(generator).__name__}"
+            )
         self.batch_size = _integer("batch_size", batch_size, 1)
         self.seed = _integer("seed", seed, 0)
         if distributed:  # this rank's device; rank 0 speaks for all ranks
@@ -176,6 +190,7 @@ class Trainer:
         self.ranks = gd.size() if distributed else 1
         self.optimizer = SGD() if optimizer is None else optimizer
         self.rng = np.random.default_rng(self.seed)
+        self.generator = generator
         self.callbacks = list(callbacks)
         if not any(isinstance(c, DivergenceGuard) for c in self.callbacks):
             self.callbacks.insert(0, DivergenceGuard(divergence_factor))
@@ -230,7 +245,8 @@ class Trainer:
                 gd.start(params, self.optimizer, self.rng, rows=self.rows, epoch=self.epoch,
                          step=self.position)  # fmt: skip
             if self.check_start:
-                self._check_start(evaluation)
+                with self._draws_undone():
+                    self._check_start(evaluation)
             with nn.target_checks(False), _DeferredInterrupt() as interrupt:
                 self._epochs(callbacks, evaluation, interrupt)
         except BaseException as error:
@@ -242,6 +258,18 @@ class Trainer:
         if self.distributed:  # no rank reads a file before rank 0 wrote it
             gd.barrier()
         return history
+
+    @contextlib.contextmanager
+    def _draws_undone(self) -> Iterator[None]:
+        """The generator's state as it was before the block: evaluation draws no training masks."""
+        if self.generator is None:
+            yield
+            return
+        state = self.generator.get_state()
+        try:
+            yield
+        finally:
+            self.generator.set_state(state)
 
     def _check_start(self, evaluation: _Evaluation) -> None:
         """The loss of the initial params over all the data, with the loss's target checks on,
@@ -296,7 +324,9 @@ class Trainer:
                 callbacks.on_batch_end(reached - 1, logs)
                 if self._interrupted(interrupt):
                     raise KeyboardInterrupt(callbacks.on_interrupt())
-            logs = {"loss": self._mean(), **evaluation.after_epoch(self.params, self.X, self.y)}
+            with self._draws_undone():
+                evaluated = evaluation.after_epoch(self.params, self.X, self.y)
+            logs = {"loss": self._mean(), **evaluated}
             logs["time"] = time.perf_counter() - started
             self.epoch, self.position = epoch + 1, 0
             self._add(0, [])
@@ -362,17 +392,21 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps to go on from here exactly: position, the generator as it
-        was before this epoch's permutation, the epoch's losses so far, the optimizer."""
+        was before this epoch's permutation, the epoch's losses so far, the optimizer and the
+        loss's generator (as it is now: its draws follow the steps, not the epochs)."""
         return {
             "epoch": self.epoch, "step": self.position, "rows": self.rows,
             "rng": self._epoch_rng, "ranks": self.ranks, "step_losses": list(self.step_losses),
             "start_loss": self.start_loss,
+            "generator": None if self.generator is None else self.generator.get_state(),
             **{f"optimizer/{k}": v for k, v in self.optimizer.state_dict().items()},
         }  # fmt: skip
 
     def resume_from(self, meta: Mapping[str, Any]) -> None:
         """Go on from a checkpoint's ``state()`` (params, optimizer, rng: restored by it)."""
         self.epoch, self.position = meta["epoch"], meta["step"]
+        if self.generator is not None and meta.get("generator") is not None:
+            self.generator.set_state(meta["generator"])
         self._add(0, list(meta["step_losses"]))
         self.start_loss = meta["start_loss"]
 
@@ -398,12 +432,14 @@ def fit(
     overwrite: bool = False,
     distributed: bool = False,
     jit: bool = True,
+    generator: Generator | None = None,
 ) -> History:
     """Minimise the mean of ``loss_fn(params, xb, yb)`` over minibatches; params change in place.
 
     A one-call ``Trainer``: see ``Trainer.fit`` for the data, the params and ``metrics``.
     Each epoch shuffles with a generator seeded by ``seed`` and keeps the last, smaller batch.
-    ``optimizer`` defaults to ``SGD()``.
+    ``optimizer`` defaults to ``SGD()``. ``generator`` is the ``gradcore.random.Generator``
+    that ``loss_fn`` draws from (dropout): checkpoints carry its state (see ``Trainer``).
 
     Divergence guard: a step loss that is not finite, or (unless ``divergence_factor`` is None)
     above ``divergence_factor`` times the loss of the initial params, stops training with a
@@ -437,7 +473,7 @@ def fit(
         )
     trainer = Trainer(
         loss_fn, optimizer, batch_size, device, jit, callbacks, shuffle=shuffle, seed=seed,
-        progress=progress, distributed=distributed,
+        progress=progress, distributed=distributed, generator=generator,
     )  # fmt: skip
     return trainer.fit(params, X, y, epochs, validation_data, metrics)
 

@@ -42,6 +42,25 @@ def test_digits_with_plot_checkpoint_and_resume(tmp_path):
     assert re.search(r"trained 1 more epoch \(epochs 3-3\) in \d", resumed.stdout)
 
 
+def test_a_resumed_run_with_dropout_ends_with_the_params_of_an_uninterrupted_one(tmp_path):
+    flags = ["--no-progress", "--dropout", "0.3", "--optimizer", "adam", "--epochs"]
+    whole = run_gradcore("train", *flags, "3", "--checkpoint", "whole.npz", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    first = run_gradcore("train", *flags, "2", "--checkpoint", "run.npz", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_gradcore(
+        "train", *flags, "3", "--checkpoint", "run.npz", "--resume", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "trained 1 more epoch" in resumed.stdout
+    (want, _), (got, meta) = (
+        gc.checkpoints.load_checkpoint(tmp_path / f) for f in ("whole.npz", "run.npz")
+    )
+    assert meta["generator"]["started"]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from sklearn.neural_network import MLPClassifier as SKMLPClassifier
 from sklearn.neural_network import MLPRegressor as SKMLPRegressor
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.validation import validate_data
 
 import gradcore as gc
 from gradcore import datafiles
@@ -442,8 +443,23 @@ def test_lbfgs_follows_scikit_learn():
     settings = dict(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=30, random_state=0)
     ours, theirs = MLPClassifier(**settings).fit(X, y), SKMLPClassifier(**settings).fit(X, y)
     assert ours.n_iter_ == theirs.n_iter_
-    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic"):
+    # partial_fit is hidden, as scikit-learn's available_if hides it, with the same messages
+    assert not hasattr(ours, "partial_fit") and not hasattr(theirs, "partial_fit")
+    with pytest.raises(AttributeError) as sk_error:
+        theirs.partial_fit(X, y)
+    with pytest.raises(AttributeError, match="has no attribute 'partial_fit'") as error:
         ours.partial_fit(X, y)
+    assert str(error.value) == str(sk_error.value)
+    assert (
+        str(error.value.__cause__)
+        == str(sk_error.value.__cause__)
+        == ("partial_fit is only available for stochastic optimizers. lbfgs is not stochastic.")
+    )
+    # The regressor too (scikit-learn's means to: its available_if is given the bound method,
+    # which is always true, so its lbfgs regressor has a partial_fit that runs lbfgs for up to
+    # max_iter iterations).
+    assert not hasattr(MLPRegressor(solver="lbfgs"), "partial_fit")
+    assert hasattr(MLPRegressor(solver="sgd"), "partial_fit")
     np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-6)
     for a, b in zip(ours.coefs_, theirs.coefs_):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -546,3 +562,34 @@ def test_predictions_are_the_forward_pass_of_the_ops(activation):
     np.testing.assert_array_equal(model._forward(X), logits)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(model.predict_proba(X), shifted / shifted.sum(axis=1, keepdims=True))
+
+
+def test_predict_checks_a_float_matrix_in_one_sum_and_anything_else_as_scikit_learn(monkeypatch):
+    X, y = scaled_blobs(3)
+    model = MLPClassifier((6,), max_iter=3, random_state=0).fit(X, y)
+    general = []
+    monkeypatch.setattr(
+        gc.estimators, "validate_data", lambda *a, **k: general.append(1) or validate_data(*a, **k)
+    )
+    fast = model.predict_proba(X)
+    assert general == []  # a float64 or float32 matrix of the fitted width: one sum
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(model.predict_proba(X32), model.predict_proba(X32.tolist()))
+    np.testing.assert_array_equal(model.predict_proba(X.tolist()), fast)  # the general path
+    assert general == [1, 1]
+    with np.errstate(over="ignore"):
+        model.predict(np.full_like(X, 1e308))  # finite, though its sum is not: checked in full
+    assert general == [1, 1, 1]
+    model.feature_names_in_ = np.array(["a", "b", "c", "d"], dtype=object)  # fitted on a frame
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        model.predict(X)
+    del model.feature_names_in_
+    for bad, message in (
+        (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), "Input X contains NaN"),
+        (np.where(np.arange(X.size).reshape(X.shape) == 5, np.inf, X), "X contains infinity"),
+        (X[:, :3], "X has 3 features, but MLPClassifier is expecting 4 features as input"),
+        (X[:0], "Found array with 0 sample"),
+        (X[0], "Expected 2D array, got 1D array instead"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.predict(bad)

@@ -283,6 +283,7 @@ def test_generator_state_resumes_the_stream():
     expected = [host(nn.dropout(x, 0.5, rng)) for _ in range(2)]
     resumed = gc.random.Generator(0)
     resumed.set_state(state)
+    assert resumed.get_state() == state  # loaded, not yet drawn from: the state it was given
     for mask in expected:
         np.testing.assert_array_equal(host(nn.dropout(x, 0.5, resumed)), mask)
 

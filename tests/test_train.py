@@ -161,6 +161,65 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def dropout_fit(seed=0, interrupt_at=None, **kwargs):
+    """``fit`` of a loss with dropout that draws from a generator named to ``fit``; with
+    ``interrupt_at``, Ctrl-C during that (eager) step."""
+    masks = gc.random.Generator(seed)
+    steps = []
+
+    def loss(params, xb, yb):
+        if type(params[0]["W"]) is gc.Box:
+            steps.append(1)
+            if len(steps) == interrupt_at:
+                signal.raise_signal(signal.SIGINT)
+        return nn.binary_cross_entropy_with_logits(
+            nn.mlp(params, xb, dropout_rate=0.5, rng=masks), yb
+        )
+
+    return fit(loss_fn=loss, generator=masks, validation_data=problem(10, 1), **kwargs)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_resumed_run_with_dropout_draws_the_masks_of_the_uninterrupted_one(tmp_path, jit):
+    path = tmp_path / "run.npz"
+    uninterrupted, full = dropout_fit(epochs=4, jit=jit)
+    dropout_fit(epochs=2, checkpoint=path, jit=jit)
+    _, meta = train.load_checkpoint(path)
+    assert meta["generator"]["started"] and meta["settings"]["generator"] == 0
+    resumed, history = dropout_fit(epochs=4, checkpoint=path, resume=True, jit=jit)
+    assert_same_params(resumed, uninterrupted)
+    assert history.loss == full.loss and history.val_loss == full.val_loss
+    # Without its state the generator starts again from its seed: other masks, other params.
+    meta["generator"] = None
+    checkpoints.save_checkpoint(path, gc.to_numpy(resumed), meta)
+    restarted, _ = dropout_fit(epochs=5, checkpoint=path, resume=True, jit=jit)
+    again, _ = dropout_fit(epochs=5, jit=jit)
+    assert any((a != b).any() for a, b in zip(host(restarted), host(again)))
+
+
+def test_ctrl_c_inside_an_epoch_with_dropout_resumes_the_same_masks(tmp_path):
+    path = tmp_path / "run.npz"
+    uninterrupted, full = dropout_fit(epochs=3, jit=False)
+    with pytest.raises(KeyboardInterrupt, match="state saved to"):
+        dropout_fit(epochs=3, checkpoint=path, jit=False, interrupt_at=7)  # epoch 2, step 2
+    _, meta = train.load_checkpoint(path)
+    assert (meta["epoch"], meta["step"]) == (1, 2)
+    resumed, history = dropout_fit(epochs=3, checkpoint=path, resume=True, jit=False)
+    assert_same_params(resumed, uninterrupted)
+    assert history.loss == full.loss
+
+
+def test_a_resume_with_another_generator_or_none_is_refused(tmp_path):
+    path = tmp_path / "run.npz"
+    dropout_fit(epochs=1, checkpoint=path)
+    with pytest.raises(ValueError, match=r"written with generator=0 but this run has generator=1"):
+        dropout_fit(seed=1, epochs=2, checkpoint=path, resume=True)
+    with pytest.raises(ValueError, match=r"written with generator=0 but this run has generator=No"):
+        fit(epochs=2, checkpoint=path, resume=True)
+    with pytest.raises(TypeError, match=r"generator must be a gradcore.random.Generator .*got Gen"):
+        fit(epochs=1, generator=np.random.default_rng(0))
+
+
 def test_checkpoint_is_npz_without_pickles_and_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "run.npz"
     params, _ = fit(epochs=1, checkpoint=path)
