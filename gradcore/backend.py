@@ -215,7 +215,7 @@ def backend_for_device(device: str | None = None) -> Backend:
 def on_device_of(*values: Any) -> AbstractContextManager:
     """The context in which work on ``values`` runs on their device: the ``device_scope`` of
     the first array (or first array of a list) whose backend has one, else one that does
-    nothing. Callers test ``device_scopes`` first, so that the CPU never gets here."""
+    nothing. The hot paths test ``device_scopes`` first: the CPU never gets here from them."""
     for value in values:
         if type(value) in (list, tuple) and value:
             value = value[0]
