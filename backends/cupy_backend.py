@@ -171,6 +171,11 @@ class CupyBackend:
     def array_device(self, x: Any) -> Any:
         return x.device
 
+    def device_scope(self, x: Any) -> Any:
+        """``x``'s GPU as the current one (``gradcore.backend.DeviceScoped``): CuPy launches
+        on the current GPU, whichever GPU an op's arrays live on."""
+        return x.device
+
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         with self.gpu:
             return self.cupy.asarray(obj, dtype=dtype)

@@ -11,14 +11,17 @@ never imports an array library: backends and kernels are loaded by module name o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "Backend",
     "DeviceError",
+    "DeviceScoped",
     "Fused",
     "Fuser",
     "KernelTable",
@@ -26,8 +29,10 @@ __all__ = [
     "backend_for_device",
     "backend_of",
     "common_backend",
+    "device_scopes",
     "isdtype",
     "kernel",
+    "on_device_of",
     "register_backend",
     "registered_devices",
     "split_device",
@@ -106,6 +111,17 @@ class Fuser(Protocol):
     def fuse(self, program: Any) -> list[Fused] | None: ...
 
 
+class DeviceScoped(Protocol):
+    """What a backend offers, besides ``Backend``, if its library launches work on a *current*
+    device rather than on its arrays' (CuPy launches on the current GPU and refuses arrays of
+    another without peer access). ``device_scope(x)`` is the context inside which work on
+    ``x`` runs on ``x``'s device; ops, ``gc.jit``'s replays and optimizer updates enter it, as
+    Chainer's functions enter their arrays' device. A backend without it needs nothing entered.
+    """
+
+    def device_scope(self, x: Any) -> AbstractContextManager: ...
+
+
 # device name -> loader that returns the backend or raises DeviceError (given N for "device:N")
 _loaders: dict[str, Callable[..., Backend]] = {}
 # device name -> the loaded backend, or the DeviceError its probe raised (probed once)
@@ -114,6 +130,10 @@ _loaded: dict[str, Backend | DeviceError] = {}
 _by_type: dict[type, Backend] = {}
 # top-level module of an array library -> device whose backend owns its arrays
 _by_module: dict[str, str] = {}
+# native array type -> its backend's ``device_scope`` (``DeviceScoped``). Empty while no such
+# backend is loaded: the CPU's hot paths then test this dict and enter nothing.
+device_scopes: dict[type, Callable[[Any], AbstractContextManager]] = {}
+_NO_SCOPE = contextlib.nullcontext()
 
 
 # device names whose loader also takes a number: "cuda:1" calls the "cuda" loader with 1
@@ -181,12 +201,28 @@ def backend_for_device(device: str | None = None) -> Backend:
         except DeviceError as error:
             found = error
         else:
+            scope = getattr(found, "device_scope", None)
             for array_type in found.array_types:
                 _by_type[array_type] = found
+                if scope is not None:
+                    device_scopes[array_type] = scope
         _loaded[device] = found
     if isinstance(found, DeviceError):
         raise DeviceError(str(found))
     return found
+
+
+def on_device_of(*values: Any) -> AbstractContextManager:
+    """The context in which work on ``values`` runs on their device: the ``device_scope`` of
+    the first array (or first array of a list) whose backend has one, else one that does
+    nothing. The hot paths test ``device_scopes`` first: the CPU never gets here from them."""
+    for value in values:
+        if type(value) in (list, tuple) and value:
+            value = value[0]
+        scope = device_scopes.get(type(value))
+        if scope is not None:
+            return scope(value)
+    return _NO_SCOPE
 
 
 _dtype_kinds: dict[tuple[type, Any, str], bool] = {}

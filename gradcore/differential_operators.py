@@ -16,7 +16,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from gradcore.backend import PY_SCALARS, array_backend, backend_for_device, common_backend, isdtype
+from gradcore.backend import (
+    PY_SCALARS,
+    array_backend,
+    backend_for_device,
+    common_backend,
+    device_scopes,
+    isdtype,
+    on_device_of,
+)
 from gradcore.ops import add, astype, multiply, ones_like, reshape, shape, stack, zeros_like
 from gradcore.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from gradcore.tracer import Box, JVPNode, Node, backward_pass, getval, new_forward_trace, new_trace
@@ -42,6 +50,16 @@ def _accumulate(total: Any, g: Any, in_place: bool) -> Any:
         total += g
         return total
     return add(total, g)
+
+
+def _call_on_device(fun: Callable, args: list, kwargs: dict) -> Any:
+    """``fun(*args, **kwargs)``, inside the device of the arguments' first array where the
+    library launches on a current GPU: ``fun``'s Python operators on the arrays it does not
+    differentiate (a batch, its labels) are CuPy's own, not ops that enter their device."""
+    if device_scopes:
+        with on_device_of(*map(getval, tree_leaves((args, kwargs)))):
+            return fun(*args, **kwargs)
+    return fun(*args, **kwargs)
 
 
 def _is_real_floating(value: Any) -> bool:
@@ -91,7 +109,7 @@ class _Traced:
                 self.leaf_nodes.append([cast(Node, box._node) for box in boxes])
                 self.python_floats.append([type(getval(leaf)) is float for leaf in leaves])
                 boxed[argnum] = tree_unflatten(treedef, boxes)
-            out_leaves, self.out_treedef = tree_flatten(fun(*boxed, **kwargs))
+            out_leaves, self.out_treedef = tree_flatten(_call_on_device(fun, boxed, kwargs))
         # (position, node) of each output leaf that depends on the inputs
         self.ends = [
             (i, cast(Node, leaf._node))
@@ -114,7 +132,13 @@ class _Traced:
         """One gradient pytree per traced argument."""
         cotangents = tree_leaves(cotangent)
         seeds = [(node, cotangents[i]) for i, node in self.ends]
-        found = backward_pass(seeds, self.tape, _accumulate, retain_graph) if seeds else {}
+        if not seeds:
+            found = {}
+        elif device_scopes:  # the rules compute on raw cotangents: enter their device
+            with on_device_of(*(g for _, g in seeds)):
+                found = backward_pass(seeds, self.tape, _accumulate, retain_graph)
+        else:
+            found = backward_pass(seeds, self.tape, _accumulate, retain_graph)
         grads = []
         for treedef, nodes, floats in zip(self.treedefs, self.leaf_nodes, self.python_floats):
             leaves = [
@@ -282,7 +306,7 @@ def _jvp(
                 _check_tangent(op_name, argnum, leaf, leaf_tangent)
                 boxes.append(Box(leaf, trace, JVPNode(leaf_tangent)))
             boxed[argnum] = tree_unflatten(treedef, boxes)
-        out_leaves, out_treedef = tree_flatten(fun(*boxed, **kwargs))
+        out_leaves, out_treedef = tree_flatten(_call_on_device(fun, boxed, kwargs))
     values, out_tangents = [], []
     for leaf in out_leaves:
         if type(leaf) is Box and leaf._trace == trace:
@@ -672,7 +696,8 @@ def to_dot(fun: Callable, *args: Any) -> str:
     if len(traced.ends) == 1 and _is_real_floating(traced.value) and shape(traced.value) == ():
         record = lambda node, g: gradients.__setitem__(node, _small_text(g))
         seed = [(traced.ends[0][1], ones_like(traced.value))]
-        found = backward_pass(seed, traced.tape, _accumulate, True, on_cotangent=record)
+        with on_device_of(seed[0][1]):
+            found = backward_pass(seed, traced.tape, _accumulate, True, on_cotangent=record)
         gradients.update((node, _small_text(g)) for node, g in found.items())
     lines = [
         "digraph gradcore {",

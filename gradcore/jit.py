@@ -31,7 +31,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gradcore.backend import PY_SCALARS, Fused, array_backend, backend_of
+from gradcore.backend import (
+    PY_SCALARS,
+    Fused,
+    array_backend,
+    backend_of,
+    device_scopes,
+    on_device_of,
+)
 from gradcore.pytree import tree_flatten, tree_unflatten
 from gradcore.tracer import Box, Node, new_trace, primitive, recordings
 
@@ -103,6 +110,9 @@ class Jitted:
                 f"the signature and must be hashable: {error}"
             ) from None
         if program is not None:
+            if device_scopes:  # a library that launches on a current GPU: enter the arrays'
+                with on_device_of(arrays):
+                    return program.run(arrays)
             return program.run(arrays)
         try:
             out, self.programs[key] = self._record(args, kwargs)

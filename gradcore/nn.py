@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gradcore import ops
-from gradcore.backend import array_backend, isdtype
+from gradcore.backend import array_backend, isdtype, on_device_of
 from gradcore.devices import array
 from gradcore.ops import affine, shape
 from gradcore.random import Generator, random_uniform_like
@@ -136,8 +136,9 @@ def dropout(x: Any, rate: float, rng: Generator | None, training: bool = True) -
             f"got {type(rng).__name__}"
         )
     # The mask, scaled: a constant for differentiation, so backward is one product.
-    keep = random_uniform_like(x, rng) >= float(rate)
-    return x * (ops.astype(keep, x.dtype) * (1.0 / (1.0 - rate)))
+    with on_device_of(getval(x)):  # untraced, ``>=`` and ``*`` are CuPy's: on the current GPU
+        keep = random_uniform_like(x, rng) >= float(rate)
+        return x * (ops.astype(keep, x.dtype) * (1.0 / (1.0 - rate)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,14 +159,24 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
         y = ops.reshape(y, shape(z))  # one output unit: reshape the targets, not z
     if y.dtype != z.dtype:
         y = ops.astype(y, z.dtype)
-    if _check_values.get() and bool(xp.any((getval(y) < 0.0) | (getval(y) > 1.0))):
-        raise ValueError(f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)")
+    if _check_values.get():
+        raw = getval(y)
+        with on_device_of(raw):  # CuPy's operators launch on the current GPU, not raw's
+            outside = xp.any((raw < 0.0) | (raw > 1.0))
+        if bool(outside):
+            raise ValueError(
+                f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)"
+            )
     return y
 
 
 def _check_probabilities(name: str, p: Any) -> None:
     raw = getval(p)
-    if _check_values.get() and bool(array_backend(raw).xp.any((raw < 0.0) | (raw > 1.0))):
+    if not _check_values.get():
+        return
+    with on_device_of(raw):  # CuPy's operators launch on the current GPU, not raw's
+        outside = array_backend(raw).xp.any((raw < 0.0) | (raw > 1.0))
+    if bool(outside):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
             "binary_cross_entropy_with_logits"

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from types import MethodType
 from typing import Any
 
-from gradcore.backend import PY_SCALARS, KernelTable, common_backend
+from gradcore.backend import PY_SCALARS, KernelTable, common_backend, device_scopes, on_device_of
 
 __all__ = [
     "ArraySpec",
@@ -320,6 +320,9 @@ class Primitive:
                 top = arg._trace
         if not top:
             try:
+                if device_scopes:  # a library that launches on a current GPU: enter the arrays'
+                    with on_device_of(*args):
+                        return self.fun(*args, **kwargs)
                 return self.fun(*args, **kwargs)
             except (ValueError, TypeError) as error:
                 raise _explain(error, self.name, args) from error
@@ -339,11 +342,19 @@ class Primitive:
             ans = self(*raw, **kwargs)
         else:
             try:
-                ans = self.fun(*raw, **kwargs)
+                if device_scopes:
+                    with on_device_of(*raw):
+                        ans = self.fun(*raw, **kwargs)
+                else:
+                    ans = self.fun(*raw, **kwargs)
             except (ValueError, TypeError) as error:
                 raise _explain(error, self.name, raw) from error
         if _forward_traces and top in _forward_traces:
-            tangent = _push_tangents(self, parents, ans, raw, kwargs)
+            if device_scopes:  # the rules compute on raw tangents too: on the arrays' device
+                with on_device_of(*map(getval, (*raw, *(p.tangent for _, p in parents)))):
+                    tangent = _push_tangents(self, parents, ans, raw, kwargs)
+            else:
+                tangent = _push_tangents(self, parents, ans, raw, kwargs)
             return ans if tangent is None else Box(ans, top, JVPNode(tangent))
         saved_ans = ans
         tape = _tapes.get(top)
@@ -519,6 +530,9 @@ class Nondifferentiable:
         if recordings and Box in map(type, args):
             return self.recorded(*args, **kwargs)
         try:
+            if device_scopes:
+                with on_device_of(*args):
+                    return self.fun(*args, **kwargs)
             return self.fun(*args, **kwargs)
         except (ValueError, TypeError) as error:
             raise _explain(error, self.name, args) from error

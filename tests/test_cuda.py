@@ -25,6 +25,7 @@ from test_kernels import (
 
 import gradcore as gc
 from gradcore.backend import backend_for_device
+from gradcore.pytree import tree_leaves
 
 pytestmark = pytest.mark.cuda
 
@@ -213,13 +214,6 @@ def test_numbered_devices_name_the_gpu_and_share_the_current_one(gpu):
             gc.add(x, y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="known defect: ops run on the current GPU, not on their arrays' GPU (CuPy refuses "
-    "arrays of another GPU without peer access, and reads them over the bus with it); "
-    "the fix is an op entering its arrays' device (as Chainer's functions do)",
-)
 def test_ops_on_a_gpu_that_is_not_the_current_one_run_on_that_gpu(gpu):
     count = gpu.cupy.cuda.runtime.getDeviceCount()
     if count < 2:
@@ -228,3 +222,101 @@ def test_ops_on_a_gpu_that_is_not_the_current_one_run_on_that_gpu(gpu):
     x = gc.array([[1.0, 2.0], [3.0, 4.0]], device=f"cuda:{other}")
     y = gc.grad(lambda w: gc.sum(gc.sigmoid(w @ w) * w))(x)
     assert gc.device_of(y) == f"cuda:{other}" and y.device.id == other
+
+
+@pytest.fixture
+def other_gpu(gpu):
+    """A GPU that is not the current one: ops on its arrays must still run there."""
+    count = gpu.cupy.cuda.runtime.getDeviceCount()
+    if count < 2:
+        pytest.skip("needs a second GPU (GRADCORE_SIMULATE_CUDA=2 simulates two)")
+    current = gpu.cupy.cuda.runtime.getDevice()
+    other = next(i for i in range(count) if i != current)
+    yield f"cuda:{other}"
+    assert gpu.cupy.cuda.runtime.getDevice() == current  # entered, then left
+
+
+def _on(device, x):
+    return gc.array(np.asarray(x, dtype=np.float32), device=device)
+
+
+def _loss(w):
+    return gc.sum(gc.sigmoid(w @ w) * w)
+
+
+def test_jvp_and_second_derivatives_on_a_gpu_that_is_not_the_current_one(other_gpu):
+    x = _on(other_gpu, [[1.0, 2.0], [3.0, 4.0]])
+    host = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    _, tangent = gc.jvp(_loss, (x,), (gc.ones_like(x),))
+    _, expected = gc.jvp(_loss, (host,), (np.ones_like(host),))
+    assert gc.device_of(tangent) == other_gpu
+    np.testing.assert_allclose(gc.to_numpy(tangent), expected, rtol=1e-5)
+    hvp = gc.grad(lambda w: gc.sum(gc.grad(_loss)(w) * w))(x)
+    assert gc.device_of(hvp) == other_gpu
+
+
+def test_jit_replay_and_its_fused_kernels_run_on_the_arrays_gpu(other_gpu):
+    step = gc.jit(gc.grad(lambda w: gc.sum(gc.tanh(gc.sigmoid(w * 2.0 + 1.0) * w) - w)))
+    x = _on(other_gpu, [[1.0, -2.0], [3.0, 0.5]])
+    host = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
+    recorded, replayed = step(x), step(x)  # the second call replays the program
+    assert "fused group" in step.describe()
+    expected = gc.grad(lambda w: gc.sum(gc.tanh(gc.sigmoid(w * 2.0 + 1.0) * w) - w))(host)
+    for result in (recorded, replayed):
+        assert gc.device_of(result) == other_gpu
+        np.testing.assert_allclose(gc.to_numpy(result), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_sigmoid_kernels_on_a_gpu_that_is_not_the_current_one(other_gpu):
+    x = _on(other_gpu, [-30.0, -1.0, 0.0, 2.0])
+    y, g = gc.sigmoid(x), gc.grad(lambda v: gc.sum(gc.sigmoid(v)))(x)
+    expected = 1.0 / (1.0 + np.exp(-gc.to_numpy(x)))
+    np.testing.assert_allclose(gc.to_numpy(y), expected, rtol=1e-6)
+    np.testing.assert_allclose(gc.to_numpy(g), expected * (1 - expected), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [lambda: gc.optim.SGD(0.1, momentum=0.9),
+                                  lambda: gc.optim.Adam(0.01, global_clipnorm=1.0)],
+                         ids=["sgd", "adam"])  # fmt: skip
+def test_an_optimizer_step_eager_and_jitted_on_a_gpu_that_is_not_the_current_one(other_gpu, make):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 4)), rng.integers(0, 2, 16)
+
+    def loss(params, x, y):
+        return gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(params, x)[:, 0], y)
+
+    results = {}
+    for device in ("cpu", other_gpu):
+        xb, yb = gc.array(x, device=device), gc.array(y, dtype="float32", device=device)
+        params = gc.nn.init_mlp([4, 8, 1], seed=0, device=device)
+        optimizer = make()
+
+        @gc.jit
+        def train_step(params, x, y, optimizer=optimizer):
+            optimizer.step(params, gc.grad(loss)(params, x, y))
+
+        optimizer.step(params, gc.grad(loss)(params, xb, yb))  # eager
+        for _ in range(2):  # recorded, then replayed
+            train_step(params, xb, yb)
+        results[device] = gc.to_numpy(params)
+        assert all(gc.device_of(a) == device for a in tree_leaves(params))
+    for cpu_layer, gpu_layer in zip(results["cpu"], results[other_gpu]):
+        for name in ("W", "b"):
+            np.testing.assert_allclose(gpu_layer[name], cpu_layer[name], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_draws_on_a_gpu_that_is_not_the_current_one(other_gpu):
+    x = _on(other_gpu, np.ones((4, 8)))
+    out = gc.nn.dropout(x, 0.5, gc.random.Generator(seed=1))
+    assert gc.device_of(out) == other_gpu
+    assert set(np.unique(gc.to_numpy(out))) <= {0.0, 2.0}
+
+
+def test_grad_of_a_loss_with_operators_on_its_labels_on_a_gpu_that_is_not_the_current_one(
+    other_gpu,
+):
+    p, y = _on(other_gpu, [0.2, 0.9, 0.6]), _on(other_gpu, [0.0, 1.0, 1.0])
+    g = gc.grad(gc.nn.binary_cross_entropy)(p, y)  # 1 - y: CuPy's operator on raw labels
+    host = gc.grad(gc.nn.binary_cross_entropy)(gc.to_numpy(p), gc.to_numpy(y))
+    assert gc.device_of(g) == other_gpu
+    np.testing.assert_allclose(gc.to_numpy(g), host, rtol=1e-6)
