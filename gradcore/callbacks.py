@@ -192,7 +192,7 @@ class History(Callback):
         if "val_loss" in entry or self.val_loss:
             self.val_loss += [math.nan] * (done - len(self.val_loss))
             self.val_loss.append(entry.get("val_loss", math.nan))
-        for name in {*self.metrics, *entry["metrics"]}:
+        for name in dict.fromkeys([*self.metrics, *entry["metrics"]]):  # in a stable order
             values = self.metrics.setdefault(name, [])
             values += [math.nan] * (done - len(values))
             values.append(entry["metrics"].get(name, math.nan))

@@ -325,3 +325,31 @@ def test_check_start_false_skips_the_pass_over_the_data(monkeypatch):
     unchecked = trainer(check_start=False, optimizer=optim.SGD(1e3, momentum=0.9))
     history = unchecked.fit(nn.init_mlp([3, 4, 1]), X, y, 3)  # no starting loss: no bound
     assert history.epochs == 3 and math.isnan(unchecked.start_loss)
+
+
+@pytest.mark.slow
+def test_history_keeps_the_metrics_in_the_order_they_were_measured_in_every_process():
+    """History's (and so ``gradcore train --history``'s) columns follow the metrics' order: they
+    once came out of a set, whose order changes with each process's string hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, gradcore as gc\n"
+        "X = np.random.default_rng(0).standard_normal((16, 3)); y = (X[:, 0] > 0) * 1.0\n"
+        "params = gc.nn.init_mlp([3, 1], dtype='float64')\n"
+        "loss = lambda p, x, t: gc.nn.binary_cross_entropy_with_logits(gc.nn.mlp(p, x), t)\n"
+        "acc = lambda p, x, t: gc.nn.accuracy(gc.nn.mlp(p, x), t)\n"
+        "h = gc.train.fit(loss, params, X, y, epochs=1, batch_size=8, progress=False,\n"
+        "                 validation_data=(X, y), metrics={'accuracy': acc, 'b': acc})\n"
+        "print(list(h.metrics))\n"
+    )
+    orders = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout.strip()
+        for seed in range(6)
+    }  # fmt: skip
+    assert orders == {"['accuracy', 'b', 'val_accuracy', 'val_b']"}
