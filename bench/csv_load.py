@@ -13,18 +13,16 @@ reports its buffers, in a separate untimed read). ``python -m bench.csv_load [--
 from __future__ import annotations
 
 import argparse
-import gc as garbage_collector
 import math
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.harness import mark_target
+from bench.harness import mark_target, peak_cpu_bytes
 from gradcore import datafiles
 
 ROWS, FEATURES = 200_000, 30
@@ -49,19 +47,6 @@ def readers(path: Path) -> dict[str, Callable[[], Any]]:
     }
 
 
-def _peak_bytes(read: Callable[[], Any]) -> int:
-    """The most memory ``read`` holds at once, its result included."""
-    garbage_collector.collect()
-    tracemalloc.start()
-    try:
-        start, _ = tracemalloc.get_traced_memory()
-        read()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - start
-
-
 def run(device: str = "cpu", quick: bool = False, rows: int | None = None) -> dict[str, Any]:
     """Time and peak memory of both readers on one file (a tenth of the rows under ``quick``).
     The file is read on the host whatever ``device``: it is not a device benchmark."""
@@ -81,7 +66,7 @@ def run(device: str = "cpu", quick: bool = False, rows: int | None = None) -> di
                 started = time.perf_counter()
                 reader()
                 seconds[name] = min(seconds[name], time.perf_counter() - started)
-        peaks = {name: _peak_bytes(reader) for name, reader in read.items()}
+        peaks = {name: peak_cpu_bytes(reader) for name, reader in read.items()}
     case = f"{rows} x {FEATURES + 1} CSV, {size / 1e6:.0f} MB"
     table = []
     for name in read:

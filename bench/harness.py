@@ -16,6 +16,7 @@ medians to the reference.
 
 from __future__ import annotations
 
+import gc as garbage_collector
 import multiprocessing
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import time
 import traceback
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -264,6 +266,20 @@ def time_alone(
 
 
 FAIRNESS_LIMIT = 1.2  # a suite figure more than this multiple of the alone figure is flagged
+
+
+def peak_cpu_bytes(step: Callable[[], Any]) -> int:
+    """The most host memory ``step`` holds at once beyond what was allocated before it (its
+    result included), by tracemalloc, to which NumPy reports its buffers."""
+    garbage_collector.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - start
 
 
 def mark_fairness(row: dict[str, Any], alone: list[float]) -> bool:

@@ -10,12 +10,10 @@ reports its array buffers; on "cuda", every allocation from CuPy's memory pool i
 
 from __future__ import annotations
 
-import gc as garbage_collector
-import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from bench.harness import mark_target
+from bench.harness import mark_target, peak_cpu_bytes
 from bench.mlp import Case, implementations, problem
 
 TARGET = 1.2  # gradcore's peak at most this multiple of the minimum
@@ -37,21 +35,8 @@ def minimum_bytes(case: Case, param_bytes: int) -> int:
     return 3 * param_bytes + BYTES_PER_FLOAT * case.batch * sum(case.sizes[1:])
 
 
-def _peak_cpu(step: Callable[[], Any]) -> int:
-    """The most memory ``step`` holds at once beyond what was allocated before it."""
-    garbage_collector.collect()
-    tracemalloc.start()
-    try:
-        start, _ = tracemalloc.get_traced_memory()
-        step()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - start
-
-
 def _peak_cuda(step: Callable[[], Any]) -> int:
-    """As ``_peak_cpu``, reading the CuPy pool's bytes in use after every allocation."""
+    """As ``peak_cpu_bytes``, reading the CuPy pool's bytes in use after every allocation."""
     import cupy
 
     pool = cupy.get_default_memory_pool()
@@ -84,7 +69,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
         else "measured from every allocation out of CuPy's memory pool",
         "PyTorch is not measured: its allocator reports to neither",
     ]
-    measure = _peak_cuda if device == "cuda" else _peak_cpu
+    measure = _peak_cuda if device == "cuda" else peak_cpu_bytes
     factories = implementations(device, notes, peers=False)
     rows = []
     for case in cases(quick):
