@@ -466,14 +466,15 @@ def fit(
     """
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs a checkpoint path")
-    callbacks: list[Callback] = [DivergenceGuard(divergence_factor)]
+    callbacks: list[Callback] = []
     if checkpoint is not None:
         callbacks.append(
             Checkpoint(checkpoint, resume, overwrite, allow_changes, every=CHECKPOINT_EVERY)
         )
     trainer = Trainer(
         loss_fn, optimizer, batch_size, device, jit, callbacks, shuffle=shuffle, seed=seed,
-        progress=progress, distributed=distributed, generator=generator,
+        divergence_factor=divergence_factor, progress=progress, distributed=distributed,
+        generator=generator,
     )  # fmt: skip
     return trainer.fit(params, X, y, epochs, validation_data, metrics)
 
