@@ -149,7 +149,6 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
     """Targets as an array of ``z``'s dtype and shape; one output column may hold them."""
     if not hasattr(y, "shape"):
         raise TypeError(f"{name}: targets must be an array, got {type(y).__name__}")
-    xp = array_backend(getval(y)).xp
     if shape(z) != shape(y):
         if shape(z) != (*shape(y), 1):
             raise ValueError(
@@ -159,24 +158,21 @@ def _binary_targets(name: str, z: Any, y: Any) -> Any:
         y = ops.reshape(y, shape(z))  # one output unit: reshape the targets, not z
     if y.dtype != z.dtype:
         y = ops.astype(y, z.dtype)
-    if _check_values.get():
-        raw = getval(y)
-        with on_device_of(raw):  # CuPy's operators launch on the current GPU, not raw's
-            outside = xp.any((raw < 0.0) | (raw > 1.0))
-        if bool(outside):
-            raise ValueError(
-                f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)"
-            )
+    if _check_values.get() and _outside_unit_interval(y):
+        raise ValueError(f"{name}: targets must lie in [0, 1] (labels 0 and 1, or probabilities)")
     return y
 
 
-def _check_probabilities(name: str, p: Any) -> None:
-    raw = getval(p)
-    if not _check_values.get():
-        return
+def _outside_unit_interval(x: Any) -> bool:
+    """Whether a value of ``x`` lies outside [0, 1] (one read of the device)."""
+    raw = getval(x)
     with on_device_of(raw):  # CuPy's operators launch on the current GPU, not raw's
         outside = array_backend(raw).xp.any((raw < 0.0) | (raw > 1.0))
-    if bool(outside):
+    return bool(outside)
+
+
+def _check_probabilities(name: str, p: Any) -> None:
+    if _check_values.get() and _outside_unit_interval(p):
         raise ValueError(
             f"{name}: predictions must be probabilities in [0, 1]; for logits use "
             "binary_cross_entropy_with_logits"
@@ -240,8 +236,7 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Any:
                 f"{name}: one-hot labels must have the logits' shape {shape(logits)}, got "
                 f"{shape(labels)} (integer class labels have shape ({n},))"
             )
-        raw = getval(labels)
-        if check and bool(xp.any((raw < 0.0) | (raw > 1.0))):
+        if check and _outside_unit_interval(labels):
             raise ValueError(f"{name}: one-hot labels must lie in [0, 1]")
         targets = labels if labels.dtype == logits.dtype else ops.astype(labels, logits.dtype)
     return ops.softmax_cross_entropy(logits, targets)
