@@ -405,6 +405,7 @@ class Trainer:
     def resume_from(self, meta: Mapping[str, Any]) -> None:
         """Go on from a checkpoint's ``state()`` (params, optimizer, rng: restored by it)."""
         self.epoch, self.position = meta["epoch"], meta["step"]
+        self._epoch_rng = self.rng.bit_generator.state  # as restored: what a save must keep
         if self.generator is not None and meta.get("generator") is not None:
             self.generator.set_state(meta["generator"])
         self._add(0, list(meta["step_losses"]))

@@ -137,6 +137,18 @@ def test_resume_after_epoch_k_gives_exactly_the_uninterrupted_params(device, tmp
     assert history.metrics == full.metrics
 
 
+def test_a_resume_with_nothing_to_train_keeps_the_checkpoint_resumable_exactly(tmp_path):
+    # the checkpoint is written again at the end of that call: with the restored shuffling
+    # generator, not the one the trainer held before the resume
+    path = tmp_path / "run.npz"
+    uninterrupted, _ = fit(epochs=3)
+    fit(epochs=2, checkpoint=path)
+    _, nothing = fit(epochs=2, checkpoint=path, resume=True)
+    assert nothing.epochs == nothing.resumed_epochs == 2
+    resumed, _ = fit(epochs=3, checkpoint=path, resume=True)
+    assert_same_params(resumed, uninterrupted)
+
+
 def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(tmp_path):
     path = tmp_path / "run.npz"
     uninterrupted, full = fit(epochs=3)
