@@ -3,9 +3,9 @@
 Each kernel is an element-wise body in CuPy's ``ElementwiseKernel`` form: ``T`` is the array
 dtype (CuPy's ``float16``, ``float``, ``double``), inputs are read-only values, outputs are
 references written in place, and scalars arrive by value. Arithmetic on CuPy's ``float16``
-yields ``float``, so every value stored into a ``T`` is cast back explicitly. The sigmoid's
-bodies are not written here: ``cuda_c`` writes them from the op's formula
-(``gradcore.formulas``), the one every device evaluates.
+yields ``float``, so every value stored into a ``T`` is cast back explicitly. The bodies of
+the sigmoid, its gradient, erf and GELU are not written here: ``cuda_c`` writes them from the
+op's formula (``gradcore.formulas``), the one every device evaluates.
 
 The launch functions are what the ops register for the "cuda" device ("module:function"
 strings): each takes native CuPy arrays, and its ``dtypes`` attribute names the dtypes it
@@ -55,22 +55,22 @@ def formula_body(formula: Callable[..., Any], inputs: tuple[str, ...], output: s
     return " ".join([*lines, f"{output} = (T){result};"])
 
 
-SIGMOID = Kernel(
-    name="gradcore_sigmoid",
-    inputs=("x",),
-    scalars=(),
-    outputs=("y",),
-    body=formula_body(formulas.sigmoid, ("x",), "y"),
-)
+def _formula_kernel(
+    name: str, formula: Callable[..., Any], inputs: tuple[str, ...], output: str
+) -> Kernel:
+    """The kernel ``gradcore_<name>`` that stores ``formula`` of ``inputs`` into ``output``."""
+    return Kernel(
+        name=f"gradcore_{name}",
+        inputs=inputs,
+        scalars=(),
+        outputs=(output,),
+        body=formula_body(formula, inputs, output),
+    )
 
+
+SIGMOID = _formula_kernel("sigmoid", formulas.sigmoid, ("x",), "y")
 # The backward pass needs only the forward output y, not x.
-SIGMOID_GRAD = Kernel(
-    name="gradcore_sigmoid_grad",
-    inputs=("y", "g"),
-    scalars=(),
-    outputs=("gx",),
-    body=formula_body(formulas.sigmoid_grad, ("y", "g"), "gx"),
-)
+SIGMOID_GRAD = _formula_kernel("sigmoid_grad", formulas.sigmoid_grad, ("y", "g"), "gx")
 
 # SGD with momentum and weight decay, in place on p and v; Nesterov in the Keras form. An if
 # rather than ?: since the two branches have different types when T is float16.
@@ -87,22 +87,9 @@ SGD_UPDATE = Kernel(
 )
 
 # The standard has no erf; CUDA's own, one launch (the generic path is a few dozen).
-ERF = Kernel(
-    name="gradcore_erf",
-    inputs=("x",),
-    scalars=(),
-    outputs=("y",),
-    body=formula_body(formulas.erf, ("x",), "y"),
-)
-
+ERF = _formula_kernel("erf", formulas.erf, ("x",), "y")
 # GELU through CUDA's erf, as gc.jit's fused chains compute it.
-GELU = Kernel(
-    name="gradcore_gelu",
-    inputs=("x",),
-    scalars=(),
-    outputs=("y",),
-    body=formula_body(formulas.gelu, ("x",), "y"),
-)
+GELU = _formula_kernel("gelu", formulas.gelu, ("x",), "y")
 
 # The optimizers' element-wise updates (gradcore.optim), in place on the parameter and its
 # state, each run over all parameters at once (``multi_tensor``). The gradient arrives

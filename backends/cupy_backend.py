@@ -282,10 +282,11 @@ def load(index: int | None = None) -> CupyBackend:
         raise _unavailable(
             name, f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r}); {NO_DEVICE_HINT}"
         )
-    if index is None:  # "cuda" keeps the GPU it named first, even if another is current now
-        named = [backend for backend in _backends.values() if backend.device == "cuda"]
-        if named:
-            return named[0]
+    # the backend already named "cuda", if any: it keeps that name (and "cuda" keeps that GPU,
+    # even if another is current now)
+    named = next((backend for backend in _backends.values() if backend.device == "cuda"), None)
+    if index is None and named is not None:
+        return named
     gpu_id = current if index is None else index
     if not 0 <= gpu_id < count:
         raise _unavailable(
@@ -322,7 +323,6 @@ def load(index: int | None = None) -> CupyBackend:
             name, f"array-api-compat cannot wrap {where} ({type(error).__name__}: {error}); "
             "pip install --upgrade 'array-api-compat>=1.9'"
         ) from error  # fmt: skip
-    cuda_named = any(backend.device == "cuda" for backend in _backends.values())
-    device = "cuda" if gpu_id == current and not cuda_named else f"cuda:{gpu_id}"
+    device = "cuda" if gpu_id == current and named is None else f"cuda:{gpu_id}"
     backend = _backends[gpu_id] = CupyBackend(cupy, compat, gpu_id, device)
     return backend

@@ -461,17 +461,24 @@ def _kernel_into(op: Primitive, argnum: int, *args: Any) -> tuple[Callable, tupl
     return kernel, (*range(len(args)), argnum)
 
 
+def _grad_from_output(op: Primitive, formula: Callable, y: Any, g: Any) -> Any:
+    """An activation's VJP ``op`` from its output ``y`` and cotangent ``g``: the op's kernel
+    where both are arrays of one type, shape and dtype and the device has one, else ``formula``
+    (from ``gradcore.formulas``) in the arrays' namespace or in Python."""
+    if type(y) in PY_SCALARS and type(g) in PY_SCALARS:
+        return formula(formulas.PYTHON, y, g)
+    backend = common_backend(op.name, y, g)
+    if type(g) is type(y) and g.shape == y.shape and g.dtype == y.dtype:
+        kernel = op.kernels.lookup(backend, y.dtype)
+        if kernel is not None:
+            return kernel(y, g)
+    return formula(backend.xp, y, g)
+
+
 @primitive
 def sigmoid_grad(y, g):
     """``g y (1 - y)``: the sigmoid's VJP from its output alone, one fused kernel."""
-    if type(y) in PY_SCALARS and type(g) in PY_SCALARS:
-        return formulas.sigmoid_grad(formulas.PYTHON, y, g)
-    backend = common_backend("sigmoid_grad", y, g)
-    if type(g) is type(y) and g.shape == y.shape and g.dtype == y.dtype:
-        kernel = sigmoid_grad.kernels.lookup(backend, y.dtype)
-        if kernel is not None:
-            return kernel(y, g)
-    return formulas.sigmoid_grad(backend.xp, y, g)
+    return _grad_from_output(sigmoid_grad, formulas.sigmoid_grad, y, g)
 
 
 sigmoid.kernel("cpu", "gradcore.backends.numpy_kernels:sigmoid")
@@ -509,14 +516,7 @@ def relu_grad(y, g):
     Its formula (``gradcore.formulas.relu_grad``) is a ``where``; the CPU kernel gives the same
     bits without one (NumPy's ``where`` is several times slower on masks of mixed signs).
     """
-    if type(y) in PY_SCALARS and type(g) in PY_SCALARS:
-        return formulas.relu_grad(formulas.PYTHON, y, g)
-    backend = common_backend("relu_grad", y, g)
-    if type(g) is type(y) and g.shape == y.shape and g.dtype == y.dtype:
-        kernel = relu_grad.kernels.lookup(backend, y.dtype)
-        if kernel is not None:
-            return kernel(y, g)
-    return formulas.relu_grad(backend.xp, y, g)
+    return _grad_from_output(relu_grad, formulas.relu_grad, y, g)
 
 
 relu_grad.kernel("cpu", "gradcore.backends.numpy_kernels:relu_grad")

@@ -162,6 +162,16 @@ def run(function: Callable, args: tuple, kwargs: dict, views: bool = False) -> A
     return wrap(result, device_id, sources)
 
 
+def device_function(numpy_function: Callable, name: str) -> Callable:
+    """NumPy's ``numpy_function`` as CuPy's ``name``: ``run`` over arrays of the current device."""
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        return run(numpy_function, args, kwargs)
+
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
 def _host_arrays(result: Any) -> list:
     if isinstance(result, np.ndarray):
         return [result]

@@ -66,17 +66,9 @@ def _parameters(text: str, is_const: bool) -> tuple[ParameterInfo, ...]:
 def _decide_types(in_params, out_params, in_dtypes, out_dtypes):  # noqa: ANN001, ANN202
     """CuPy's ``_decide_params_type_core``: type variables from the arrays, checked."""
     types: dict[str, np.dtype] = {}
-    for p, a in zip(out_params, out_dtypes):
-        if p.dtype is not None:
-            if np.dtype(a) != p.dtype:
-                raise TypeError(f"Type is mismatched. {p.name} {a} {p.dtype}")
-        elif p.ctype in types:
-            if types[p.ctype] != np.dtype(a):
-                raise TypeError(f"Type is mismatched. {p.name} {a} {types[p.ctype]} {p.ctype}")
-        else:
-            types[p.ctype] = np.dtype(a)
-    for p, a in zip(in_params, in_dtypes):
-        if a is None:
+    # Outputs first, as CuPy does: their dtypes bind the type variables the inputs then meet.
+    for p, a in [*zip(out_params, out_dtypes), *zip(in_params, in_dtypes)]:
+        if a is None:  # an input given as a Python scalar
             continue
         if p.dtype is not None:
             if np.dtype(a) != p.dtype:

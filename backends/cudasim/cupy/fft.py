@@ -11,16 +11,6 @@ NAMES = [
 ]  # fmt: skip
 
 
-def _function(name: str):  # noqa: ANN202
-    numpy_function = getattr(np.fft, name)
-
-    def function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return _core.run(numpy_function, args, kwargs)
-
-    function.__name__ = function.__qualname__ = name
-    return function
-
-
 __all__ = list(NAMES)
 for _name in __all__:
-    globals()[_name] = _function(_name)
+    globals()[_name] = _core.device_function(getattr(np.fft, _name), _name)
