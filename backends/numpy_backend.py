@@ -41,6 +41,13 @@ class NumpyBackend:
     # NumPy reductions return scalars (np.float32, ...), which are NumPy's too.
     array_types = (np.ndarray, *{t for t in np.sctypeDict.values() if issubclass(t, np.generic)})
 
+    @property
+    def description(self) -> str:
+        """What ``gradcore info`` prints: NumPy, and who compiles the fused CPU loops."""
+        from gradcore.backends import numpy_kernels
+
+        return f"NumPy {np.__version__}; fused loops: {numpy_kernels.compiled_loops()}"
+
     def for_array(self, x: Any) -> NumpyBackend:
         return self
 

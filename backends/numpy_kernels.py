@@ -5,14 +5,25 @@ formula over a large array reads and writes it four times. Here each formula (th
 ``gradcore.formulas``) runs as NumPy ufunc calls over cache-sized chunks, in place in reused
 scratch chunks, so the array crosses main memory once and nothing is allocated; large arrays are
 split between the cores, since NumPy releases the GIL inside its loops.
+
+Where a C compiler runs (``$CC``, else ``cc``), large arrays go further: each run of a formula's
+exactly rounded operations (arithmetic, comparisons, selections) becomes one loop of host C,
+compiled once per user (``host_compiler``), so that it makes one pass where NumPy makes one per
+operation, and only the transcendental functions (``exp``) stay NumPy's vectorised ufuncs. The C
+computes each operation as NumPy does, in the array's own type and in the same order (no fused
+multiply-add), so both paths give the same bits; ``GRADCORE_CPU_COMPILE=0`` keeps to NumPy.
+The SGD update is one such loop too.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
+import re
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
@@ -20,6 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from gradcore.backends import host_compiler
 
 from gradcore import formulas
 from gradcore.backend import kernel
@@ -30,6 +42,9 @@ from gradcore.backend import kernel
 CHUNK = 32_768
 # Below this many elements one thread is as fast: a hand-off to another thread costs tens of us.
 PARALLEL_MIN = 1 << 19
+# From this many elements a formula runs its compiled loops: below, NumPy's calls cost no more
+# than the checks and the ctypes call (a microsecond or two).
+COMPILED_MIN = 1 << 12
 
 
 @cache
@@ -69,6 +84,18 @@ class _Operands(threading.local):
     def __init__(self) -> None:
         self.chunks: dict[np.dtype, list[np.ndarray]] = {}
         self.operands: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self.whole: dict[tuple, list[np.ndarray]] = {}  # by (dtype, shape)
+
+    def whole_scratch(self, dtype: np.dtype, shape: tuple[int, ...], count: int) -> list:
+        """``count`` scratch arrays of ``shape`` for the compiled form, which runs over whole
+        arrays; shared by every program, as the chunks are."""
+        arrays = self.whole.get((dtype, shape))
+        if arrays is None:
+            if len(self.whole) >= 16:  # shapes that keep changing: keep the memory bounded
+                self.whole.clear()
+            arrays = self.whole[dtype, shape] = []
+        arrays += [np.empty(shape, dtype) for _ in range(count - len(arrays))]
+        return arrays
 
     def make(self, program: _Program, dtype: np.dtype, shape: tuple[int, ...]) -> tuple:
         """``program``'s numbers as 0-d arrays of ``dtype`` (what NumPy would convert them to,
@@ -190,6 +217,7 @@ class _Program:
         self.steps, scratch = self._plan(order, arity, out_is_free=False)
         self.steps_through_out, scratch_through_out = self._plan(order, arity, out_is_free=True)
         self.scratch = max(scratch, scratch_through_out)  # chunks a run needs
+        self.compiled = _Compiled.of(formula.__name__, order, arity, self.numbers)
 
     def _plan(self, order: list[_Node], arity: int, out_is_free: bool) -> tuple[list, int]:
         """Each call as (ufunc, operand slots, None for a unary ufunc, result slot), and how
@@ -220,10 +248,22 @@ class _Program:
     def __call__(self, out: np.ndarray | None, *inputs: np.ndarray) -> np.ndarray:
         """The formula of ``inputs`` (of one shape) into ``out``, which may be one of them,
         or into a new array; large arrays in chunks split between the cores."""
-        if out is None:
-            out, out_is_free = np.empty(inputs[0].shape, np.result_type(*inputs, 0.5)), True
-        else:  # the check pays off from beyond a chunk of float32 (128 KiB), not below
-            out_is_free = out.nbytes > 4 * CHUNK and _shares_no_memory(out, inputs)
+        fresh = out is None
+        if fresh:
+            out = np.empty(inputs[0].shape, np.result_type(*inputs, 0.5))
+        if (
+            self.compiled is not None
+            and out.size >= COMPILED_MIN
+            and _loopable(out, inputs)
+            and self.compiled.calls(out.dtype) is not None
+        ):
+            if out.size >= PARALLEL_MIN:
+                _parallel(self.compiled.run, out.reshape(-1), *(a.reshape(-1) for a in inputs))
+            else:
+                self.compiled.run(out, *inputs)
+            return out
+        # Whether out may serve as scratch: the check pays off beyond a chunk of float32.
+        out_is_free = fresh or (out.nbytes > 4 * CHUNK and _shares_no_memory(out, inputs))
         if out.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
             self.run(out, inputs, out_is_free)
         elif out.flags.c_contiguous:  # the chunks are views of the flattened arrays
@@ -249,6 +289,252 @@ class _Program:
                 ufunc(slots[a], out=slots[result])
             else:
                 ufunc(slots[a], slots[b], out=slots[result])
+
+
+# ---------------------------------------------------------------------------------------------
+# runs of exactly rounded operations as loops of host C
+
+COMPILE = os.environ.get("GRADCORE_CPU_COMPILE", "1") != "0"
+C_COMPILER = os.environ.get("CC", "cc")
+# No fused multiply-add (-ffp-contract=off), no fast math: each operation rounds as NumPy's does.
+C_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-w")
+C_TYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
+
+# The NumPy operations that C computes with the same bits, in the operands' type: IEEE
+# arithmetic, comparisons stored as 1 or 0, and NumPy's maximum and minimum (a NaN operand
+# wins; of two equal values, ±0 included, the second). Operands are names or literals.
+_C_TEMPLATES: dict[np.ufunc, str] = {
+    np.add: "{0} + {1}",
+    np.subtract: "{0} - {1}",
+    np.multiply: "{0} * {1}",
+    np.divide: "{0} / {1}",
+    np.negative: "-{0}",
+    np.absolute: "fabs({0})",
+    np.maximum: "{0} != {0} || {0} > {1} ? {0} : {1}",
+    np.minimum: "{0} != {0} || {0} < {1} ? {0} : {1}",
+    np.greater: "(T)({0} > {1})",
+    np.greater_equal: "(T)({0} >= {1})",
+    np.less: "(T)({0} < {1})",
+    np.less_equal: "(T)({0} <= {1})",
+}
+
+
+def _c_number(number: Any) -> str:
+    """A Python number as a C literal of type T: exact (hexadecimal) for any double."""
+    value = float(number)
+    if math.isnan(value):
+        return "(T)NAN"
+    if math.isinf(value):
+        return "(T)INFINITY" if value > 0 else "(T)-INFINITY"
+    return f"(T){value.hex()}"
+
+
+# On x86-64, each loop is compiled for AVX-512, AVX2 and the baseline, and the loader picks the
+# best the CPU runs (GCC's and Clang's function multiversioning): a library cached in a home
+# folder that several machines share still runs on each.
+_C_PRELUDE = """#include <math.h>
+#include <stddef.h>
+#define DATA(type, array) ((type *)*(char **)((char *)(array) + GRADCORE_DATA_OFFSET))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VECTORIZED __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTORIZED
+#endif
+"""
+
+
+@cache
+def _data_offset() -> int | None:
+    """Where an ndarray keeps its data pointer: right after the object's header (NumPy's
+    ``PyArrayObject_fields``), checked on an array; None where it is not (not CPython).
+
+    The loops take the arrays themselves (ctypes passes a ``py_object`` as a bare pointer) and
+    read the pointer there: asking NumPy for it (``a.ctypes.data``) costs a microsecond per
+    array per call, as much as a NumPy pass over a few thousand elements."""
+    probe = np.empty(1)
+    offset = object.__basicsize__
+    found = ctypes.c_void_p.from_address(id(probe) + offset).value
+    return offset if found == probe.ctypes.data else None
+
+
+def build_c(source: str) -> ctypes.CDLL | None:
+    """``source`` compiled for the host (``host_compiler``), or None where no compiler runs
+    (or ``GRADCORE_CPU_COMPILE=0``); a compiler that refuses the source is reported once."""
+    if not COMPILE or _data_offset() is None:
+        return None
+    folder = host_compiler.cache_root() / "cpu"
+    unit = f"#define GRADCORE_DATA_OFFSET {_data_offset()}\n{_C_PRELUDE}{source}"
+    try:
+        return host_compiler.build(unit, C_COMPILER, C_FLAGS, folder, ".c")
+    except host_compiler.NoCompilerError:
+        return None
+    except (host_compiler.CompileError, OSError) as error:
+        warnings.warn(f"gradcore: the CPU kernels run as NumPy calls: {error}", stacklevel=3)
+        return None
+
+
+def compiled_loops() -> str:
+    """Who compiles the loops, or why NumPy's calls run instead (``gradcore info``)."""
+    if not COMPILE:
+        return "off (GRADCORE_CPU_COMPILE=0): NumPy calls"
+    version = host_compiler.compiler_version(C_COMPILER)
+    if version is None:
+        return f"NumPy calls (no C compiler: {C_COMPILER!r} cannot run; set CC)"
+    if _data_offset() is None:
+        return "NumPy calls (this Python's arrays are not addressable by the loops)"
+    return f"compiled by {C_COMPILER} ({version})"
+
+
+def _loopable(out: Any, inputs: tuple) -> bool:
+    """Whether a compiled loop may write ``out`` from ``inputs``: ndarrays (the loop reads their
+    data pointers) of one shape and dtype, C-contiguous (it walks their elements in order),
+    ``out`` writeable, and each input either ``out`` itself or apart from it (an element is
+    read before it is written, but not an element ahead of it: NumPy buffers overlaps)."""
+    if type(out) is not np.ndarray or not (out.flags.c_contiguous and out.flags.writeable):
+        return False
+    return all(
+        type(a) is np.ndarray
+        and a.dtype == out.dtype
+        and a.shape == out.shape
+        and a.flags.c_contiguous
+        and (a is out or not np.may_share_memory(a, out))
+        for a in inputs
+    )
+
+
+class _Compiled:
+    """A formula's form for large arrays: each run of two or more ``_C_TEMPLATES`` operations is
+    one C loop over whole arrays, the other operations NumPy ufunc calls between them (the
+    sigmoid: ``-|x|`` in C, ``exp`` by NumPy, the rest in C: three passes, not seven).
+
+    Values that pass from one unit to another are kept in whole-size scratch arrays, chosen by
+    liveness; a loop reads all of an element's operands before it stores its results, so a
+    result may go into the memory of an operand read for the last time. The result goes into
+    ``out`` by the last unit alone, so ``out`` may be an input."""
+
+    def __init__(self, name: str, units: list[list[_Node]], arity: int, numbers: tuple) -> None:
+        self.numbers = numbers
+        first_number = arity + 1
+        first_scratch = arity + 1 + len(numbers)
+        result = units[-1][-1]
+        last_read: dict[_Node, int] = {}
+        for u, unit in enumerate(units):
+            for node in unit:
+                for arg in node.args:
+                    if isinstance(arg, _Node) and arg.ufunc is not None and arg not in unit:
+                        last_read[arg] = u
+        slots: dict[_Node, int] = {}
+        free: list[int] = []
+        scratch = itertools.count(first_scratch)
+        numbers_left = iter(range(first_number, first_scratch))
+        self.units: list[tuple] = []
+        self.sources: list[str] = []
+        for u, unit in enumerate(units):
+            reads = list(dict.fromkeys(
+                arg for node in unit for arg in node.args
+                if isinstance(arg, _Node) and arg not in unit
+            ))  # fmt: skip
+            read_slots = [arg.args[0] if arg.ufunc is None else slots[arg] for arg in reads]
+            free += [slots[arg] for arg in reads if arg.ufunc is not None and last_read[arg] == u]
+            outputs = [node for node in unit if node is result or last_read.get(node, -1) > u]
+            for node in outputs:
+                slots[node] = arity if node is result else (free.pop() if free else next(scratch))
+            if len(unit) == 1:  # one NumPy call
+                (node,) = unit
+                operands = [
+                    (arg.args[0] if arg.ufunc is None else slots[arg])
+                    if isinstance(arg, _Node) else next(numbers_left)
+                    for arg in node.args
+                ]  # fmt: skip
+                self.units.append((node.ufunc, *operands, *(None,) * (2 - len(operands)),
+                                   slots[node]))  # fmt: skip
+            else:
+                for node in unit:  # its numbers are literals, but keep the slots in step
+                    for arg in node.args:
+                        if not isinstance(arg, _Node):
+                            next(numbers_left)
+                function = f"gradcore_{re.sub(r'[^0-9A-Za-z]', '_', name)}_{u}"
+                self.sources.append(_c_loop(function, unit, reads, outputs))
+                self.units.append((function, tuple(read_slots), tuple(slots[n] for n in outputs)))
+        self.scratch = next(scratch) - first_scratch
+        self._calls: dict[np.dtype, list | None] = {}
+        self._numbers: dict[np.dtype, tuple] = {}  # as 0-d arrays, for the NumPy calls
+
+    @classmethod
+    def of(cls, name: str, order: list[_Node], arity: int, numbers: tuple) -> _Compiled | None:
+        """The compiled form of ``order``, or None where it would run no loop of C."""
+        units: list[list[_Node]] = []
+        for node in order:
+            if node.ufunc in _C_TEMPLATES and units and units[-1][-1].ufunc in _C_TEMPLATES:
+                units[-1].append(node)
+            else:
+                units.append([node])
+        if all(len(unit) == 1 for unit in units):
+            return None
+        return cls(name, units, arity, numbers)
+
+    def calls(self, dtype: np.dtype) -> list | None:
+        """The units for ``dtype`` as ``(function, operand slots, result slot)``: a C function
+        (built on first use) has no result slot, it is called ``(n, arrays...)``. None where no
+        C compiler runs, or for a dtype C has no type for."""
+        try:
+            return self._calls[dtype]
+        except KeyError:
+            pass
+        ctype = C_TYPES.get(dtype)
+        library = None if ctype is None else build_c(
+            f"#define T {ctype}\n" + "\n".join(self.sources)
+        )  # fmt: skip
+        calls = None
+        if library is not None:
+            calls = []
+            for unit in self.units:
+                if isinstance(unit[0], str):
+                    name, reads, writes = unit
+                    function = getattr(library, name)
+                    function.restype = None
+                    arrays = (*reads, *writes)
+                    function.argtypes = [ctypes.c_ssize_t] + [ctypes.py_object] * len(arrays)
+                    calls.append((function, arrays, None))
+                else:
+                    ufunc, a, b, result = unit
+                    calls.append((ufunc, (a,) if b is None else (a, b), result))
+            self._numbers[dtype] = tuple(np.asarray(number, dtype) for number in self.numbers)
+        self._calls[dtype] = calls
+        return calls
+
+    def run(self, out: np.ndarray, *inputs: np.ndarray) -> None:
+        """The formula of C-contiguous ``inputs`` of ``out``'s shape and dtype into ``out``."""
+        dtype = out.dtype
+        scratch = _OPERANDS.whole_scratch(dtype, out.shape, self.scratch) if self.scratch else ()
+        slots = (*inputs, out, *self._numbers[dtype], *scratch)
+        n = out.size
+        for function, operands, result in self._calls[dtype]:
+            if result is None:
+                function(n, *[slots[k] for k in operands])
+            else:
+                function(*[slots[k] for k in operands], out=slots[result])
+
+
+def _c_loop(function: str, unit: list[_Node], reads: list[_Node], outputs: list[_Node]) -> str:
+    """The C function ``function(n, reads..., outputs...)`` of a unit, one line per operation."""
+    names = {node: f"x{k}" for k, node in enumerate(reads)}
+    lines = [f"const T x{k} = in{k}[i];" for k in range(len(reads))]
+    for k, node in enumerate(unit):
+        names[node] = f"v{k}"
+        operands = [names[a] if isinstance(a, _Node) else _c_number(a) for a in node.args]
+        lines.append(f"const T v{k} = {_C_TEMPLATES[node.ufunc].format(*operands)};")
+    lines += [f"out{k}[i] = {names[node]};" for k, node in enumerate(outputs)]
+    arrays = [f"in{k}" for k in range(len(reads))] + [f"out{k}" for k in range(len(outputs))]
+    pointers = [f"const T *in{k} = DATA(const T, in{k}_);" for k in range(len(reads))]
+    pointers += [f"T *out{k} = DATA(T, out{k}_);" for k in range(len(outputs))]
+    body = "\n    ".join(lines)
+    return (
+        f"VECTORIZED void {function}(ptrdiff_t n, {', '.join(f'void *{a}_' for a in arrays)}) {{\n"
+        f"  {' '.join(pointers)}\n"
+        f"  #pragma GCC ivdep\n"
+        f"  for (ptrdiff_t i = 0; i < n; i++) {{\n    {body}\n  }}\n}}\n"
+    )
 
 
 def _shares_no_memory(out: np.ndarray, inputs: tuple[np.ndarray, ...]) -> bool:
@@ -277,6 +563,61 @@ def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) ->
     """``g * y * (1 - y)`` for ``y`` and ``g`` of one shape and dtype (the op checks); ``out``
     may be either of them."""
     return _SIGMOID_GRAD(out, y, g)
+
+
+_SGD_SOURCE = """
+VECTORIZED void gradcore_sgd_update(ptrdiff_t n, void *p_, void *g_, void *v_, T lr, T momentum,
+                                    T lr_wd, int decay, int nesterov) {
+  T *p = DATA(T, p_), *v = DATA(T, v_);
+  const T *g = DATA(const T, g_);
+  for (ptrdiff_t i = 0; i < n; i++) {
+    T step = g[i] * lr;
+    if (decay) step = step + p[i] * lr_wd;
+    const T velocity = v[i] * momentum - step;
+    v[i] = velocity;
+    p[i] = nesterov ? (p[i] - step) + velocity * momentum : p[i] + velocity;
+  }
+}
+"""
+
+
+@cache
+def _sgd_function(dtype: np.dtype) -> Any:
+    """The compiled SGD update for ``dtype`` (float32 or float64), or None without a compiler."""
+    library = build_c(f"#define T {C_TYPES[dtype]}\n{_SGD_SOURCE}")
+    if library is None:
+        return None
+    function = library.gradcore_sgd_update
+    scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    function.restype = None
+    function.argtypes = [ctypes.c_ssize_t, *[ctypes.py_object] * 3, *[scalar] * 3, ctypes.c_int,
+                         ctypes.c_int]  # fmt: skip
+    return function
+
+
+@kernel(dtypes=("float32", "float64"))
+def sgd_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    velocity: np.ndarray,
+    learning_rate: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> bool:
+    """``gradcore.optim.sgd_update``'s arithmetic, the same operations in the same order, in one
+    pass where NumPy makes four or more (and one call where NumPy makes four, so at any size).
+    Returns False, and does nothing, for arrays it leaves to NumPy: mixed dtypes or shapes, any
+    not C-contiguous, or where no compiler runs."""
+    if not (_loopable(param, (grad, velocity)) and _loopable(velocity, (grad,))):
+        return False
+    function = _sgd_function(param.dtype)
+    if function is None:
+        return False
+    function(param.size, param, grad, velocity,
+             learning_rate, momentum, learning_rate * weight_decay, bool(weight_decay),
+             bool(nesterov))  # fmt: skip
+    return True
 
 
 # Integers and booleans: np.sum widens them first (add.reduce of bools is a logical or).

@@ -93,22 +93,30 @@ def sgd_update(
     nesterov: bool,
     weight_decay: float,
     grad_is_scratch: bool = False,
+    work: Any = None,
 ) -> None:
     """In place: ``v = momentum v - lr (g + wd p)``, then ``p += v`` (or the Nesterov form).
 
     The scalars must be Python floats: a NumPy float64 scalar would promote float32 arrays.
     With ``grad_is_scratch`` the gradient's memory may be reused (``gc.jit`` says so when
-    nothing else reads it, ``SGD`` when it holds a copy), and then the CPU allocates nothing.
+    nothing else reads it), else ``lr g`` goes into ``work`` (an array of the parameter's shape
+    and dtype) if given; either way the CPU allocates nothing. A device kernel (the CPU's
+    compiled loop, CUDA's) computes it in one pass; a kernel returning False leaves it here.
     """
     backend = array_backend(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
     if kernel is not None:
-        kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
-        return
+        if (
+            kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
+            is not False
+        ):
+            return
     # ``step = lr (g + wd p)`` is taken before p changes; the rest is in place.
     if grad_is_scratch:
         step = grad
         step *= learning_rate
+    elif work is not None and grad.dtype == param.dtype:
+        step = _ufuncs(backend).multiply(grad, learning_rate, out=work)
     else:
         step = grad * learning_rate
     if weight_decay:
@@ -125,6 +133,7 @@ def sgd_update(
 
 
 SGD_KERNELS = KernelTable("sgd_update")
+SGD_KERNELS.register("cpu", "gradcore.backends.numpy_kernels:sgd_update")
 SGD_KERNELS.register("cuda", "gradcore.backends.cuda_kernels:sgd_update")
 
 
@@ -499,7 +508,7 @@ class SGD(Optimizer):
 
     with ``momentum`` alpha and ``weight_decay`` lambda; Nesterov momentum is Keras's form,
     ``theta <- theta + alpha v - epsilon_k (g + lambda theta)`` with the new v. Off CUDA the
-    arithmetic is ``sgd_update``, computing in the gradient's memory or in a copy of it.
+    arithmetic is ``sgd_update``, computing in the gradient's memory or in a scratch array.
     """
 
     def __init__(
@@ -530,14 +539,10 @@ class SGD(Optimizer):
         kernel(tensors, lr, self.momentum, self.nesterov, self.weight_decay)
 
     def _apply(self, i, param, grad, lr, f, work, writable) -> None:  # noqa: D102
-        if not writable:
-            work[...] = grad
-            grad = work
         velocity = self._arrays["velocity"][i]
         # weight_decay 0: it is in the gradient already
-        sgd_update(
-            param, grad, velocity, lr, self.momentum, self.nesterov, 0.0, grad_is_scratch=True
-        )
+        sgd_update(param, grad, velocity, lr, self.momentum, self.nesterov, 0.0,
+                   grad_is_scratch=writable, work=work)  # fmt: skip
 
 
 def _check_decay_rate(owner: str, name: str, value: Any) -> float:

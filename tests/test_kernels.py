@@ -16,11 +16,12 @@ import sys
 import tracemalloc
 import types
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
 from counting_backend import BACKEND
-from gradcore.backends import cuda_c, cuda_kernels, numpy_kernels
+from gradcore.backends import cuda_c, cuda_kernels, host_compiler, numpy_kernels
 
 import gradcore as gc
 from gradcore import formulas
@@ -661,6 +662,122 @@ def test_the_sigmoid_of_zeros_infinities_and_nan_on_every_path(host, dtype, no_w
     python = [gc.sigmoid(float(value)) for value in x]
     for got in (numpy_kernels.sigmoid(x), formulas.sigmoid(np, x), cuda, python):
         np.testing.assert_array_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled loops (host C) against NumPy's calls: the same bits
+
+PROGRAMS = {"sigmoid": numpy_kernels._SIGMOID, "sigmoid_grad": numpy_kernels._SIGMOID_GRAD}
+KERNELS = {"sigmoid": numpy_kernels.sigmoid, "sigmoid_grad": numpy_kernels.sigmoid_grad}
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x.view(f"uint{8 * x.itemsize}")
+
+
+def _compiled_or_skip(program: Any, dtype: str) -> None:
+    if program.compiled is None or program.compiled.calls(np.dtype(dtype)) is None:
+        _skip_unless_ci(f"the CPU loops are not compiled here: {numpy_kernels.compiled_loops()}")
+
+
+def _special_inputs(name: str, dtype: str) -> list[np.ndarray]:
+    """Above COMPILED_MIN elements, led by signed zeros, infinities, NaN, subnormals and the
+    exponents where e^x overflows (finite cotangents: inf * 0 would warn on both paths)."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, tiny, -tiny, 88.5, -88.5, 104.0, -104.0,
+               709.0, -709.0, 746.0, -746.0]  # fmt: skip
+    x = _inputs(dtype, numpy_kernels.COMPILED_MIN + 3)
+    with np.errstate(over="ignore"):
+        x[: len(special)] = np.array(special).astype(dtype)
+    if name == "sigmoid":
+        return [x]
+    g = _inputs(dtype, x.size, seed=1)
+    g[:3] = [np.nan, -0.0, tiny]
+    return [numpy_kernels.sigmoid(x), g]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_the_compiled_loops_give_the_bits_of_numpys_calls(name, dtype, monkeypatch, no_warnings):
+    """From COMPILED_MIN elements a kernel runs loops of host C, below it (and without a
+    compiler) NumPy's calls: one result either way, into its own array or over an argument."""
+    program = PROGRAMS[name]
+    _compiled_or_skip(program, dtype)
+    inputs = _special_inputs(name, dtype)
+    compiled = [KERNELS[name](*inputs)]
+    for argnum in range(len(inputs)):
+        args = [a.copy() for a in inputs]
+        compiled.append(KERNELS[name](*args, out=args[argnum]))
+    monkeypatch.setattr(program, "compiled", None)
+    expected = KERNELS[name](*inputs)
+    for got in compiled:
+        np.testing.assert_array_equal(_bits(got), _bits(expected))
+
+
+def test_a_compiled_formula_runs_its_transcendental_functions_as_numpy_calls():
+    """The sigmoid: -|x| in one loop, exp by NumPy, the rest in another loop."""
+    units = numpy_kernels._SIGMOID.compiled.units
+    assert [u[0] if isinstance(u[0], str) else u[0].__name__ for u in units] == [
+        "gradcore_sigmoid_0",
+        "exp",
+        "gradcore_sigmoid_2",
+    ]
+    assert len(numpy_kernels._SIGMOID_GRAD.compiled.units) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_the_compiled_sgd_update_gives_the_bits_of_numpys_calls(dtype, config, monkeypatch):
+    if numpy_kernels._sgd_function(np.dtype(dtype)) is None:
+        _skip_unless_ci(f"the CPU loops are not compiled here: {numpy_kernels.compiled_loops()}")
+    rng = np.random.default_rng(0)
+    param, grad, velocity = rng.standard_normal((3, 40, 7)).astype(dtype)
+    tiny = np.finfo(dtype).smallest_subnormal
+    param[0, :4], grad[0, :4] = [0.0, -0.0, tiny, 1e3], [-0.0, tiny, 0.0, -1e3]
+    compiled = [param.copy(), velocity.copy()]
+    assert numpy_kernels.sgd_update(compiled[0], grad, compiled[1], 0.1, **CONFIGS[config])
+    monkeypatch.setattr(numpy_kernels, "_sgd_function", lambda dtype: None)
+    gc.optim.sgd_update(param, grad, velocity, 0.1, **CONFIGS[config])
+    np.testing.assert_array_equal(_bits(compiled[0]), _bits(param))
+    np.testing.assert_array_equal(_bits(compiled[1]), _bits(velocity))
+
+
+def test_the_compiled_loops_leave_to_numpy_what_they_cannot_address():
+    """Views with gaps, mixed dtypes or shapes and read-only outputs take NumPy's calls (which
+    raise where NumPy raises), never a loop over memory it does not own."""
+    p, g, v = np.ones((3, 8, 6), np.float32)
+    assert numpy_kernels.sgd_update(p[:, ::2], g[:, ::2], v[:, ::2], 0.1, 0.9, False, 0.0) is False
+    assert numpy_kernels.sgd_update(p, g.astype(np.float64), v, 0.1, 0.9, False, 0.0) is False
+    assert numpy_kernels.sgd_update(p, g[:4], v, 0.1, 0.9, False, 0.0) is False
+    n = numpy_kernels.COMPILED_MIN
+    x = _inputs("float32", 2 * n).reshape(2, n)
+    np.testing.assert_array_equal(
+        numpy_kernels.sigmoid(x[:, ::2]), numpy_kernels.sigmoid(x)[:, ::2]
+    )
+    shifted = x.reshape(-1).copy()  # out one element ahead of its input: NumPy buffers it
+    expected = numpy_kernels.sigmoid(shifted[:-1])
+    np.testing.assert_array_equal(numpy_kernels.sigmoid(shifted[:-1], out=shifted[1:]), expected)
+    frozen = np.empty_like(x)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        numpy_kernels.sigmoid(x, out=frozen)
+
+
+def test_without_a_compiler_the_kernels_are_numpys_calls(monkeypatch, no_warnings):
+    monkeypatch.setattr(numpy_kernels, "C_COMPILER", "gradcore-no-such-compiler")
+    program = numpy_kernels._Program(formulas.sigmoid_grad, 2)  # built after: none compiled
+    assert program.compiled.calls(np.dtype("float32")) is None
+    y, g = (_inputs("float32", numpy_kernels.COMPILED_MIN, seed) for seed in (0, 1))
+    np.testing.assert_array_equal(program(None, y, g), formulas.sigmoid_grad(np, y, g))
+    monkeypatch.setattr(numpy_kernels, "COMPILE", False)  # GRADCORE_CPU_COMPILE=0
+    assert numpy_kernels.build_c("void f(void) {}") is None
+
+
+def test_a_compiler_that_refuses_a_loop_is_reported_with_its_message():
+    if host_compiler.compiler_version(numpy_kernels.C_COMPILER) is None:
+        _skip_unless_ci(f"the CPU loops are not compiled here: {numpy_kernels.compiled_loops()}")
+    with pytest.warns(UserWarning, match="the CPU kernels run as NumPy calls: kernel.c:.*error"):
+        assert numpy_kernels.build_c("this is not C;") is None
 
 
 ARBITRARY_FORMULAS = {  # values read twice, in place and not, numbers on either side

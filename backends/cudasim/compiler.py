@@ -1,6 +1,6 @@
 """Host compilation of CUDA C kernel code for the simulated device: g++ builds one shared
-library per translation unit, cached on disk (per user, keyed by a hash of the source and the
-compiler) and in memory, and ctypes calls it.
+library per translation unit (``gradcore.backends.host_compiler``: cached on disk per user and in
+memory), and ctypes calls it.
 
 The prelude makes CuPy's kernel dialect compile as host C++: ``__device__`` and friends vanish,
 CUDA's ``max``/``min`` on floating point are ``fmax``/``fmin`` (a NaN operand is dropped), CuPy's
@@ -12,11 +12,13 @@ modes on, as CuPy compiles every kernel with ``-ftz=true`` (which affects float3
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
 from pathlib import Path
+
+from gradcore.backends import host_compiler
+from gradcore.backends.host_compiler import CompileError, NoCompilerError, cache_root
+
+__all__ = ["COMPILER", "CompileError", "build"]
 
 COMPILER = os.environ.get("CXX", "g++")
 FLAGS = ("-O1", "-shared", "-fPIC", "-std=c++17", "-fno-fast-math", "-w")
@@ -133,61 +135,18 @@ template <typename T, int N> struct CArray {
 """
 
 
-class CompileError(Exception):
-    """g++ refused a translation unit; the message is the compiler's."""
-
-    def __init__(self, message: str, source: str) -> None:
-        super().__init__(message)
-        self.source = source
-
-
 def cache_dir() -> Path:
-    """Per user: ``$GRADCORE_CUDASIM_CACHE``, else ``$XDG_CACHE_HOME/gradcore/cudasim``."""
+    """Per user: ``$GRADCORE_CUDASIM_CACHE``, else ``cudasim`` in gradcore's cache folder."""
     explicit = os.environ.get("GRADCORE_CUDASIM_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gradcore" / "cudasim"
-
-
-_compiler_id: str | None = None
-_loaded: dict[str, ctypes.CDLL] = {}
-
-
-def _compiler_version() -> str:
-    global _compiler_id
-    if _compiler_id is None:
-        try:
-            done = subprocess.run([COMPILER, "--version"], capture_output=True, text=True)
-        except OSError as error:
-            raise NotImplementedError(
-                f"the CUDA simulator compiles kernels with a host C++ compiler, and "
-                f"{COMPILER!r} cannot run ({error}): install g++"
-            ) from error
-        _compiler_id = done.stdout.partition("\n")[0]
-    return _compiler_id
+    return Path(explicit) if explicit else cache_root() / "cudasim"
 
 
 def build(source: str) -> ctypes.CDLL:
     """The shared library of ``source`` (prelude included), compiled once per user."""
-    unit = PRELUDE + source
-    key = hashlib.sha256("\0".join([_compiler_version(), *FLAGS, unit]).encode()).hexdigest()
-    library = _loaded.get(key)
-    if library is not None:
-        return library
-    folder = cache_dir()
-    path = folder / f"{key[:32]}.so"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            cpp = Path(scratch) / "kernel.cpp"
-            cpp.write_text(unit)
-            built = Path(scratch) / "kernel.so"
-            done = subprocess.run(
-                [COMPILER, *FLAGS, "-o", str(built), str(cpp)], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise CompileError(done.stderr.replace(str(cpp), "kernel.cu"), unit)
-            os.replace(built, path)  # atomic: another process may be building it too
-    library = _loaded[key] = ctypes.CDLL(str(path))
-    return library
+    try:
+        return host_compiler.build(PRELUDE + source, COMPILER, FLAGS, cache_dir(), ".cpp")
+    except NoCompilerError as error:
+        raise NotImplementedError(
+            f"the CUDA simulator compiles kernels with a host C++ compiler, and {error}: "
+            "install g++"
+        ) from error
