@@ -390,16 +390,18 @@ def _loopable(out: Any, inputs: tuple) -> bool:
     data pointers) of one shape and dtype, C-contiguous (it walks their elements in order),
     ``out`` writeable, and each input either ``out`` itself or apart from it (an element is
     read before it is written, but not an element ahead of it: NumPy buffers overlaps)."""
-    if type(out) is not np.ndarray or not (out.flags.c_contiguous and out.flags.writeable):
+    if type(out) is not np.ndarray:
         return False
-    return all(
-        type(a) is np.ndarray
-        and a.dtype == out.dtype
-        and a.shape == out.shape
-        and a.flags.c_contiguous
-        and (a is out or not np.may_share_memory(a, out))
-        for a in inputs
-    )
+    flags = out.flags
+    if not (flags.c_contiguous and flags.writeable):
+        return False
+    dtype, shape = out.dtype, out.shape
+    for a in inputs:  # a loop, not all(): this runs at every call of a kernel
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+            return False
+        if not a.flags.c_contiguous or (a is not out and np.may_share_memory(a, out)):
+            return False
+    return True
 
 
 class _Compiled:

@@ -311,7 +311,7 @@ _ARITHMETIC = ("add", "subtract", "multiply", "divide")
 # arguments: the step calls that function of the recorded array's namespace.
 _NAMESPACE_FUNCTIONS = frozenset(
     ("exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "sum", "mean", "max", "astype", "equal",
-     "not_equal", "less", "less_equal", "greater", "greater_equal")
+     "not_equal", "less", "less_equal", "greater", "greater_equal", "matmul")
 )  # fmt: skip
 
 
