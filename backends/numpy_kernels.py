@@ -249,7 +249,7 @@ class _Program:
         """The formula of ``inputs`` (of one shape) into ``out``, which may be one of them,
         or into a new array; large arrays in chunks split between the cores."""
         fresh = out is None
-        if fresh:
+        if out is None:
             out = np.empty(inputs[0].shape, np.result_type(*inputs, 0.5))
         if (
             self.compiled is not None
@@ -511,7 +511,9 @@ class _Compiled:
         scratch = _OPERANDS.whole_scratch(dtype, out.shape, self.scratch) if self.scratch else ()
         slots = (*inputs, out, *self._numbers[dtype], *scratch)
         n = out.size
-        for function, operands, result in self._calls[dtype]:
+        calls = self._calls[dtype]
+        assert calls is not None  # the caller asked calls(dtype) first
+        for function, operands, result in calls:
             if result is None:
                 function(n, *[slots[k] for k in operands])
             else:
@@ -525,7 +527,8 @@ def _c_loop(function: str, unit: list[_Node], reads: list[_Node], outputs: list[
     for k, node in enumerate(unit):
         names[node] = f"v{k}"
         operands = [names[a] if isinstance(a, _Node) else _c_number(a) for a in node.args]
-        lines.append(f"const T v{k} = {_C_TEMPLATES[node.ufunc].format(*operands)};")
+        template = _C_TEMPLATES[node.ufunc]  # type: ignore[index]  # an operation's node
+        lines.append(f"const T v{k} = {template.format(*operands)};")
     lines += [f"out{k}[i] = {names[node]};" for k, node in enumerate(outputs)]
     arrays = [f"in{k}" for k in range(len(reads))] + [f"out{k}" for k in range(len(outputs))]
     pointers = [f"const T *in{k} = DATA(const T, in{k}_);" for k in range(len(reads))]

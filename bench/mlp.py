@@ -587,6 +587,10 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         "same implementation timed alone (a fresh process, no other running)",
         "page_faults_per_step: minor page faults per step, in the implementation's own process",
     ]
+    if device == "cpu":
+        from gradcore.backends.numpy_kernels import compiled_loops
+
+        notes.append(f"gradcore's fused CPU loops: {compiled_loops()}")
     case_list = cases(device, quick)
     factories = implementations(device, notes, quick=quick)
     workers = start_workers(factories, case_list, notes)

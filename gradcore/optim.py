@@ -105,12 +105,9 @@ def sgd_update(
     """
     backend = array_backend(param)
     kernel = SGD_KERNELS.lookup(backend, param.dtype)
-    if kernel is not None:
-        if (
-            kernel(param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
-            is not False
-        ):
-            return
+    args = (param, grad, velocity, learning_rate, momentum, nesterov, weight_decay)
+    if kernel is not None and kernel(*args) is not False:
+        return  # done by the device's kernel (the CPU's declines arrays it cannot loop over)
     # ``step = lr (g + wd p)`` is taken before p changes; the rest is in place.
     if grad_is_scratch:
         step = grad
