@@ -429,6 +429,7 @@ class _Compiled:
         free: list[int] = []
         scratch = itertools.count(first_scratch)
         numbers_left = iter(range(first_number, first_scratch))
+        # each as (ufunc or C function name, operand slots, result slot or None for a loop)
         self.units: list[tuple] = []
         self.sources: list[str] = []
         for u, unit in enumerate(units):
@@ -448,8 +449,7 @@ class _Compiled:
                     if isinstance(arg, _Node) else next(numbers_left)
                     for arg in node.args
                 ]  # fmt: skip
-                self.units.append((node.ufunc, *operands, *(None,) * (2 - len(operands)),
-                                   slots[node]))  # fmt: skip
+                self.units.append((node.ufunc, tuple(operands), slots[node]))
             else:
                 for node in unit:  # its numbers are literals, but keep the slots in step
                     for arg in node.args:
@@ -457,7 +457,8 @@ class _Compiled:
                             next(numbers_left)
                 function = f"gradcore_{re.sub(r'[^0-9A-Za-z]', '_', name)}_{u}"
                 self.sources.append(_c_loop(function, unit, reads, outputs))
-                self.units.append((function, tuple(read_slots), tuple(slots[n] for n in outputs)))
+                arrays = (*read_slots, *(slots[n] for n in outputs))
+                self.units.append((function, arrays, None))  # called (n, arrays...)
         self.scratch = next(scratch) - first_scratch
         self._calls: dict[np.dtype, list | None] = {}
         self._numbers: dict[np.dtype, tuple] = {}  # as 0-d arrays, for the NumPy calls
@@ -490,17 +491,12 @@ class _Compiled:
         calls = None
         if library is not None:
             calls = []
-            for unit in self.units:
-                if isinstance(unit[0], str):
-                    name, reads, writes = unit
-                    function = getattr(library, name)
+            for function, operands, result in self.units:
+                if isinstance(function, str):  # a loop's name: its function in the library
+                    function = getattr(library, function)
                     function.restype = None
-                    arrays = (*reads, *writes)
-                    function.argtypes = [ctypes.c_ssize_t] + [ctypes.py_object] * len(arrays)
-                    calls.append((function, arrays, None))
-                else:
-                    ufunc, a, b, result = unit
-                    calls.append((ufunc, (a,) if b is None else (a, b), result))
+                    function.argtypes = [ctypes.c_ssize_t] + [ctypes.py_object] * len(operands)
+                calls.append((function, operands, result))
             self._numbers[dtype] = tuple(np.asarray(number, dtype) for number in self.numbers)
         self._calls[dtype] = calls
         return calls
