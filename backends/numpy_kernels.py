@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import operator
 import os
 import re
 import threading
@@ -90,6 +91,8 @@ class _Operands(threading.local):
         """``count`` scratch arrays of ``shape`` for the compiled form, which runs over whole
         arrays; shared by every program, as the chunks are."""
         arrays = self.whole.get((dtype, shape))
+        if arrays is not None and len(arrays) >= count:
+            return arrays
         if arrays is None:
             if len(self.whole) >= 16:  # shapes that keep changing: keep the memory bounded
                 self.whole.clear()
@@ -254,14 +257,15 @@ class _Program:
         if (
             self.compiled is not None
             and out.size >= COMPILED_MIN
-            and _loopable(out, inputs)
+            and _uniform(out, inputs)
             and self.compiled.calls(out.dtype) is not None
         ):
-            if out.size >= PARALLEL_MIN:
+            if out.size < PARALLEL_MIN:
+                if self.compiled.run(out, *inputs):  # False: out starts inside an input
+                    return out
+            elif _apart(out, inputs):  # each thread's loops would check their chunks alone
                 _parallel(self.compiled.run, out.reshape(-1), *(a.reshape(-1) for a in inputs))
-            else:
-                self.compiled.run(out, *inputs)
-            return out
+                return out
         # Whether out may serve as scratch: the check pays off beyond a chunk of float32.
         out_is_free = fresh or (out.nbytes > 4 * CHUNK and _shares_no_memory(out, inputs))
         if out.size <= CHUNK:  # one chunk, as it is: a training step's activations, mostly
@@ -335,6 +339,11 @@ def _c_number(number: Any) -> str:
 _C_PRELUDE = """#include <math.h>
 #include <stddef.h>
 #define DATA(type, array) ((type *)*(char **)((char *)(array) + GRADCORE_DATA_OFFSET))
+/* Whether two arrays of n elements are the same memory or apart: a loop that reads an element
+   of each before it writes it gives NumPy's result then, not where one starts inside the other
+   (NumPy buffers such an overlap; the loops decline it, returning 0 before any write). */
+#define APART(a, b, n) \
+  ((const void *)(a) == (const void *)(b) || (a) + (n) <= (b) || (b) + (n) <= (a))
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define VECTORIZED __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -385,11 +394,18 @@ def compiled_loops() -> str:
     return f"compiled by {C_COMPILER} ({version})"
 
 
-def _loopable(out: Any, inputs: tuple) -> bool:
+def _apart(out: np.ndarray, inputs: tuple) -> bool:
+    """Whether each input is ``out`` itself or shares no memory with it."""
+    for a in inputs:  # a loop, not any(): this runs at every call of a kernel
+        if a is not out and np.may_share_memory(a, out):
+            return False
+    return True
+
+
+def _uniform(out: Any, inputs: tuple) -> bool:
     """Whether a compiled loop may write ``out`` from ``inputs``: ndarrays (the loop reads their
     data pointers) of one shape and dtype, C-contiguous (it walks their elements in order),
-    ``out`` writeable, and each input either ``out`` itself or apart from it (an element is
-    read before it is written, but not an element ahead of it: NumPy buffers overlaps)."""
+    ``out`` writeable. (The loops check for overlaps themselves.)"""
     if type(out) is not np.ndarray:
         return False
     flags = out.flags
@@ -397,9 +413,11 @@ def _loopable(out: Any, inputs: tuple) -> bool:
         return False
     dtype, shape = out.dtype, out.shape
     for a in inputs:  # a loop, not all(): this runs at every call of a kernel
+        if a is out:
+            continue
         if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
             return False
-        if not a.flags.c_contiguous or (a is not out and np.may_share_memory(a, out)):
+        if not a.flags.c_contiguous:
             return False
     return True
 
@@ -477,9 +495,10 @@ class _Compiled:
         return cls(name, units, arity, numbers)
 
     def calls(self, dtype: np.dtype) -> list | None:
-        """The units for ``dtype`` as ``(function, operand slots, result slot)``: a C function
-        (built on first use) has no result slot, it is called ``(n, arrays...)``. None where no
-        C compiler runs, or for a dtype C has no type for."""
+        """The units for ``dtype`` as ``(function, operands, result slot)``, ``operands`` picking
+        the unit's arrays out of the slots: a C function (built on first use) has no result
+        slot, it is called ``(n, arrays...)``. None where no C compiler runs, or for a dtype C
+        has no type for."""
         try:
             return self._calls[dtype]
         except KeyError:
@@ -494,15 +513,17 @@ class _Compiled:
             for function, operands, result in self.units:
                 if isinstance(function, str):  # a loop's name: its function in the library
                     function = getattr(library, function)
-                    function.restype = None
+                    function.restype = ctypes.c_int
                     function.argtypes = [ctypes.c_ssize_t] + [ctypes.py_object] * len(operands)
-                calls.append((function, operands, result))
+                calls.append((function, _picker(operands), result))
             self._numbers[dtype] = tuple(np.asarray(number, dtype) for number in self.numbers)
         self._calls[dtype] = calls
         return calls
 
-    def run(self, out: np.ndarray, *inputs: np.ndarray) -> None:
-        """The formula of C-contiguous ``inputs`` of ``out``'s shape and dtype into ``out``."""
+    def run(self, out: np.ndarray, *inputs: np.ndarray) -> bool:
+        """The formula of C-contiguous ``inputs`` of ``out``'s shape and dtype into ``out``;
+        False where ``out`` starts inside an input: the last unit alone writes ``out``, and
+        its loop declines before it writes (the units before it wrote scratch alone)."""
         dtype = out.dtype
         scratch = _OPERANDS.whole_scratch(dtype, out.shape, self.scratch) if self.scratch else ()
         slots = (*inputs, out, *self._numbers[dtype], *scratch)
@@ -511,13 +532,24 @@ class _Compiled:
         assert calls is not None  # the caller asked calls(dtype) first
         for function, operands, result in calls:
             if result is None:
-                function(n, *[slots[k] for k in operands])
+                if not function(n, *operands(slots)):
+                    return False
             else:
-                function(*[slots[k] for k in operands], out=slots[result])
+                function(*operands(slots), out=slots[result])
+        return True
+
+
+def _picker(slots: tuple[int, ...]) -> Callable[[tuple], tuple]:
+    """``values -> (values[k] for k in slots)`` as a tuple, in C: ``itemgetter`` of one index
+    returns the item itself, so one slot is picked as a one-element slice."""
+    if len(slots) == 1:
+        return operator.itemgetter(slice(slots[0], slots[0] + 1))
+    return operator.itemgetter(*slots)
 
 
 def _c_loop(function: str, unit: list[_Node], reads: list[_Node], outputs: list[_Node]) -> str:
-    """The C function ``function(n, reads..., outputs...)`` of a unit, one line per operation."""
+    """The C function ``function(n, reads..., outputs...)`` of a unit, one line per operation;
+    it returns 1, or 0 having written nothing where an output starts inside an input."""
     names = {node: f"x{k}" for k, node in enumerate(reads)}
     lines = [f"const T x{k} = in{k}[i];" for k in range(len(reads))]
     for k, node in enumerate(unit):
@@ -529,12 +561,17 @@ def _c_loop(function: str, unit: list[_Node], reads: list[_Node], outputs: list[
     arrays = [f"in{k}" for k in range(len(reads))] + [f"out{k}" for k in range(len(outputs))]
     pointers = [f"const T *in{k} = DATA(const T, in{k}_);" for k in range(len(reads))]
     pointers += [f"T *out{k} = DATA(T, out{k}_);" for k in range(len(outputs))]
+    apart = " && ".join(
+        f"APART(in{i}, out{o}, n)" for i in range(len(reads)) for o in range(len(outputs))
+    )
     body = "\n    ".join(lines)
     return (
-        f"VECTORIZED void {function}(ptrdiff_t n, {', '.join(f'void *{a}_' for a in arrays)}) {{\n"
+        f"VECTORIZED int {function}(ptrdiff_t n, {', '.join(f'void *{a}_' for a in arrays)}) {{\n"
         f"  {' '.join(pointers)}\n"
+        f"  if (!({apart})) return 0;\n"
         f"  #pragma GCC ivdep\n"
-        f"  for (ptrdiff_t i = 0; i < n; i++) {{\n    {body}\n  }}\n}}\n"
+        f"  for (ptrdiff_t i = 0; i < n; i++) {{\n    {body}\n  }}\n"
+        f"  return 1;\n}}\n"
     )
 
 
@@ -567,10 +604,11 @@ def sigmoid_grad(y: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) ->
 
 
 _SGD_SOURCE = """
-VECTORIZED void gradcore_sgd_update(ptrdiff_t n, void *p_, void *g_, void *v_, T lr, T momentum,
-                                    T lr_wd, int decay, int nesterov) {
+VECTORIZED int gradcore_sgd_update(ptrdiff_t n, void *p_, void *g_, void *v_, T lr, T momentum,
+                                   T lr_wd, int decay, int nesterov) {
   T *p = DATA(T, p_), *v = DATA(T, v_);
   const T *g = DATA(const T, g_);
+  if (!(APART(p, g, n) && APART(p, v, n) && APART(g, v, n))) return 0;
   for (ptrdiff_t i = 0; i < n; i++) {
     T step = g[i] * lr;
     if (decay) step = step + p[i] * lr_wd;
@@ -578,6 +616,7 @@ VECTORIZED void gradcore_sgd_update(ptrdiff_t n, void *p_, void *g_, void *v_, T
     v[i] = velocity;
     p[i] = nesterov ? (p[i] - step) + velocity * momentum : p[i] + velocity;
   }
+  return 1;
 }
 """
 
@@ -590,7 +629,7 @@ def _sgd_function(dtype: np.dtype) -> Any:
         return None
     function = library.gradcore_sgd_update
     scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-    function.restype = None
+    function.restype = ctypes.c_int
     function.argtypes = [ctypes.c_ssize_t, *[ctypes.py_object] * 3, *[scalar] * 3, ctypes.c_int,
                          ctypes.c_int]  # fmt: skip
     return function
@@ -609,16 +648,16 @@ def sgd_update(
     """``gradcore.optim.sgd_update``'s arithmetic, the same operations in the same order, in one
     pass where NumPy makes four or more (and one call where NumPy makes four, so at any size).
     Returns False, and does nothing, for arrays it leaves to NumPy: mixed dtypes or shapes, any
-    not C-contiguous, or where no compiler runs."""
-    if not (_loopable(param, (grad, velocity)) and _loopable(velocity, (grad,))):
+    not C-contiguous, one starting inside another, or where no compiler runs."""
+    if not (_uniform(param, (grad, velocity)) and velocity.flags.writeable):
         return False
     function = _sgd_function(param.dtype)
     if function is None:
         return False
-    function(param.size, param, grad, velocity,
-             learning_rate, momentum, learning_rate * weight_decay, bool(weight_decay),
-             bool(nesterov))  # fmt: skip
-    return True
+    # The loop checks that the three arrays are the same or apart (0: it did nothing).
+    return bool(function(param.size, param, grad, velocity,
+                         learning_rate, momentum, learning_rate * weight_decay,
+                         bool(weight_decay), bool(nesterov)))  # fmt: skip
 
 
 # Integers and booleans: np.sum widens them first (add.reduce of bools is a logical or).

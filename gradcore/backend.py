@@ -318,6 +318,7 @@ class KernelTable:
         self.owner = owner
         self._paths: dict[str, str] = {}
         self._loaded: dict[str, Callable | None] = {}
+        self._found: dict[tuple, Callable | None] = {}  # (backend, dtype) -> lookup's answer
 
     def register(self, device: str, path: str) -> None:
         """Use ``path`` ("module:function") for arrays of ``device``."""
@@ -326,12 +327,21 @@ class KernelTable:
             raise ValueError(f"{self.owner}: a kernel is named 'module:function', got {path!r}")
         self._paths[device] = path
         self._loaded.pop(device, None)
+        self._found.clear()
 
     def devices(self) -> list[str]:
         return list(self._paths)
 
     def lookup(self, backend: Backend, dtype: Any) -> Callable | None:
-        """The kernel for this backend's device and ``dtype``, or None for the generic path."""
+        """The kernel for this backend's device and ``dtype``, or None for the generic path
+        (remembered: every op and every optimizer update asks)."""
+        try:
+            return self._found[backend, dtype]
+        except KeyError:
+            found = self._found[backend, dtype] = self._find(backend, dtype)
+            return found
+
+    def _find(self, backend: Backend, dtype: Any) -> Callable | None:
         device = backend.device.partition(":")[0]  # "cuda:1" runs the kernels of "cuda"
         try:
             kernel = self._loaded[device]

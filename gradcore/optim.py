@@ -225,13 +225,13 @@ class Optimizer:
     updates all of them (multi-tensor, as ``torch.optim``'s fused optimizers), weight decay
     included; other devices run ``_apply`` per parameter.
 
-    The update count ``iterations`` is a host array that the update increments in place, as
-    ``torch.optim`` keeps its ``step`` in a host tensor: ``gc.jit`` calls the update at every
-    replay, so the count, the schedule and the bias corrections computed from it advance at
-    every step (nothing is frozen at the recording's t = 1), and reading it costs no device
-    synchronisation. State arrays live on each parameter's device, in its dtype. The update
-    computes in two scratch buffers per device and dtype, as large as the largest parameter,
-    so that a step allocates nothing on the CPU.
+    The update count ``iterations`` is a Python int on the host, as ``torch.optim`` keeps its
+    ``step`` in a host tensor: ``gc.jit`` calls the update at every replay, so the count, the
+    schedule and the bias corrections computed from it advance at every step (nothing is
+    frozen at the recording's t = 1), and reading it costs no device synchronisation. State
+    arrays live on each parameter's device, in its dtype. The update computes in two scratch
+    buffers per device and dtype, as large as the largest parameter, so that a step allocates
+    nothing on the CPU.
     """
 
     _l2_in_gradient = True  # weight decay as g + wd theta (PyTorch's), not decoupled (AdamW)
@@ -273,7 +273,7 @@ class Optimizer:
         self.clipnorm, self.clipvalue, self.global_clipnorm = (
             None if value is None else float(value) for value in clipping.values()
         )
-        self._iterations = array(0, dtype="int64")
+        self._iterations = 0
         self._state: dict[str, list[Any]] | None = None  # slot -> one array per parameter
         self._placed = False  # state checked against the parameters' devices and shapes
         self._scratch: list[tuple[Any, Any]] = []  # per parameter: two scratch views
@@ -319,7 +319,7 @@ class Optimizer:
     @property
     def iterations(self) -> int:
         """The number of updates done so far."""
-        return int(self._iterations)
+        return self._iterations
 
     def current_learning_rate(self) -> float:
         """The rate the next ``step`` will use."""
@@ -492,7 +492,7 @@ class Optimizer:
                 "other options?"
             )
         lists = [list(state[slot]) for slot in self._slots()]
-        self._iterations[...] = int(state["iterations"])
+        self._iterations = int(state["iterations"])
         self._state = dict(zip(self._slots(), lists)) if all(lists) else None
         self._placed = False
 

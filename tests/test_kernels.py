@@ -480,6 +480,7 @@ def test_multi_tensor_updates_follow_the_generic_ones_on_the_host(
     table = type(fused)._kernels
     monkeypatch.setattr(table, "_paths", {**table._paths, "counting": table._paths["cuda"]})
     monkeypatch.setattr(table, "_loaded", {})
+    monkeypatch.setattr(table, "_found", {})
     rng = np.random.default_rng(0)
     shapes = [(5, 3), (7,), (2, 2, 2)]
     start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
@@ -749,6 +750,14 @@ def test_the_compiled_loops_leave_to_numpy_what_they_cannot_address():
     assert numpy_kernels.sgd_update(p[:, ::2], g[:, ::2], v[:, ::2], 0.1, 0.9, False, 0.0) is False
     assert numpy_kernels.sgd_update(p, g.astype(np.float64), v, 0.1, 0.9, False, 0.0) is False
     assert numpy_kernels.sgd_update(p, g[:4], v, 0.1, 0.9, False, 0.0) is False
+    # velocity one element ahead of the parameter in one buffer: the loop writes nothing
+    flat = np.arange(1.0, 50.0, dtype=np.float32)
+    before = flat.copy()
+    step = np.full(48, 0.5, np.float32)
+    assert numpy_kernels.sgd_update(flat[:-1], step, flat[1:], 0.1, 0.9, False, 0.0) is False
+    np.testing.assert_array_equal(flat, before)
+    assert numpy_kernels.sgd_update(flat[1:], flat[:-1], step, 0.1, 0.9, False, 0.0) is False
+    np.testing.assert_array_equal(flat, before)
     n = numpy_kernels.COMPILED_MIN
     x = _inputs("float32", 2 * n).reshape(2, n)
     np.testing.assert_array_equal(
