@@ -58,7 +58,7 @@ def _pool() -> tuple[ThreadPoolExecutor | None, int]:
     return ThreadPoolExecutor(cores - 1, "gradcore"), cores
 
 
-def _parallel(kernel: Callable[..., None], out: np.ndarray, *inputs: np.ndarray) -> None:
+def _parallel(kernel: Callable[..., object], out: np.ndarray, *inputs: np.ndarray) -> None:
     """``kernel(out, *inputs)`` on 1-D arrays, split into one contiguous range per core."""
     n = out.size
     helpers, cores = _pool() if n >= PARALLEL_MIN else (None, 1)
