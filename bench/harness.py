@@ -6,12 +6,14 @@ that share a thread pool, and unfair to libraries with thread pools of their own
 PyTorch's OpenMP workers keep spinning for a while after each call and take the cores from
 whatever is timed next. So the ``mlp`` suite gives every peer a ``Worker``, a process of its own
 that builds and times it on request; only one worker runs at a time, the others idle, and
-before each slice the harness waits ``settle_s`` for the last one's threads to go to sleep
-(``time_isolated``). ``time_alone`` times a peer with no other worker alive, and
+each slice starts with ``settle_s`` of untimed steps, long enough for the last worker's threads
+to go to sleep (``time_isolated``). ``time_alone`` times a peer with no other worker alive, and
 ``mark_fairness`` flags a case whose figure in the suite is more than 1.2x that.
 
-Result rows carry the median and minimum seconds per call and each implementation's ratio of
-medians to the reference.
+Result rows carry the median and minimum seconds per call and each implementation's ratio to
+the reference, taken round by round (``_rows``): a shared VM's speed changes from one minute to
+the next (on this 2-core one, the floor's B=32 step is 0.33 ms or 0.60 ms, for minutes at a
+time), and a ratio of two medians taken over a change compares slow samples with fast ones.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Time each implementation ``repeat`` times (``number`` calls each), round-robin.
 
-    Ratios are of medians (``min_ratio``: of minima), to ``reference``.
+    Ratios are taken round by round (see ``_rows``); ``min_ratio`` is of minima.
     """
     for fn in implementations.values():
         for _ in range(warmup):
@@ -96,16 +98,31 @@ def compare(
     return _rows(samples, reference)
 
 
-def _rows(samples: dict[str, list[float]], reference: str) -> list[dict[str, Any]]:
-    """Median, minimum and their ratios to the reference's, one row per implementation."""
-    reference_median = statistics.median(samples[reference])
+def _rows(
+    samples: dict[str, list[float]], reference: str, per_round: int = 1
+) -> list[dict[str, Any]]:
+    """Median and minimum, and the ratios to the reference's, one row per implementation.
+
+    The samples are in rounds of ``per_round`` per implementation, every implementation timed in
+    each round: ``ratio`` is the median over rounds of the ratio of the round's medians, so that
+    a change in the machine's speed between rounds cancels; ``min_ratio`` is of minima.
+    """
+
+    def rounds(times: list[float]) -> list[float]:
+        return [
+            statistics.median(times[i : i + per_round]) for i in range(0, len(times), per_round)
+        ]
+
+    reference_rounds = rounds(samples[reference])
     reference_min = min(samples[reference])
     return [
         {
             "impl": name,
             "median_s": statistics.median(times),
             "min_s": min(times),
-            "ratio": statistics.median(times) / reference_median,
+            "ratio": statistics.median(
+                mine / theirs for mine, theirs in zip(rounds(times), reference_rounds, strict=True)
+            ),
             "min_ratio": min(times) / reference_min,
         }
         for name, times in samples.items()
@@ -120,12 +137,18 @@ class WorkerError(RuntimeError):
     """An implementation failed in its worker process; the message is the worker's traceback."""
 
 
-def _time_calls(step: Any, number: int, samples: int, warmup: int) -> list[float]:
-    """Seconds per call of ``step``: ``samples`` means of ``number`` calls in a row each."""
+def _time_calls(
+    step: Any, number: int, samples: int, warmup: int, warm_s: float = 0.0
+) -> list[float]:
+    """Seconds per call of ``step``: ``samples`` means of ``number`` calls in a row each, after
+    ``warmup`` untimed calls and, if it takes longer, ``warm_s`` seconds of them."""
     synchronize = getattr(step, "synchronize", lambda: None)  # a device step's own
-    for _ in range(warmup):
+    warm_until = time.perf_counter() + warm_s
+    calls = 0
+    while calls < warmup or time.perf_counter() < warm_until:
         step()
-    synchronize()
+        synchronize()  # one at a time: an asynchronous step would queue thousands
+        calls += 1
     times = []
     for _ in range(samples):
         start = time.perf_counter()
@@ -152,8 +175,8 @@ def _serve(connection: Any) -> None:
                 key, function = payload
                 answer = function(built[key])
             else:  # "time"
-                key, number, samples, warmup = payload
-                answer = _time_calls(built[key], number, samples, warmup)
+                key, number, samples, warmup, warm_s = payload
+                answer = _time_calls(built[key], number, samples, warmup, warm_s)
         except Exception:  # noqa: BLE001 - sent to the parent, which raises WorkerError
             connection.send(("error", traceback.format_exc()))
         else:
@@ -197,9 +220,11 @@ class Worker:
         """``function(built)`` run in the worker on what ``key`` holds; its result comes back."""
         return self._ask("apply", key, function)
 
-    def time(self, key: Any, number: int, samples: int, warmup: int) -> list[float]:
+    def time(
+        self, key: Any, number: int, samples: int, warmup: int, warm_s: float = 0.0
+    ) -> list[float]:
         """Seconds per call of what ``key`` holds (see ``_time_calls``)."""
-        return self._ask("time", key, number, samples, warmup)
+        return self._ask("time", key, number, samples, warmup, warm_s)
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -233,17 +258,18 @@ def time_isolated(
 ) -> list[dict[str, Any]]:
     """Time what ``key`` holds in every worker: ``rounds`` rounds, each a slice of ``samples``
     samples per worker in turn (the order rotating every round), so that a change in load hits
-    all alike; before each slice the previous worker's thread pools get ``settle_s`` to go to
-    sleep. Each slice starts with one untimed call (``warmup`` in the first round): a worker's
-    step times its own steady state, not the caches the previous worker left."""
+    all alike. Each slice starts with ``settle_s`` seconds of untimed steps (and at least
+    ``warmup`` in the first round): the previous worker's thread pools go to sleep meanwhile, and
+    the step is timed in its own steady state, not in the caches the previous worker left nor
+    with thread pools and cores woken from sleep (a pause of 0.1 s before a slice instead makes
+    JAX's B=32 step 1.3x slower for the whole slice)."""
     names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            time.sleep(settle_s)
             slice_warmup = warmup if round_ == 0 else 1
-            times[name] += workers[name].time(key, number, samples, slice_warmup)
-    return _rows(times, reference)
+            times[name] += workers[name].time(key, number, samples, slice_warmup, settle_s)
+    return _rows(times, reference, per_round=samples)
 
 
 def time_alone(
@@ -253,6 +279,7 @@ def time_alone(
     samples: int,
     number: int | dict[Any, int],
     warmup: int,
+    warm_s: float = 0.0,
 ) -> dict[Any, list[float]]:
     """Each of ``builds`` (key -> factory and its arguments) built and timed in a fresh worker,
     with no other worker running: the figure the same peer gets alone in its own process."""
@@ -261,7 +288,7 @@ def time_alone(
         for key, (factory, args) in builds.items():
             worker.build(key, factory, *args)
             calls = number[key] if isinstance(number, dict) else number
-            found[key] = worker.time(key, calls, samples, warmup)
+            found[key] = worker.time(key, calls, samples, warmup, warm_s)
     return found
 
 

@@ -532,7 +532,7 @@ class Timing:
     rounds: int = 8
     samples: int = 5
     warmup: int = 5
-    settle_s: float = 0.25  # OpenBLAS's threads spin ~0.1 s after a call before they sleep
+    settle_s: float = 0.25  # untimed; OpenBLAS's threads spin ~0.1 s after a call, then sleep
     alone_samples: int = 10
 
     def number(self, batch: int) -> int:
@@ -581,8 +581,10 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         "agreement checked before timing: one step from the same parameters and batch gives "
         "the same update as the floor (within 1e-3 of the largest update)",
         f"each implementation in a process of its own, timed in turn with the others idle: "
-        f"{timing.rounds} rounds of {timing.samples} samples each, a sample the mean of N "
-        f"steps in a row (repeat RxN); ratio is of medians, min_ratio of minima",
+        f"{timing.rounds} rounds of {timing.samples} samples each, after {timing.settle_s} s "
+        "of untimed steps, a sample the mean of N steps in a row (repeat RxN); ratio: the "
+        "median over rounds of the ratio of the round's medians (a change in the machine's "
+        "speed between rounds cancels), min_ratio: of minima",
         f"vs_alone: the suite's median over the median of {timing.alone_samples} samples of the "
         "same implementation timed alone (a fresh process, no other running)",
         "page_faults_per_step: minor page faults per step, in the implementation's own process",
@@ -628,7 +630,12 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         builds = {case.name: (factories[name], (*problem(case), case.loss)) for case in case_list}
         numbers = {case.name: timing.number(case.batch) for case in case_list}
         alone = time_alone(
-            name, builds, samples=timing.alone_samples, number=numbers, warmup=timing.warmup
+            name,
+            builds,
+            samples=timing.alone_samples,
+            number=numbers,
+            warmup=timing.warmup,
+            warm_s=timing.settle_s,
         )
         for row in rows:
             if row["impl"] == name and not mark_fairness(row, alone[row["case"]]):

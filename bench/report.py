@@ -246,8 +246,9 @@ def readme_section(results_dir: Path = RESULTS_DIR, link_from: Path = REPO_ROOT)
     for path, run in runs:
         parts.append(f"### {run['device'].upper()}: {describe_machine(run)}")
         parts.append(
-            f"Measured {run['machine']['date']} with `{run['command']}`. Each cell is the median "
-            "ratio to the suite's reference, with the absolute median (or peak) in brackets. "
+            f"Measured {run['machine']['date']} with `{run['command']}`. Each cell is the ratio "
+            "to the suite's reference (of times: the median over rounds of each round's ratio), "
+            "with the absolute median (or peak) in brackets. "
             "In the mlp suite each peer runs in a process of its own, timed in turn with the "
             "others idle, and is checked against the same step timed alone; the other suites "
             f"time their implementations side by side in one process. {describe_load(run)}"

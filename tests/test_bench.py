@@ -156,6 +156,40 @@ def test_workers_time_in_turn_and_report_their_errors() -> None:
         assert floor.apply("c", mlp.one_step_params)[0]["W"].shape == (5, 4)  # still serving
 
 
+class _CountingStep:
+    def __init__(self) -> None:
+        self.calls = self.synchronized = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
+
+
+def test_a_slice_warms_up_for_its_seconds_one_synchronized_step_at_a_time() -> None:
+    step = _CountingStep()
+    assert len(harness._time_calls(step, number=2, samples=3, warmup=1, warm_s=0.0)) == 3
+    assert step.calls == 1 + 2 * 3
+    step = _CountingStep()
+    harness._time_calls(step, number=2, samples=1, warmup=1, warm_s=0.02)
+    warm_calls = step.calls - 2
+    assert warm_calls > 100 and step.synchronized == warm_calls + 1  # each warm one waited for
+
+
+def test_ratios_are_taken_round_by_round() -> None:
+    """The machine turns 2x slower in round two, between the floor's slice and mine: the rounds'
+    ratios are 0.9, 1.8 and 0.9, the row's 0.9, where the ratio of the two medians is 1.8."""
+    floor = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0]  # three rounds of two samples
+    mine = [0.9, 0.9, 1.8, 1.8, 1.8, 1.8]
+    rows = harness._rows({"floor": floor, "mine": mine}, "floor", per_round=2)
+    assert rows[0]["ratio"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(0.9) and rows[1]["median_s"] == 1.8
+    assert rows[1]["min_ratio"] == pytest.approx(0.9)
+    with pytest.raises(ValueError):
+        harness._rows({"floor": floor, "mine": mine[:4]}, "floor", per_round=2)  # a round short
+
+
 def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
     row = {"median_s": 2.2}
     assert harness.mark_fairness(row, [1.0, 2.0, 9.0])  # median 2.0: 1.1x, within 1.2x
