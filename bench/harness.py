@@ -261,8 +261,8 @@ def time_isolated(
     all alike. Each slice starts with ``settle_s`` seconds of untimed steps (and at least
     ``warmup`` in the first round): the previous worker's thread pools go to sleep meanwhile, and
     the step is timed in its own steady state, not in the caches the previous worker left nor
-    with thread pools and cores woken from sleep (a pause of 0.1 s before a slice instead makes
-    JAX's B=32 step 1.3x slower for the whole slice)."""
+    with thread pools and cores woken from sleep (after a pause of 0.1 s or more, JAX's B=32
+    step ran about 1.3x slower for the whole slice)."""
     names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
