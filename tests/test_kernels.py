@@ -594,6 +594,50 @@ def sgd_reference(p, g, v, learning_rate, momentum, nesterov, weight_decay):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_the_outer_product_gives_the_bits_of_numpys_matmul(dtype):
+    """A column times a row as a broadcast multiply: the same bits as the BLAS call, -0, both
+    infinities, NaN, subnormals and overflow included, for contiguous and strided operands."""
+    rng = np.random.default_rng(7)
+    info = np.finfo(dtype)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, info.smallest_subnormal, -info.tiny,
+                        info.max, -info.max, 1.0, -1.0, 1e-30, 1e30], dtype)  # fmt: skip
+    column = rng.standard_normal((40, 1)).astype(dtype)
+    row = rng.standard_normal((1, 30)).astype(dtype)
+    column[: len(special), 0] = special
+    row[0, ::3] = rng.choice(special, size=10)
+    bits = np.dtype(f"uint{8 * np.dtype(dtype).itemsize}")
+    for c, r in [(column, row), (np.asfortranarray(column), row),
+                 (np.ascontiguousarray(column.T).T, np.ascontiguousarray(row.T).T),
+                 (column[::2], row[:, ::2])]:  # fmt: skip
+        with np.errstate(all="ignore"):
+            expected, found = np.matmul(c, r), numpy_kernels.outer_product(c, r)
+        assert found.dtype == expected.dtype and found.shape == expected.shape
+        np.testing.assert_array_equal(found.view(bits), expected.view(bits))
+
+
+def test_matmul_calls_the_outer_product_kernel_for_a_column_times_a_row_only():
+    f32 = np.ones((3, 1), np.float32)
+    kernel_for = gc.ops._outer_product_kernel
+    assert kernel_for(f32, f32.T) is numpy_kernels.outer_product
+    assert kernel_for(f32, np.ones((1, 4), np.float32)) is numpy_kernels.outer_product
+    for x, y in [(f32.T, f32),  # a row times a column: one sum, BLAS's dot
+                 (np.ones((3, 2), np.float32), np.ones((2, 4), np.float32)),
+                 (f32, f32.T.astype(np.float64)),  # mixed dtypes: matmul promotes
+                 (f32.astype(np.int64), f32.T.astype(np.int64)),  # no BLAS for integers
+                 (np.ones(1, np.float32), np.ones((1, 4), np.float32)),  # 1-d: promoted
+                 (np.ones((2, 3, 1), np.float32), np.ones((2, 1, 4), np.float32))]:  # fmt: skip
+        assert kernel_for(x, y) is None, (x.shape, y.shape, x.dtype, y.dtype)
+    # a width-1 layer's backward, recorded and replayed: the replay calls the kernel
+    w = np.linspace(-1, 1, 6, dtype=np.float32).reshape(6, 1)
+    x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(4, 6)
+    grad = gc.grad(lambda w, x: gc.sum(gc.sigmoid(x @ w)), argnum=1)
+    jitted = gc.jit(grad)
+    np.testing.assert_array_equal(jitted(w, x), grad(w, x))
+    (program,) = jitted.programs.values()
+    assert numpy_kernels.outer_product in [fun for fun, _, _ in program.compiled]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_numpy_sgd_update_with_the_gradient_as_scratch_gives_the_same_bits(dtype, config):
     rng = np.random.default_rng(0)

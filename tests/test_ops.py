@@ -555,6 +555,8 @@ MATMUL_SHAPES = [
     ((4,), (4, 3)),
     ((3, 4), (4,)),
     ((3, 4), (4, 5)),
+    ((3, 1), (1, 5)),  # a column times a row: the CPU's outer product kernel
+    ((3, 4), (4, 1)),  # its VJP for x is one
     ((2, 3, 4), (4, 5)),
     ((3, 4), (2, 4, 5)),
     ((2, 3, 4), (2, 4, 5)),
