@@ -367,6 +367,12 @@ def test_describe_shows_results_written_over_dead_arguments():
     overwritten = [step for step in program.steps if step.over is not None]
     assert {step.name for step in overwritten} >= {"sigmoid", "sigmoid_grad"}
     assert "= sigmoid(s" in jitted.describe() and ", over s" in jitted.describe()
+    # Of two dead arguments, the one written last: the sigmoid's derivative goes over the
+    # cotangent computed just before, not over the activation computed in forward.
+    for step in overwritten:
+        if step.name == "sigmoid_grad":
+            activation, cotangent = step.args
+            assert step.over == cotangent and cotangent > activation
 
 
 # ---------------------------------------------------------------------------------------------
