@@ -647,7 +647,24 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         )
     else:
         notes.append(f"fair: every figure within {FAIRNESS_LIMIT}x of the same step timed alone")
+    if drift := machine_drift(rows, reference):
+        notes.append(drift)
     return {"suite": "mlp", "reference": reference, "rows": rows, "notes": notes}
+
+
+def machine_drift(rows: list[dict[str, Any]], reference: str) -> str | None:
+    """A note when the floor itself, one NumPy process that shares nothing with the others, was
+    more than the fairness limit off its own alone figure: then the machine's speed changed
+    between the suite and the alone runs, and so may every other peer's figure."""
+    off = [row["vs_alone"] for row in rows if row["impl"] == reference]
+    if not off or max(max(off), 1 / min(off)) <= FAIRNESS_LIMIT:
+        return None
+    return (
+        f"**machine drift**: the floor was {min(off):.2f}-{max(off):.2f}x its own time alone: "
+        "the machine's speed changed between the suite and the alone runs, so a flag above "
+        "may be the machine's rather than the suite's (the ratios, taken round by round, "
+        "much less so)"
+    )
 
 
 def profile_step(case: Case, device: str = "cpu", steps: int = 200, jit: bool = False) -> None:

@@ -199,6 +199,17 @@ def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
     assert row["vs_alone"] == pytest.approx(1.3)
 
 
+def test_a_floor_off_its_own_alone_time_is_reported_as_machine_drift() -> None:
+    rows = [{"impl": "floor", "vs_alone": v} for v in (1.0, 1.1)] + [
+        {"impl": "peer", "vs_alone": 2.0}
+    ]
+    assert mlp.machine_drift(rows, "floor") is None  # within 1.2x: the peer's flag stands
+    rows[0]["vs_alone"] = 0.6  # the floor alone was 1.67x slower: the machine changed
+    assert mlp.machine_drift(rows, "floor").startswith(
+        "**machine drift**: the floor was 0.60-1.10x its own time alone"
+    )
+
+
 def test_gpu_table_runs_its_code_on_the_cpu() -> None:
     result = gpu.table("cpu", quick=True)
     impls = {row["impl"] for row in result["rows"]}
