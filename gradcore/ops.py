@@ -1218,6 +1218,7 @@ def _outer_product_kernel(x: Any, y: Any) -> Callable | None:
         getattr(x, "ndim", 0) != 2
         or getattr(y, "ndim", 0) != 2
         or x.shape[1] != 1
+        or y.shape[0] != 1  # else a shape error for matmul, not a broadcast for multiply
         or type(x) is not type(y)
         or x.dtype != y.dtype
     ):

@@ -622,11 +622,14 @@ def test_matmul_calls_the_outer_product_kernel_for_a_column_times_a_row_only():
     assert kernel_for(f32, np.ones((1, 4), np.float32)) is numpy_kernels.outer_product
     for x, y in [(f32.T, f32),  # a row times a column: one sum, BLAS's dot
                  (np.ones((3, 2), np.float32), np.ones((2, 4), np.float32)),
+                 (f32, np.ones((3, 4), np.float32)),  # (3, 1) @ (3, 4): matmul's error
                  (f32, f32.T.astype(np.float64)),  # mixed dtypes: matmul promotes
                  (f32.astype(np.int64), f32.T.astype(np.int64)),  # no BLAS for integers
                  (np.ones(1, np.float32), np.ones((1, 4), np.float32)),  # 1-d: promoted
                  (np.ones((2, 3, 1), np.float32), np.ones((2, 1, 4), np.float32))]:  # fmt: skip
         assert kernel_for(x, y) is None, (x.shape, y.shape, x.dtype, y.dtype)
+    with pytest.raises(ValueError, match="matmul"):
+        gc.matmul(f32, np.ones((3, 4), np.float32))  # not broadcast into a (3, 4) product
     # a width-1 layer's backward, recorded and replayed: the replay calls the kernel
     w = np.linspace(-1, 1, 6, dtype=np.float32).reshape(6, 1)
     x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(4, 6)
