@@ -12,8 +12,9 @@ to go to sleep (``time_isolated``). ``time_alone`` times a peer with no other wo
 
 Result rows carry the median and minimum seconds per call and each implementation's ratio to
 the reference, taken round by round (``_rows``): a shared VM's speed changes from one minute to
-the next (on this 2-core one, the floor's B=32 step is 0.33 ms or 0.60 ms, for minutes at a
-time), and a ratio of two medians taken over a change compares slow samples with fast ones.
+the next (on this 2-core one, the floor's B=32 step is 0.33 ms or 0.60 ms, for seconds to
+minutes at a time), and a ratio of two medians taken over a change compares slow samples with
+fast ones.
 """
 
 from __future__ import annotations
