@@ -412,6 +412,7 @@ def installed(module: str) -> bool:
 
 
 FLOOR = {"cpu": "numpy (expert)", "cuda": "cupy (expert)"}
+CONTROL = "the floor, again"  # a second process of the floor's step: the run's noise (notes)
 
 
 def implementations(
@@ -597,12 +598,14 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
     factories = implementations(device, notes, quick=quick)
     workers = start_workers(factories, case_list, notes)
     reference = next(iter(workers))
+    control = start_control(factories[reference], case_list)
+    control_ratios = {}
     rows = []
     try:
         for case in case_list:
             number = timing.number(case.batch)
             timed = time_isolated(
-                workers,
+                {**workers, CONTROL: control},
                 case.name,
                 reference,
                 rounds=timing.rounds,
@@ -611,6 +614,8 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
                 warmup=timing.warmup,
                 settle_s=timing.settle_s,
             )
+            control_ratios[case.name] = next(r for r in timed if r["impl"] == CONTROL)["ratio"]
+            timed = [row for row in timed if row["impl"] != CONTROL]
             for row in timed:
                 row.update(
                     case=case.name,
@@ -623,8 +628,9 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
             _mark_targets(timed, case, device)
             rows += timed
     finally:
-        for worker in workers.values():
+        for worker in [*workers.values(), control]:
             worker.close()
+    notes.append(control_note(control_ratios))
     unfair = []
     for name in workers:
         builds = {case.name: (factories[name], (*problem(case), case.loss)) for case in case_list}
@@ -649,7 +655,39 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         notes.append(f"fair: every figure within {FAIRNESS_LIMIT}x of the same step timed alone")
     if drift := machine_drift(rows, reference):
         notes.append(drift)
-    return {"suite": "mlp", "reference": reference, "rows": rows, "notes": notes}
+    return {
+        "suite": "mlp",
+        "reference": reference,
+        "rows": rows,
+        "notes": notes,
+        "control": control_ratios,
+    }
+
+
+def start_control(floor: Callable[..., Any], case_list: list[Case]) -> Worker:
+    """A second process running the floor's own step, timed as one more peer (and left out of
+    the table): the ratio an implementation gets for being another process and nothing else."""
+    worker = Worker(CONTROL)
+    for case in case_list:
+        worker.build(case.name, floor, *problem(case), case.loss)
+    return worker
+
+
+def control_note(ratios: dict[str, float]) -> str:
+    """What the control measured, as the notes say it: the noise every ratio of the run carries.
+
+    On the README's 2-core VM two processes running the very same NumPy step differed by up to
+    5% in its fast state and up to 12% in its slow one, for as long as both lived (in one suite
+    run the control was 0.76x at batch 32). A ratio within that of 1.00x says nothing about the
+    implementation."""
+    low, high = min(ratios.values()), max(ratios.values())
+    return (
+        f"control: a second process of the floor's own step, timed as a peer, ran at "
+        f"{low:.2f}-{high:.2f}x the floor ("
+        + ", ".join(f"{case} {ratio:.2f}x" for case, ratio in ratios.items())
+        + "): ideally 1.00x, so a ratio this close to 1.00x is the machine's process-to-process "
+        "noise in this run, not a difference between implementations"
+    )
 
 
 def machine_drift(rows: list[dict[str, Any]], reference: str) -> str | None:

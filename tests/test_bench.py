@@ -61,6 +61,10 @@ def test_quick_run_covers_every_suite(quick_run: tuple[Path, dict]) -> None:
     for row in mlp_rows:  # each peer was also timed alone, and the suite says how it compared
         assert row["vs_alone"] == pytest.approx(row["median_s"] / row["alone_median_s"])
     assert any(note.startswith(("fair:", "**unfair**")) for note in suites["mlp"]["notes"])
+    # the control, a second process of the floor, was timed in every case and kept out of rows
+    assert set(suites["mlp"]["control"]) == {row["case"] for row in mlp_rows}
+    assert mlp.CONTROL not in {row["impl"] for row in mlp_rows}
+    assert any(note.startswith("control: ") for note in suites["mlp"]["notes"])
     assert suites["gpu"]["notes"] == [
         "not run: the GPU table needs `--device cuda` (bench/gpu_run.sh runs it)"
     ]
@@ -197,6 +201,14 @@ def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
     row = {"median_s": 1.3}
     assert not harness.mark_fairness(row, [1.0, 1.0, 1.0])
     assert row["vs_alone"] == pytest.approx(1.3)
+
+
+def test_the_control_note_gives_the_spread_of_the_floor_against_itself() -> None:
+    note = mlp.control_note({"softmax b=32": 1.064, "bce b=32": 0.981})
+    assert note.startswith(
+        "control: a second process of the floor's own step, timed as a peer, ran at "
+        "0.98-1.06x the floor (softmax b=32 1.06x, bce b=32 0.98x): ideally 1.00x"
+    )
 
 
 def test_a_floor_off_its_own_alone_time_is_reported_as_machine_drift() -> None:
