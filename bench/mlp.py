@@ -9,7 +9,8 @@ is timed one step of each must give the same parameter update as the floor.
 
 Each peer runs in a process of its own (``bench.harness.Worker``), timed in turn with the
 others idle, and is timed once more alone; a case whose figure in the suite is more than 1.2x
-the alone figure is flagged in the notes.
+the alone figure is flagged in the notes. A second process of the floor's own step is timed
+as a control, its ratio to the floor given in the notes: the run's process-to-process noise.
 
 Profile gradcore's step: ``python -m bench.mlp --profile BATCH [--loss bce] [--jit]``.
 """
