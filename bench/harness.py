@@ -284,19 +284,28 @@ def time_alone(
     name: str,
     builds: dict[Any, tuple[Callable[..., Any], tuple]],
     *,
+    rounds: int,
     samples: int,
     number: int | dict[Any, int],
     warmup: int,
-    warm_s: float = 0.0,
+    settle_s: float = 0.0,
 ) -> dict[Any, list[float]]:
     """Each of ``builds`` (key -> factory and its arguments) built and timed in a fresh worker,
-    with no other worker running: the figure the same peer gets alone in its own process."""
-    found = {}
+    with no other worker running: the figure the same peer gets alone in its own process.
+
+    Timed as ``time_isolated`` times it, ``rounds`` slices of ``samples`` samples after
+    ``settle_s`` of untimed steps, every key once per round: as many samples, taken the same way
+    and spread as widely, so that only the other peers' presence differs (ten samples in a row,
+    a tenth of a second, caught whatever state the VM was in at that moment)."""
+    found: dict[Any, list[float]] = {key: [] for key in builds}
     with Worker(name) as worker:
         for key, (factory, args) in builds.items():
             worker.build(key, factory, *args)
-            calls = number[key] if isinstance(number, dict) else number
-            found[key] = worker.time(key, calls, samples, warmup, warm_s)
+        for round_ in range(rounds):
+            for key in builds:
+                calls = number[key] if isinstance(number, dict) else number
+                slice_warmup = warmup if round_ == 0 else 1
+                found[key] += worker.time(key, calls, samples, slice_warmup, settle_s)
     return found
 
 

@@ -529,19 +529,18 @@ def _mark_targets(rows: list[dict[str, Any]], case: Case, device: str) -> None:
 @dataclass(frozen=True)
 class Timing:
     """How long a suite times: ``rounds`` slices of ``samples`` samples of ``number(batch)``
-    steps per peer, and ``alone_samples`` for the alone check."""
+    steps per peer, in the suite and again alone."""
 
     rounds: int = 8
     samples: int = 5
     warmup: int = 5
     settle_s: float = 0.25  # untimed; OpenBLAS's threads spin ~0.1 s after a call, then sleep
-    alone_samples: int = 10
 
     def number(self, batch: int) -> int:
         return max(3, 640 // batch)
 
 
-QUICK = Timing(rounds=1, samples=1, warmup=1, settle_s=0.0, alone_samples=1)
+QUICK = Timing(rounds=1, samples=1, warmup=1, settle_s=0.0)
 
 
 def start_workers(
@@ -587,8 +586,8 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         "of untimed steps, a sample the mean of N steps in a row (repeat RxN); ratio: the "
         "median over rounds of the ratio of the round's medians (a change in the machine's "
         "speed between rounds cancels), min_ratio: of minima",
-        f"vs_alone: the suite's median over the median of {timing.alone_samples} samples of the "
-        "same implementation timed alone (a fresh process, no other running)",
+        "vs_alone: the suite's median over the median of the same implementation timed alone "
+        "(a fresh process, no other running) in as many rounds and samples",
         "page_faults_per_step: minor page faults per step, in the implementation's own process",
     ]
     if device == "cpu":
@@ -639,10 +638,11 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         alone = time_alone(
             name,
             builds,
-            samples=timing.alone_samples,
+            rounds=timing.rounds,
+            samples=timing.samples,
             number=numbers,
             warmup=timing.warmup,
-            warm_s=timing.settle_s,
+            settle_s=timing.settle_s,
         )
         for row in rows:
             if row["impl"] == name and not mark_fairness(row, alone[row["case"]]):
