@@ -20,6 +20,7 @@ fast ones.
 from __future__ import annotations
 
 import gc as garbage_collector
+import math
 import multiprocessing
 import os
 import platform
@@ -102,13 +103,24 @@ def compare(
 
 
 def _rows(
-    samples: dict[str, list[float]], reference: str, per_round: int = 1
+    samples: dict[str, list[float]],
+    reference: str,
+    per_round: int = 1,
+    replica: str | None = None,
 ) -> list[dict[str, Any]]:
     """Median and minimum, and the ratios to the reference's, one row per implementation.
 
     The samples are in rounds of ``per_round`` per implementation, every implementation timed in
     each round: ``ratio`` is the median over rounds of the ratio of the round's medians, so that
     a change in the machine's speed between rounds cancels; ``min_ratio`` is of minima.
+
+    ``replica`` names a second process running the reference's very step. The reference's
+    figure is then both processes' (in each round the geometric mean of their medians; its
+    median and minimum of their samples pooled): one process of a step can run a few percent
+    faster or slower than another for as long as it lives, and every ratio carries the
+    reference's share of that; two processes halve its variance. The replica gets no row of its
+    own; the reference's row gives ``replica_ratio``, the second process over the first, the
+    size of that noise in this run.
     """
 
     def rounds(times: list[float]) -> list[float]:
@@ -116,20 +128,34 @@ def _rows(
             statistics.median(times[i : i + per_round]) for i in range(0, len(times), per_round)
         ]
 
-    reference_rounds = rounds(samples[reference])
-    reference_min = min(samples[reference])
-    return [
-        {
-            "impl": name,
-            "median_s": statistics.median(times),
-            "min_s": min(times),
-            "ratio": statistics.median(
-                mine / theirs for mine, theirs in zip(rounds(times), reference_rounds, strict=True)
-            ),
-            "min_ratio": min(times) / reference_min,
-        }
-        for name, times in samples.items()
-    ]
+    reference_times, reference_rounds = samples[reference], rounds(samples[reference])
+    replica_ratio = None
+    if replica is not None:
+        second = rounds(samples[replica])
+        replica_ratio = statistics.median(
+            b / a for a, b in zip(reference_rounds, second, strict=True)
+        )
+        reference_rounds = [math.sqrt(a * b) for a, b in zip(reference_rounds, second)]
+        reference_times = reference_times + samples[replica]
+    timed = {name: times for name, times in samples.items() if name != replica}
+    timed[reference] = reference_times
+    rows = []
+    for name, times in timed.items():
+        mine = reference_rounds if name == reference else rounds(times)
+        rows.append(
+            {
+                "impl": name,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "ratio": statistics.median(
+                    a / b for a, b in zip(mine, reference_rounds, strict=True)
+                ),
+                "min_ratio": min(times) / min(reference_times),
+            }
+        )
+    if replica_ratio is not None:
+        rows[list(timed).index(reference)]["replica_ratio"] = replica_ratio
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +289,7 @@ def time_isolated(
     number: int,
     warmup: int,
     settle_s: float,
+    replica: str | None = None,
 ) -> list[dict[str, Any]]:
     """Time what ``key`` holds in every worker: ``rounds`` rounds, each a slice of ``samples``
     samples per worker in turn (the order rotating every round), so that a change in load hits
@@ -270,14 +297,15 @@ def time_isolated(
     ``warmup`` in the first round): the previous worker's thread pools go to sleep meanwhile, and
     the step is timed in its own steady state, not in the caches the previous worker left nor
     with thread pools and cores woken from sleep (after a pause of 0.1 s or more, JAX's B=32
-    step ran about 1.3x slower for the whole slice)."""
+    step ran about 1.3x slower for the whole slice). ``replica``: a worker that runs the
+    reference's step again, its second process (see ``_rows``)."""
     names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             slice_warmup = warmup if round_ == 0 else 1
             times[name] += workers[name].time(key, number, samples, slice_warmup, settle_s)
-    return _rows(times, reference, per_round=samples)
+    return _rows(times, reference, per_round=samples, replica=replica)
 
 
 def time_alone(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +196,23 @@ def test_ratios_are_taken_round_by_round() -> None:
         harness._rows({"floor": floor, "mine": mine[:4]}, "floor", per_round=2)  # a round short
 
 
+def test_a_replica_of_the_floor_joins_its_figure_and_gives_the_control() -> None:
+    """The floor's second process runs 4% slower in round one and 1% faster in round two: each
+    round's floor is the geometric mean of the two, and the replica's ratio to the first (the
+    control) rides on the floor's row, not on a row of its own."""
+    floor = [1.0, 1.0, 2.0, 2.0]  # two rounds of two samples
+    replica = [1.04, 1.04, 1.98, 1.98]
+    mine = [1.0, 1.0, 2.0, 2.0]
+    rows = harness._rows(
+        {"floor": floor, "mine": mine, "again": replica}, "floor", per_round=2, replica="again"
+    )
+    assert [row["impl"] for row in rows] == ["floor", "mine"]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["replica_ratio"] == pytest.approx(1.015)
+    assert rows[0]["median_s"] == pytest.approx(1.51) and rows[0]["min_s"] == 1.0
+    expected = statistics.median([1 / math.sqrt(1.04), 2 / math.sqrt(2 * 1.98)])
+    assert rows[1]["ratio"] == pytest.approx(expected) and "replica_ratio" not in rows[1]
+
+
 def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
     row = {"median_s": 2.2}
     assert harness.mark_fairness(row, [1.0, 2.0, 9.0])  # median 2.0: 1.1x, within 1.2x
@@ -206,8 +225,8 @@ def test_fairness_is_the_suite_median_over_the_alone_median() -> None:
 def test_the_control_note_gives_the_spread_of_the_floor_against_itself() -> None:
     note = mlp.control_note({"softmax b=32": 1.064, "bce b=32": 0.981})
     assert note.startswith(
-        "control: a second process of the floor's own step, timed as a peer, ran at "
-        "0.98-1.06x the floor (softmax b=32 1.06x, bce b=32 0.98x): ideally 1.00x"
+        "control: the floor's second process, timed as a peer, ran at 0.98-1.06x its first "
+        "(softmax b=32 1.06x, bce b=32 0.98x): ideally 1.00x"
     )
 
 
