@@ -8,11 +8,11 @@ approach. Every implementation starts from the same parameters and batch, and be
 is timed one step of each must give the same parameter update as the floor.
 
 Each peer runs in a process of its own (``bench.harness.Worker``), timed in turn with the
-others idle, and is timed once more alone; a case whose figure in the suite is more than 1.2x
-the alone figure is flagged in the notes. The floor runs in two processes and every ratio is
-taken against both (``bench.harness._rows``): one process of the very same step can run a few
-percent off another for as long as it lives. The second process's ratio to the first, the
-control, is given in the notes: the run's process-to-process noise.
+others idle, and is timed alone too, before the suite starts; a case whose figure in the suite
+is more than 1.2x the alone figure is flagged in the notes. The floor runs in two processes and
+every ratio is taken against both (``bench.harness._rows``): one process of the very same step
+can run a few percent off another for as long as it lives. The second process's ratio to the
+first, the control, is given in the notes: the run's process-to-process noise.
 
 Profile gradcore's step: ``python -m bench.mlp --profile BATCH [--loss bce] [--jit]``.
 """
@@ -575,6 +575,34 @@ def start_workers(
     return workers
 
 
+def time_each_alone(
+    factories: dict[str, Callable[..., Any]], case_list: list[Case], timing: Timing
+) -> dict[str, dict[str, list[float]]]:
+    """Each peer's samples alone (name -> case -> seconds), before the suite starts a worker.
+
+    Before, not after: in the minute after the suite's workers exit, the NumPy peers' steps
+    ran 1.2-2.5x slower alone on the README's VM (the kernel, reclaiming what they held),
+    while the same alone timing run on its own was as fast as the suite. A peer that fails to
+    build is left out here; ``start_workers`` drops it with the reason."""
+    numbers = {case.name: timing.number(case.batch) for case in case_list}
+    alone = {}
+    for name, factory in factories.items():
+        builds = {case.name: (factory, (*problem(case), case.loss)) for case in case_list}
+        try:
+            alone[name] = time_alone(
+                name,
+                builds,
+                rounds=timing.rounds,
+                samples=timing.samples,
+                number=numbers,
+                warmup=timing.warmup,
+                settle_s=timing.settle_s,
+            )
+        except WorkerError:
+            continue
+    return alone
+
+
 def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) -> dict[str, Any]:
     """Every case, every installed implementation, checked for agreement, then timed."""
     gc.backend.backend_for_device(device)  # a clear DeviceError before any worker starts
@@ -590,7 +618,8 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         "median over rounds of the ratio of the round's medians (a change in the machine's "
         "speed between rounds cancels), min_ratio: of minima",
         "vs_alone: the suite's median over the median of the same implementation timed alone "
-        "(a fresh process, no other running) in as many rounds and samples",
+        "(a fresh process, no other running, before the suite started) in as many rounds and "
+        "samples",
         "page_faults_per_step: minor page faults per step, in the implementation's own process",
     ]
     if device == "cpu":
@@ -599,6 +628,7 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         notes.append(f"gradcore's fused CPU loops: {compiled_loops()}")
     case_list = cases(device, quick)
     factories = implementations(device, notes, quick=quick)
+    alone = time_each_alone(factories, case_list, timing)
     workers = start_workers(factories, case_list, notes)
     reference = next(iter(workers))
     control = start_control(factories[reference], case_list)
@@ -637,20 +667,9 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
             worker.close()
     notes.append(control_note(control_ratios))
     unfair = []
-    for name in workers:
-        builds = {case.name: (factories[name], (*problem(case), case.loss)) for case in case_list}
-        numbers = {case.name: timing.number(case.batch) for case in case_list}
-        alone = time_alone(
-            name,
-            builds,
-            rounds=timing.rounds,
-            samples=timing.samples,
-            number=numbers,
-            warmup=timing.warmup,
-            settle_s=timing.settle_s,
-        )
+    for name in [name for name in workers if name in alone]:
         for row in rows:
-            if row["impl"] == name and not mark_fairness(row, alone[row["case"]]):
+            if row["impl"] == name and not mark_fairness(row, alone[name][row["case"]]):
                 unfair.append(f"{row['case']} · {name} ({row['vs_alone']:.2f}x)")
     if unfair:
         notes.append(
