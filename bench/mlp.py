@@ -580,10 +580,11 @@ def time_each_alone(
 ) -> dict[str, dict[str, list[float]]]:
     """Each peer's samples alone (name -> case -> seconds), before the suite starts a worker.
 
-    Before, not after: in the minute after the suite's workers exit, the NumPy peers' steps
-    ran 1.2-2.5x slower alone on the README's VM (the kernel, reclaiming what they held),
-    while the same alone timing run on its own was as fast as the suite. A peer that fails to
-    build is left out here; ``start_workers`` drops it with the reason."""
+    Before, not after: in the minute after the suite's workers exited, the NumPy peers' steps
+    ran 1.2-2.5x slower alone on the README's VM (torch and JAX, timed alone later, did not),
+    while the same alone timing run by itself was as fast as the suite; the cause, the
+    machine's, was not found. A peer that fails to build is left out here; ``start_workers``
+    drops it with the reason."""
     numbers = {case.name: timing.number(case.batch) for case in case_list}
     alone = {}
     for name, factory in factories.items():
@@ -611,12 +612,11 @@ def run(device: str = "cpu", quick: bool = False, timing: Timing | None = None) 
         f"one step: forward, backward, SGD momentum {MOMENTUM}, lr {LEARNING_RATE}, float32",
         "agreement checked before timing: one step from the same parameters and batch gives "
         "the same update as the floor (within 1e-3 of the largest update)",
-        f"each implementation in a process of its own (the floor in two), timed in turn with the "
-        f"others idle: "
-        f"{timing.rounds} rounds of {timing.samples} samples each, after {timing.settle_s} s "
-        "of untimed steps, a sample the mean of N steps in a row (repeat RxN); ratio: the "
-        "median over rounds of the ratio of the round's medians (a change in the machine's "
-        "speed between rounds cancels), min_ratio: of minima",
+        "each implementation in a process of its own (the floor in two), timed in turn with the "
+        f"others idle: {timing.rounds} rounds of {timing.samples} samples each, after "
+        f"{timing.settle_s} s of untimed steps, a sample the mean of N steps in a row (repeat "
+        "RxN); ratio: the median over rounds of the ratio of the round's medians (a change in "
+        "the machine's speed between rounds cancels), min_ratio: of minima",
         "vs_alone: the suite's median over the median of the same implementation timed alone "
         "(a fresh process, no other running, before the suite started) in as many rounds and "
         "samples",
